@@ -1,0 +1,97 @@
+// Package fault is the service's error model: every failure a client can see
+// carries a stable Code, a message that says what was wrong and what is
+// allowed, and whether retrying the same request may succeed.
+//
+// The package knows nothing about HTTP; the api package maps codes to status
+// codes, so the use case and the backends can produce coded errors without
+// depending on the transport.
+package fault
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code is a stable, machine-readable error code. Clients switch on it; it
+// never changes meaning once published.
+type Code string
+
+// The codes of the error model.
+const (
+	InvalidInput         Code = "invalid_input"
+	Forbidden            Code = "forbidden"
+	NotFound             Code = "not_found"
+	IdempotencyConflict  Code = "idempotency_conflict"
+	PayloadTooLarge      Code = "payload_too_large"
+	UnsupportedMediaType Code = "unsupported_media_type"
+	ImageTooLarge        Code = "image_too_large"
+	Overloaded           Code = "overloaded"
+	Unavailable          Code = "unavailable"
+	OOM                  Code = "oom"
+	Timeout              Code = "timeout"
+	ProviderError        Code = "provider_error"
+	Internal             Code = "internal"
+	MethodNotAllowed     Code = "method_not_allowed"
+	RouteNotFound        Code = "route_not_found"
+)
+
+// Error is a failure with a code. Message is safe to show to a client; Err,
+// when set, is the underlying cause for logs and errors.Is, and is never sent.
+type Error struct {
+	Code      Code
+	Message   string
+	Retryable bool
+	Err       error
+}
+
+// Error returns the message, followed by the cause when there is one.
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Err)
+	}
+	return fmt.Sprintf("%s: %s", e.Code, e.Message)
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// New returns an Error with the given code and message. Retryable is set
+// from the code's usual meaning; use Retry to override it.
+func New(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...), Retryable: retryableByDefault(code)}
+}
+
+// Wrap is New with a cause kept for logs and errors.Is.
+func Wrap(err error, code Code, format string, args ...any) *Error {
+	e := New(code, format, args...)
+	e.Err = err
+	return e
+}
+
+// From returns the *Error in err's chain, or an Internal error with a
+// generic message when there is none, so that no unclassified error text
+// ever reaches a client.
+func From(err error) *Error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return &Error{Code: Internal, Message: "internal error", Err: err}
+}
+
+// CodeOf returns the code of the *Error in err's chain, or Internal. A nil
+// error has no code and yields the empty string.
+func CodeOf(err error) Code {
+	if err == nil {
+		return ""
+	}
+	return From(err).Code
+}
+
+func retryableByDefault(c Code) bool {
+	switch c {
+	case Overloaded, Unavailable, OOM, Timeout, ProviderError:
+		return true
+	}
+	return false
+}
