@@ -1,16 +1,31 @@
 # Python engine targets (virtual environment, protocol code, engine tests).
-# Included by the top-level Makefile.
+# Included by the top-level Makefile; paths are relative to the repository root.
 
 .PHONY: venv test-py lint-py proto
 
-venv:
-	@true
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+VENV_PY := $(VENV)/bin/python
+# The stamp is newer than pyproject.toml once its pins are installed, so a
+# rerun costs nothing; pip's download cache is kept, so a rebuild after a pin
+# change downloads only what changed (torch alone is several GB).
+VENV_STAMP := $(VENV)/.installed
 
-test-py:
-	@true
+venv: $(VENV_STAMP)
 
-lint-py:
-	@true
+$(VENV_STAMP): pyproject.toml
+	test -x $(VENV_PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --upgrade 'pip>=24'
+	$(VENV_PY) -m pip install -e '.[dev]'
+	touch $@
 
-proto:
-	@true
+test-py: venv
+	$(VENV_PY) -m pytest python/tests
+
+lint-py: venv
+	$(VENV_PY) -m ruff check python bench
+	$(VENV_PY) -m ruff format --check python bench
+	$(VENV_PY) -m mypy
+
+proto: venv
+	proto/generate.sh .

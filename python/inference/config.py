@@ -1,0 +1,174 @@
+"""Engine settings: command-line flags, each with an environment variable of the same meaning.
+
+A flag wins over its variable, which wins over the default. Everything is read
+once at start, validated, and passed down; nothing else reads the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+
+MIB = 1024 * 1024
+
+BACKENDS = ("diffusers", "test")
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+START_FAULTS = ("", "crash", "never-ready")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or out of range; the message names the flag and variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Settings is the engine's whole configuration."""
+
+    socket: str = ""
+    backend: str = "diffusers"
+    model_dir: str = ""
+    model_rev: str = ""
+    device: str = "auto"
+    dtype: str = "auto"
+    concurrency: int = 1
+    min_long_side: int = 768
+    max_long_side: int = 1024
+    default_long_side: int = 1024
+    max_steps: int = 100
+    max_input_pixels: int = 50_000_000
+    max_message_bytes: int = 64 * MIB
+    mask_feather: int = 4
+    warmup_steps: int = 2
+    compile: bool = False
+    channels_last: bool = False
+    parent_pid: int = 0
+    shutdown_grace: float = 10.0
+    log_level: str = "info"
+    test_faults: bool = False
+    test_start_fault: str = ""
+    test_start_delay: float = 0.0
+    test_step_delay: float = 0.0
+
+
+# Each option: flag, environment variable, type, help. The defaults come from Settings.
+_OPTIONS: tuple[tuple[str, str, type, str], ...] = (
+    ("socket", "ENGINE_SOCKET", str, "Unix socket path to serve on (required)"),
+    ("backend", "ENGINE_BACKEND", str, "diffusers (the model) or test (torch-free stand-in)"),
+    ("model_dir", "MODEL_DIR", str, "folder of diffusers-format models; empty: tiny random model"),
+    ("model_rev", "ENGINE_MODEL_REV", str, "model revision to report; empty: derived from files"),
+    ("device", "ENGINE_DEVICE", str, "auto, cpu or cuda"),
+    ("dtype", "ENGINE_DTYPE", str, "auto, float32, float16 or bfloat16 (auto: fp32 on CPU)"),
+    ("concurrency", "ENGINE_CONCURRENCY", int, "jobs run at once; more wait in order"),
+    ("min_long_side", "ENGINE_MIN_LONG_SIDE", int, "smallest output long side, pixels"),
+    ("max_long_side", "ENGINE_MAX_LONG_SIDE", int, "largest output long side, pixels"),
+    ("default_long_side", "ENGINE_DEFAULT_LONG_SIDE", int, "long side when a job asks for 0"),
+    ("max_steps", "ENGINE_MAX_STEPS", int, "largest number of denoising steps"),
+    ("max_input_pixels", "ENGINE_MAX_INPUT_PIXELS", int, "pixel cap of input image and mask"),
+    ("max_message_bytes", "ENGINE_MAX_MESSAGE_BYTES", int, "gRPC message limit each way"),
+    ("mask_feather", "ENGINE_MASK_FEATHER", int, "inpaint blend width in output pixels"),
+    ("warmup_steps", "ENGINE_WARMUP_STEPS", int, "steps of the warm-up job before SERVING"),
+    ("compile", "ENGINE_COMPILE", bool, "torch.compile the UNet and ControlNet"),
+    ("channels_last", "ENGINE_CHANNELS_LAST", bool, "channels-last memory format"),
+    ("parent_pid", "ENGINE_PARENT_PID", int, "exit when this process dies; 0: the parent"),
+    ("shutdown_grace", "ENGINE_SHUTDOWN_GRACE", float, "seconds jobs get to finish on SIGTERM"),
+    ("log_level", "ENGINE_LOG_LEVEL", str, "debug, info, warning or error"),
+    ("test_faults", "ENGINE_TEST_FAULTS", bool, "test backend: obey test_faults in requests"),
+    ("test_start_fault", "ENGINE_TEST_START_FAULT", str, "test backend: crash or never-ready"),
+    ("test_start_delay", "ENGINE_TEST_START_DELAY", float, "test backend: warm-up seconds"),
+    ("test_step_delay", "ENGINE_TEST_STEP_DELAY", float, "test backend: seconds per step"),
+)
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _parse_bool(text: str, name: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}: want true or false, got {text!r}")
+
+
+def _convert(kind: type, text: str, name: str) -> object:
+    if kind is bool:
+        return _parse_bool(text, name)
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}: want {kind.__name__}, got {text!r}") from None
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    """Builds Settings from flags and environment variables, or raises ConfigError."""
+    parser = argparse.ArgumentParser(
+        prog="python -m inference",
+        description="vstage engine: SDXL + ControlNet over gRPC on a Unix socket.",
+    )
+    defaults = Settings(socket="")
+    for name, env, kind, text in _OPTIONS:
+        flag = "--" + name.replace("_", "-")
+        helptext = f"{text} [env {env}, default {getattr(defaults, name)!r}]"
+        if kind is bool:
+            parser.add_argument(
+                flag, dest=name, default=None, help=helptext, action=argparse.BooleanOptionalAction
+            )
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=helptext)
+    args = parser.parse_args(list(argv))
+
+    values: dict[str, object] = {}
+    for name, env, kind, _ in _OPTIONS:
+        flag_value = getattr(args, name)
+        label = f"--{name.replace('_', '-')}"
+        if flag_value is not None:
+            values[name] = flag_value if kind is bool else _convert(kind, flag_value, label)
+        elif env in environ:
+            values[name] = _convert(kind, environ[env], env)
+    settings = Settings(**values)  # type: ignore[arg-type]
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    """Raises ConfigError naming the first setting that is out of range."""
+    if not s.socket:
+        raise ConfigError("--socket (ENGINE_SOCKET) is required")
+    if len(os.fsencode(s.socket)) > 100:
+        raise ConfigError("--socket: a Unix socket path must be under 100 bytes")
+    if s.backend not in BACKENDS:
+        raise ConfigError(f"--backend: want one of {BACKENDS}, got {s.backend!r}")
+    if s.device not in DEVICES:
+        raise ConfigError(f"--device: want one of {DEVICES}, got {s.device!r}")
+    if s.dtype not in DTYPES:
+        raise ConfigError(f"--dtype: want one of {DTYPES}, got {s.dtype!r}")
+    if s.test_start_fault not in START_FAULTS:
+        raise ConfigError(f"--test-start-fault: want one of {START_FAULTS[1:]}")
+    if s.backend != "test" and (s.test_faults or s.test_start_fault or s.test_start_delay):
+        raise ConfigError("--test-faults and --test-start-* need --backend test")
+    if not 1 <= s.concurrency <= 64:
+        raise ConfigError("--concurrency (ENGINE_CONCURRENCY): want 1 to 64")
+    for name in ("min_long_side", "max_long_side", "default_long_side"):
+        value = getattr(s, name)
+        if value < 64 or value > 4096 or value % 8:
+            raise ConfigError(f"--{name.replace('_', '-')}: want a multiple of 8 in [64, 4096]")
+    if not s.min_long_side <= s.default_long_side <= s.max_long_side:
+        raise ConfigError("want min-long-side <= default-long-side <= max-long-side")
+    if not 1 <= s.max_steps <= 1000:
+        raise ConfigError("--max-steps: want 1 to 1000")
+    if s.max_input_pixels < 64 * 64:
+        raise ConfigError("--max-input-pixels: want at least 4096")
+    if s.max_message_bytes < 64 * MIB:
+        raise ConfigError("--max-message-bytes: want at least 64 MiB")
+    if not 0 <= s.mask_feather <= 64:
+        raise ConfigError("--mask-feather: want 0 to 64")
+    if not 1 <= s.warmup_steps <= 50:
+        raise ConfigError("--warmup-steps: want 1 to 50")
+    if s.shutdown_grace < 0 or s.test_start_delay < 0 or s.test_step_delay < 0:
+        raise ConfigError("durations must not be negative")
+    if s.log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError("--log-level: want debug, info, warning or error")

@@ -1,0 +1,207 @@
+"""What a backend gets (a validated job and a context) and what it returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from PIL import Image
+
+from . import errors
+from ._proto import engine_pb2 as pb
+from .config import Settings
+
+CONTROL_NAMES = {
+    pb.CONTROL_KIND_UNSPECIFIED: "canny",
+    pb.CONTROL_KIND_CANNY: "canny",
+    pb.CONTROL_KIND_DEPTH: "depth",
+}
+CONTROL_KINDS = {"canny": pb.CONTROL_KIND_CANNY, "depth": pb.CONTROL_KIND_DEPTH}
+FORMAT_NAMES = {
+    pb.IMAGE_FORMAT_JPEG: "jpeg",
+    pb.IMAGE_FORMAT_PNG: "png",
+    pb.IMAGE_FORMAT_WEBP: "webp",
+}
+FORMATS = {name: value for value, name in FORMAT_NAMES.items()}
+
+DEFAULT_QUALITY = 90
+MAX_JOB_ID_BYTES = 128
+MAX_PROMPT_CHARS = 8192
+FAULT_KEYS = frozenset({"crash", "hang", "oom", "sleep"})
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """JobSpec is a request with its numbers checked and its defaults filled in."""
+
+    job_id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    strength: float
+    guidance_scale: float
+    steps: int
+    control: str
+    conditioning_scale: float
+    long_side: int
+    output_format: str
+    quality: int
+    faults: dict[str, str]
+
+
+@dataclasses.dataclass
+class Work:
+    """Work is a job ready for a backend: the input resized to the output size.
+
+    mask is binary L (255 = repaint) at the same size, or None for img2img.
+    """
+
+    spec: JobSpec
+    image: Image.Image
+    mask: Image.Image | None
+
+
+@dataclasses.dataclass
+class Output:
+    """Output is a backend's answer: an RGB image of the Work's size and its timings."""
+
+    image: Image.Image
+    preprocess_ms: float = 0.0
+    denoise_ms: float = 0.0
+    vae_decode_ms: float = 0.0
+    peak_gpu_memory_bytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendInfo:
+    """BackendInfo is what Info reports about the loaded backend."""
+
+    model_rev: str
+    device: str
+    dtype: str
+    versions: dict[str, str]
+    control_kinds: tuple[str, ...]
+
+
+class JobContext:
+    """JobContext links a running job to its RPC: progress out, cancellation in."""
+
+    def __init__(
+        self,
+        cancelled: threading.Event,
+        reason: Callable[[], str],
+        progress: Callable[[int, int], None],
+    ) -> None:
+        self._cancelled = cancelled
+        self._reason = reason
+        self._progress = progress
+
+    def check(self) -> None:
+        """Raises JobCancelled when the RPC has ended."""
+        if self._cancelled.is_set():
+            raise errors.JobCancelled(self._reason())
+
+    def progress(self, step: int, total: int) -> None:
+        """Reports a finished step (1-based), then stops the job if the RPC has ended."""
+        self._progress(step, total)
+        self.check()
+
+    def sleep(self, seconds: float) -> None:
+        """Waits, waking at once to raise JobCancelled when the RPC ends."""
+        if self._cancelled.wait(seconds):
+            raise errors.JobCancelled(self._reason())
+
+
+class Backend(Protocol):
+    """Backend turns Work into an Output. One backend serves every job; run() may
+    be called from several threads at once (ENGINE_CONCURRENCY), so per-job state
+    lives in run()'s locals."""
+
+    name: str
+
+    def load(self) -> None:
+        """Loads the model; called once, before warmup()."""
+
+    def warmup(self) -> None:
+        """Runs one small job so the first real job pays no first-call costs."""
+
+    def info(self) -> BackendInfo:
+        """Describes what was loaded; valid after load()."""
+        ...
+
+    def run(self, work: Work, ctx: JobContext) -> Output:
+        """Runs one job. Raises EngineError or JobCancelled on failure."""
+        ...
+
+
+def _finite_in(value: float, lo: float, hi: float, name: str, lo_open: bool = False) -> float:
+    ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
+    if not ok:
+        left = "(" if lo_open else "["
+        raise errors.invalid(errors.OUT_OF_RANGE, f"{name} must be in {left}{lo:g}, {hi:g}]")
+    return float(value)
+
+
+def validate(req: pb.StageRequest, settings: Settings, control_kinds: tuple[str, ...]) -> JobSpec:
+    """Checks every field of req against the engine's limits; raises EngineError."""
+    if len(req.job_id.encode()) > MAX_JOB_ID_BYTES:
+        raise errors.invalid(errors.OUT_OF_RANGE, f"job_id is longer than {MAX_JOB_ID_BYTES} bytes")
+    if req.test_faults:
+        if not settings.test_faults:
+            raise errors.invalid(
+                errors.TEST_FAULTS_DISABLED,
+                "test_faults needs an engine started with --test-faults",
+            )
+        unknown = sorted(set(req.test_faults) - FAULT_KEYS)
+        if unknown:
+            raise errors.invalid(
+                errors.OUT_OF_RANGE, f"unknown test_faults {unknown}; known: {sorted(FAULT_KEYS)}"
+            )
+    for name in ("prompt", "negative_prompt"):
+        if len(getattr(req, name)) > MAX_PROMPT_CHARS:
+            raise errors.invalid(
+                errors.OUT_OF_RANGE, f"{name} is longer than {MAX_PROMPT_CHARS} characters"
+            )
+    strength = _finite_in(req.strength, 0.0, 1.0, "strength", lo_open=True)
+    guidance = _finite_in(req.guidance_scale, 0.0, 30.0, "guidance_scale")
+    cond = _finite_in(req.conditioning_scale, 0.0, 2.0, "conditioning_scale")
+    if not 1 <= req.steps <= settings.max_steps:
+        raise errors.invalid(errors.OUT_OF_RANGE, f"steps must be in [1, {settings.max_steps}]")
+    # img2img runs only the last steps*strength steps; zero of them is no job.
+    if int(req.steps * strength) < 1:
+        raise errors.invalid(errors.OUT_OF_RANGE, "steps * strength must be at least 1")
+    long_side = req.output_long_side or settings.default_long_side
+    lo, hi = settings.min_long_side, settings.max_long_side
+    if long_side % 8 or not lo <= long_side <= hi:
+        raise errors.invalid(
+            errors.OUT_OF_RANGE, f"output_long_side must be a multiple of 8 in [{lo}, {hi}], or 0"
+        )
+    fmt = FORMAT_NAMES.get(req.output_format)
+    if fmt is None:
+        raise errors.invalid(errors.UNSUPPORTED_FORMAT, "output_format must be JPEG, PNG or WEBP")
+    quality = req.quality or DEFAULT_QUALITY
+    if not 1 <= quality <= 100:
+        raise errors.invalid(errors.OUT_OF_RANGE, "quality must be in [1, 100], or 0")
+    control = CONTROL_NAMES.get(req.control)
+    if control is None or control not in control_kinds:
+        raise errors.invalid(
+            errors.CONTROL_UNAVAILABLE, f"control must be one of {list(control_kinds)}"
+        )
+    return JobSpec(
+        job_id=req.job_id,
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        seed=req.seed,
+        strength=strength,
+        guidance_scale=guidance,
+        steps=req.steps,
+        control=control,
+        conditioning_scale=cond,
+        long_side=long_side,
+        output_format=fmt,
+        quality=quality,
+        faults=dict(req.test_faults),
+    )

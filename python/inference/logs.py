@@ -1,0 +1,55 @@
+"""JSON-lines logging on stderr, one object per record."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import Any
+
+LOGGER_NAME = "inference"
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object; fields come from extra={"fields": {...}}."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def setup(level: str) -> logging.Logger:
+    """Sends the engine's and the libraries' logs to stderr as JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # Library chatter (diffusers, transformers) stays at warning unless the
+    # engine itself is asked for debug.
+    root.setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)
+    log = logging.getLogger(LOGGER_NAME)
+    log.setLevel(level.upper())
+    return log
+
+
+def get() -> logging.Logger:
+    """Returns the engine's logger."""
+    return logging.getLogger(LOGGER_NAME)
+
+
+def fields(**kw: Any) -> dict[str, Any]:
+    """Wraps structured attributes for a logging call's extra argument."""
+    return {"fields": kw}

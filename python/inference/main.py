@@ -1,0 +1,178 @@
+"""Process lifecycle: parse settings, serve, load, warm up, and exit when told or orphaned."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+from . import config, logs
+from .config import Settings
+from .jobs import Backend
+from .server import Server
+
+EXIT_OK = 0
+EXIT_LOAD_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_START_FAULT = 3
+
+WATCH_INTERVAL = 0.25
+
+
+def _offline() -> None:
+    # Set before diffusers or transformers is imported: the hub client reads
+    # these once. The engine must never reach for the network, even where one exists.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["DIFFUSERS_NO_ADVISORY_WARNINGS"] = "1"
+
+
+def make_backend(settings: Settings) -> Backend:
+    """Returns the backend chosen at start; only the diffusers one imports torch."""
+    if settings.backend == "test":
+        from .testbackend import TestBackend
+
+        return TestBackend(settings)
+    from .diffusers_backend import DiffusersBackend
+
+    return DiffusersBackend(settings)
+
+
+class _Stop:
+    """_Stop records the first reason to exit and wakes the main thread."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason = ""
+        self.code = EXIT_OK
+        self.graceful = True
+        self._lock = threading.Lock()
+
+    def request(self, reason: str, code: int = EXIT_OK, graceful: bool = True) -> None:
+        with self._lock:
+            if not self.event.is_set():
+                self.reason, self.code, self.graceful = reason, code, graceful
+                self.event.set()
+
+
+def _watch(settings: Settings, parent: int, inode: int, stop: _Stop) -> None:
+    """Stops the engine when its parent dies or its socket file is removed or replaced."""
+    explicit = settings.parent_pid != 0
+    while not stop.event.wait(WATCH_INTERVAL):
+        if explicit:
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                stop.request("parent exited", graceful=False)
+            except PermissionError:
+                pass
+        elif os.getppid() != parent:
+            # Reparented: the process that started us is gone.
+            stop.request("parent exited", graceful=False)
+        try:
+            current = os.stat(settings.socket).st_ino
+        except FileNotFoundError:
+            current = -1
+        if current != inode:
+            stop.request("socket removed", graceful=False)
+
+
+def _load(server: Server, backend: Backend, settings: Settings, stop: _Stop) -> None:
+    log = logs.get()
+    try:
+        t0 = time.monotonic()
+        backend.load()
+        t1 = time.monotonic()
+        backend.warmup()
+        t2 = time.monotonic()
+    except Exception:
+        log.exception("model load failed")
+        stop.request("model load failed", EXIT_LOAD_FAILED, graceful=False)
+        return
+    if settings.test_start_fault == "never-ready":
+        log.warning("test start fault: staying NOT_SERVING")
+        return
+    server.set_serving()
+    info = backend.info()
+    log.info(
+        "engine ready",
+        extra=logs.fields(
+            model_rev=settings.model_rev or info.model_rev,
+            device=info.device,
+            dtype=info.dtype,
+            load_s=round(t1 - t0, 3),
+            warmup_s=round(t2 - t1, 3),
+        ),
+    )
+
+
+def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
+    """Runs the engine until it is stopped; returns the exit code."""
+    try:
+        settings = config.parse(argv, environ)
+    except config.ConfigError as err:
+        logs.setup("info").error("bad configuration", extra=logs.fields(error=str(err)))
+        return EXIT_CONFIG
+    _offline()
+    log = logs.setup(settings.log_level)
+    log.info(
+        "engine starting",
+        extra=logs.fields(
+            pid=os.getpid(),
+            backend=settings.backend,
+            socket=settings.socket,
+            concurrency=settings.concurrency,
+            test_faults=settings.test_faults,
+        ),
+    )
+    if settings.test_start_fault == "crash":
+        log.error("test start fault: crashing before listening")
+        return EXIT_START_FAULT
+
+    parent = settings.parent_pid or os.getppid()
+    backend = make_backend(settings)
+    # A socket file left by a dead engine would make the bind fail; the path is ours.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(settings.socket)
+    server = Server(settings, backend)
+    server.start()
+    inode = os.stat(settings.socket).st_ino
+
+    stop = _Stop()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.request(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(
+        target=_watch, args=(settings, parent, inode, stop), name="watch", daemon=True
+    ).start()
+    threading.Thread(
+        target=_load, args=(server, backend, settings, stop), name="load", daemon=True
+    ).start()
+    log.info("engine listening", extra=logs.fields(socket=settings.socket))
+
+    # A bounded wait keeps the main thread able to run signal handlers.
+    while not stop.event.wait(1.0):
+        pass
+    log.info("engine stopping", extra=logs.fields(reason=stop.reason, graceful=stop.graceful))
+    server.stop(settings.shutdown_grace if stop.graceful else 0)
+    with contextlib.suppress(OSError):
+        if os.stat(settings.socket).st_ino == inode:
+            os.unlink(settings.socket)
+    log.info("engine stopped", extra=logs.fields(code=stop.code))
+    return stop.code
+
+
+def main() -> None:
+    code = run(sys.argv[1:], os.environ)
+    sys.stderr.flush()
+    # os._exit: a job thread stuck in a library call must not keep a stopped engine alive.
+    os._exit(code)

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from helpers import SMALL_LIMITS, Engine, start
+
+
+@pytest.fixture(scope="session")
+def test_engine() -> Iterator[Engine]:
+    """A torch-free engine with fault commands enabled, shared by tests that leave it healthy."""
+    engine = start(["--backend", "test", "--test-faults", "--concurrency", "1", *SMALL_LIMITS])
+    yield engine
+    engine.close()

@@ -1,0 +1,347 @@
+"""The torch-free backend over a real socket: protocol, faults and process lifecycle."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from helpers import (
+    NOT_SERVING,
+    SERVING,
+    SMALL_LIMITS,
+    Engine,
+    decode,
+    gradient,
+    kinds,
+    png,
+    reason_of,
+    request,
+    start,
+)
+from inference._proto import engine_pb2 as pb
+
+IMAGE = png(gradient(96, 48))
+
+
+def test_stream_order_and_result(test_engine: Engine) -> None:
+    events = test_engine.stage(request(IMAGE, steps=5, strength=1.0))
+    assert kinds(events) == ["accepted"] + ["progress"] * 5 + ["result"]
+    assert [(e.progress.step, e.progress.total) for e in events[1:-1]] == [
+        (i, 5) for i in range(1, 6)
+    ]
+    accepted, result = events[0].accepted, events[-1].result
+    assert (accepted.job_id, accepted.width, accepted.height) == ("job-1", 64, 32)
+    assert (result.width, result.height, result.format) == (64, 32, pb.IMAGE_FORMAT_PNG)
+    assert result.model_rev == "test-invert-v1"
+    assert result.seed == 1
+    assert result.timings.total_ms > 0
+    out = decode(result.image)
+    assert out.format == "PNG" and out.size == (64, 32)
+    expected = ImageOps.invert(gradient(96, 48).resize((64, 32), Image.Resampling.LANCZOS))
+    assert np.array_equal(np.asarray(out), np.asarray(expected))
+
+
+def test_inpaint_keeps_pixels_outside_mask(test_engine: Engine) -> None:
+    mask = Image.new("L", (96, 48), 0)
+    mask.paste(255, (30, 10, 60, 30))
+    result = test_engine.result(request(IMAGE, mask=png(mask), output_long_side=96))
+    out = np.asarray(decode(result.image)).astype(int)
+    original = np.asarray(gradient(96, 48)).astype(int)
+    # Inside: inverted; well outside (feather 4 -> at most 8 px of blend): untouched.
+    assert np.array_equal(out[12:28, 32:58], 255 - original[12:28, 32:58])
+    outside = np.ones((48, 96), bool)
+    outside[10 - 9 : 30 + 9, 30 - 9 : 60 + 9] = False
+    assert np.array_equal(out[outside], original[outside])
+    # The seam is a blend: some pixel next to the mask is neither.
+    seam = out[20, 60:66]
+    assert not np.array_equal(seam, original[20, 60:66])
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"image": b"not an image"}, "bad_image"),
+        ({"image": b""}, "bad_image"),
+        ({"image": b"GIF89a" + bytes(40)}, "bad_image"),
+        ({"mask": png(Image.new("L", (95, 48)))}, "mask_size_mismatch"),
+        ({"steps": 0}, "out_of_range"),
+        ({"steps": 101}, "out_of_range"),
+        ({"strength": math.nan}, "out_of_range"),
+        ({"strength": 0.0}, "out_of_range"),
+        ({"strength": 0.1, "steps": 5}, "out_of_range"),
+        ({"guidance_scale": math.inf}, "out_of_range"),
+        ({"conditioning_scale": -0.5}, "out_of_range"),
+        ({"output_long_side": 60}, "out_of_range"),
+        ({"output_long_side": 512}, "out_of_range"),
+        ({"output_format": pb.IMAGE_FORMAT_UNSPECIFIED}, "unsupported_format"),
+        ({"output_format": 42}, "unsupported_format"),
+        ({"quality": 101}, "out_of_range"),
+        ({"control": 9}, "control_unavailable"),
+        ({"job_id": "x" * 129}, "out_of_range"),
+        ({"test_faults": {"explode": "1"}}, "out_of_range"),
+        ({"test_faults": {"sleep": "soon"}}, "out_of_range"),
+    ],
+)
+def test_bad_input_is_invalid_argument(test_engine: Engine, change: dict, reason: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        test_engine.stage(request(IMAGE, **change))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(info.value) == reason
+    assert "Traceback" not in (info.value.details() or "")
+
+
+def test_pixel_cap_checked_on_header() -> None:
+    engine = start(["--backend", "test", "--max-input-pixels", "5000", *SMALL_LIMITS])
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            engine.stage(request(png(Image.new("RGB", (100, 51)))))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason_of(info.value) == "image_too_large"
+        assert engine.result(request(png(Image.new("RGB", (100, 50))))).width == 64
+    finally:
+        engine.close()
+
+
+def test_faults_rejected_without_flag() -> None:
+    engine = start(["--backend", "test", *SMALL_LIMITS])
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            engine.stage(request(IMAGE, test_faults={"crash": ""}))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert reason_of(info.value) == "test_faults_disabled"
+        assert engine.proc.poll() is None
+        assert engine.stub.Info(pb.InfoRequest()).test_faults is False
+    finally:
+        engine.close()
+
+
+def test_oom_fault_then_next_job_runs(test_engine: Engine) -> None:
+    got: list[pb.StageEvent] = []
+    with pytest.raises(grpc.RpcError) as info:
+        for event in test_engine.stub.Stage(request(IMAGE, test_faults={"oom": ""}), timeout=10):
+            got.append(event)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason_of(info.value) == "oom"
+    assert kinds(got) == ["accepted", "progress"]
+    assert test_engine.result(request(IMAGE)).width == 64
+
+
+def test_cancel_stops_sleeping_job(test_engine: Engine) -> None:
+    call = test_engine.stub.Stage(request(IMAGE, steps=10, test_faults={"sleep": "30"}))
+    first = next(call)
+    assert first.WhichOneof("event") == "accepted"
+    t0 = time.monotonic()
+    call.cancel()
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    # The slot is free again well before the 30 s job would have ended.
+    result = test_engine.result(request(IMAGE), timeout=10)
+    assert result.width == 64
+    assert time.monotonic() - t0 < 8
+    assert '"reason": "cancelled"' in test_engine.logs()
+
+
+def test_deadline_stops_sleeping_job(test_engine: Engine) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        test_engine.stage(request(IMAGE, steps=10, test_faults={"sleep": "30"}), timeout=1.0)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert test_engine.result(request(IMAGE), timeout=10).width == 64
+    assert time.monotonic() - t0 < 8
+    assert '"reason": "deadline"' in test_engine.logs()
+
+
+def test_sleep_fault_streams_progress(test_engine: Engine) -> None:
+    t0 = time.monotonic()
+    events = test_engine.stage(request(IMAGE, steps=4, test_faults={"sleep": "0.8"}))
+    assert time.monotonic() - t0 >= 0.8
+    assert kinds(events) == ["accepted"] + ["progress"] * 4 + ["result"]
+
+
+@pytest.mark.parametrize(("value", "code"), [("", 70), ("9", 9), ("kill", -signal.SIGKILL)])
+def test_crash_fault_exits_and_fails_call(value: str, code: int) -> None:
+    engine = start(["--backend", "test", "--test-faults", *SMALL_LIMITS])
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            engine.stage(request(IMAGE, test_faults={"crash": value}), timeout=20)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert engine.wait_exit(10) == code
+    finally:
+        engine.close()
+
+
+def test_hang_job_ignores_cancel_but_health_answers() -> None:
+    engine = start(["--backend", "test", "--test-faults", *SMALL_LIMITS])
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            engine.stage(request(IMAGE, test_faults={"hang": "job"}), timeout=1.0)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert engine.health_status() == SERVING
+        # The only slot is wedged: the next job cannot start.
+        with pytest.raises(grpc.RpcError) as info:
+            engine.stage(request(IMAGE), timeout=1.0)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert engine.proc.poll() is None
+    finally:
+        engine.close()
+
+
+def test_hang_process_stops_health() -> None:
+    engine = start(["--backend", "test", "--test-faults", *SMALL_LIMITS])
+    try:
+        call = engine.stub.Stage(request(IMAGE, test_faults={"hang": "process"}), timeout=30)
+        deadline = time.monotonic() + 10
+        while _state(engine.proc.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _state(engine.proc.pid) == "T"
+        assert engine.health_status(timeout=0.5) is None
+        call.cancel()
+    finally:
+        engine.close()
+
+
+def test_start_fault_crash() -> None:
+    engine = start(["--backend", "test", "--test-start-fault", "crash"], wait_serving=None)
+    try:
+        assert engine.wait_exit(20) == 3
+        assert not os.path.exists(engine.socket)
+    finally:
+        engine.close()
+
+
+def test_health_not_serving_until_warm_then_serving() -> None:
+    engine = start(
+        ["--backend", "test", "--test-start-delay", "2", *SMALL_LIMITS], wait_serving=None
+    )
+    try:
+        engine.wait_for(NOT_SERVING, 20)
+        assert engine.stub.Info(pb.InfoRequest()).ready is False
+        with pytest.raises(grpc.RpcError) as info:
+            engine.stage(request(IMAGE))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert reason_of(info.value) == "not_ready"
+        engine.wait_for(SERVING, 20)
+        assert engine.stub.Info(pb.InfoRequest()).ready is True
+    finally:
+        engine.close()
+
+
+def test_never_ready_start_fault() -> None:
+    engine = start(["--backend", "test", "--test-start-fault", "never-ready"], wait_serving=None)
+    try:
+        engine.wait_for(NOT_SERVING, 20)
+        time.sleep(1)
+        assert engine.health_status() == NOT_SERVING
+    finally:
+        engine.close()
+
+
+def test_concurrency_runs_jobs_side_by_side() -> None:
+    for concurrency, overlap in ((2, True), (1, False)):
+        engine = start(
+            ["--backend", "test", "--test-faults", "--concurrency", str(concurrency), *SMALL_LIMITS]
+        )
+        try:
+            spans: dict[str, tuple[float, float]] = {}
+
+            def run(name: str, eng: Engine = engine, spans: dict = spans) -> None:
+                t0 = time.monotonic()
+                events = eng.stage(request(IMAGE, job_id=name, steps=2, test_faults={"sleep": "1"}))
+                assert kinds(events)[-1] == "result"
+                spans[name] = (t0, time.monotonic())
+
+            threads = [threading.Thread(target=run, args=(n,)) for n in ("a", "b")]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            ends = sorted(end for _, end in spans.values())
+            starts = min(start for start, _ in spans.values())
+            # Side by side both finish after about 1 s; one at a time, the last after 2 s.
+            assert ((ends[1] - starts) < 1.8) is overlap, (concurrency, spans)
+        finally:
+            engine.close()
+
+
+def test_sigterm_exits_cleanly_and_removes_socket() -> None:
+    engine = start(["--backend", "test", *SMALL_LIMITS])
+    try:
+        engine.proc.send_signal(signal.SIGTERM)
+        assert engine.wait_exit(15) == 0
+        assert not os.path.exists(engine.socket)
+    finally:
+        engine.close()
+
+
+def test_exits_when_socket_removed() -> None:
+    engine = start(["--backend", "test", *SMALL_LIMITS])
+    try:
+        os.unlink(engine.socket)
+        assert engine.wait_exit(10) == 0
+        assert '"reason": "socket removed"' in engine.logs()
+    finally:
+        engine.close()
+
+
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-m", "inference", "--socket", sys.argv[1],
+                          "--backend", "test"], stderr=subprocess.DEVNULL)
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_exits_when_parent_dies() -> None:
+    workdir = tempfile.mkdtemp(prefix="vse")
+    sock = os.path.join(workdir, "e.sock")
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, sock], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(sock)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def _alive(pid: int) -> bool:
+    # The orphan is reaped by init, not by us; a zombie counts as gone.
+    return _state(pid) not in ("Z", "gone")
+
+
+def test_test_backend_loads_no_torch(test_engine: Engine) -> None:
+    with open(f"/proc/{test_engine.proc.pid}/maps") as f:
+        maps = f.read()
+    assert "libtorch" not in maps
+    assert "libc" in maps  # the check reads a real map
