@@ -73,8 +73,8 @@ func TestParseRejectsBadCatalogues(t *testing.T) {
 		t.Fatalf("good catalogue rejected: %v", err)
 	}
 	for name, bad := range map[string]string{
-		"duplicate id":     strings.Replace(good, `[{"id":"b"`, `[{"id":"b","name":"B","prompt":"p","negative":"n"},{"id":"b"`, 1),
-		"bad id":           strings.Replace(good, `"id":"a"`, `"id":"A B"`, 1),
+		"duplicate id": strings.Replace(good, `[{"id":"b"`, `[{"id":"b","name":"B","prompt":"p","negative":"n"},{"id":"b"`, 1),
+		"bad id":       strings.Replace(good, `"id":"a"`, `"id":"A B"`, 1),
 		"missing negative": strings.Replace(good, `"prompt":"p","negative":"n"}],
 	"styles"`, `"prompt":"p","negative":""}],
 	"styles"`, 1),

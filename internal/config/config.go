@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vstage/vstage/internal/storage"
 )
 
 // Mode selects the backend that produces staged images.
@@ -36,7 +38,7 @@ type Config struct {
 	StorageURL       string
 	S3Endpoint       string
 	S3ForcePathStyle bool
-	AllowedPrefixes  []string
+	AllowedPrefixes  storage.Prefixes
 	// StagedKeyTemplate derives the staged object's key; see StagedKey.
 	StagedKeyTemplate  string
 	StagedCacheControl string
@@ -105,13 +107,11 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		ShutdownTimeout:    p.duration("SHUTDOWN_TIMEOUT", 0),
 		DrainDelay:         p.duration("DRAIN_DELAY", 0),
 	}
-	if s := p.str("ALLOWED_PREFIXES"); s != "" {
-		for _, f := range strings.Split(s, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				c.AllowedPrefixes = append(c.AllowedPrefixes, f)
-			}
-		}
+	prefixes, err := storage.ParsePrefixes(p.str("ALLOWED_PREFIXES"))
+	if err != nil {
+		p.fail("ALLOWED_PREFIXES", "%v", err)
 	}
+	c.AllowedPrefixes = prefixes
 	if err := c.LogLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
 		p.fail("LOG_LEVEL", "must be debug, info, warn or error")
 	}

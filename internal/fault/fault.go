@@ -32,7 +32,10 @@ const (
 	ProviderError        Code = "provider_error"
 	Internal             Code = "internal"
 	MethodNotAllowed     Code = "method_not_allowed"
-	RouteNotFound        Code = "route_not_found"
+	// Canceled means the client went away; no one reads the answer, but
+	// logs and metrics count it.
+	Canceled      Code = "canceled"
+	RouteNotFound Code = "route_not_found"
 )
 
 // Error is a failure with a code. Message is safe to show to a client; Err,

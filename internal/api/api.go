@@ -1,0 +1,253 @@
+// Package api is the sidecar's HTTP interface: the routes, the JSON request
+// and response types, the error model's status codes, and the middleware
+// that gives every request one log line and its metrics.
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/vstage/vstage/internal/catalog"
+	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/staging"
+	"github.com/vstage/vstage/internal/telemetry"
+)
+
+// Stager runs staging jobs; *staging.Service is the production one.
+type Stager interface {
+	Stage(ctx context.Context, req staging.Request) (staging.Outcome, error)
+}
+
+// Options configure the API.
+type Options struct {
+	// MaxBodyBytes caps the /infer request body.
+	MaxBodyBytes int64
+	// RequestTimeout is the deadline of one /infer request.
+	RequestTimeout time.Duration
+	// Mode is the configured inference mode, for log lines.
+	Mode string
+	// Ready reports why the service cannot take work, or nil when it can.
+	// Nil means ready whenever the server is not draining.
+	Ready func(context.Context) error
+}
+
+// Server holds the API's dependencies and its draining state.
+type Server struct {
+	stager   Stager
+	catalog  *catalog.Catalog
+	gatherer prometheus.Gatherer
+	metrics  *telemetry.HTTPMetrics
+	log      *slog.Logger
+	opts     Options
+	draining atomic.Bool
+}
+
+// New returns a Server. The gatherer is exposed at /metrics.
+func New(st Stager, cat *catalog.Catalog, gatherer prometheus.Gatherer, metrics *telemetry.HTTPMetrics, log *slog.Logger, opts Options) *Server {
+	return &Server{stager: st, catalog: cat, gatherer: gatherer, metrics: metrics, log: log, opts: opts}
+}
+
+// Drain turns readiness off and refuses new jobs with 503 unavailable, while
+// requests already running go on. It cannot be undone.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+// Handler returns the routes with their middleware.
+func (s *Server) Handler() http.Handler {
+	r := chi.NewRouter()
+	r.Use(s.observe, s.recoverPanic)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, fault.New(fault.RouteNotFound, "no route %s %.100q", r.Method, r.URL.Path))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, fault.New(fault.MethodNotAllowed, "method %s is not allowed on %.100q", r.Method, r.URL.Path))
+	})
+	r.Post("/infer", s.handleInfer)
+	r.Get("/v1/catalog", s.handleCatalog)
+	r.Get("/healthz", s.handleHealthz)
+	r.Get("/readyz", s.handleReadyz)
+	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelError),
+		EnableOpenMetrics: true,
+	}))
+	return r
+}
+
+type catalogEntry struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
+type catalogBody struct {
+	RoomTypes []catalogEntry `json:"room_types"`
+	Styles    []catalogEntry `json:"styles"`
+	Defaults  struct {
+		Strength      float64 `json:"strength"`
+		GuidanceScale float64 `json:"guidance_scale"`
+	} `json:"defaults"`
+}
+
+func (s *Server) handleCatalog(w http.ResponseWriter, _ *http.Request) {
+	var b catalogBody
+	for _, e := range s.catalog.RoomTypes {
+		b.RoomTypes = append(b.RoomTypes, catalogEntry{ID: e.ID, Name: e.Name})
+	}
+	for _, e := range s.catalog.Styles {
+		b.Styles = append(b.Styles, catalogEntry{ID: e.ID, Name: e.Name})
+	}
+	b.Defaults.Strength = s.catalog.Defaults.Strength
+	b.Defaults.GuidanceScale = s.catalog.Defaults.GuidanceScale
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	writeJSON(w, http.StatusOK, b)
+}
+
+type statusBody struct {
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// handleHealthz says the sidecar process is serving; it deliberately
+// ignores dependencies, so an orchestrator never kills a pod that is only
+// waiting for one.
+func (s *Server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, statusBody{Status: "ok"})
+}
+
+func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, statusBody{Status: "unavailable", Reason: "draining"})
+		return
+	}
+	if s.opts.Ready != nil {
+		if err := s.opts.Ready(r.Context()); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, statusBody{Status: "unavailable", Reason: err.Error()})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, statusBody{Status: "ready"})
+}
+
+// fields collects what the handlers learn about a request for its one log
+// line.
+type fields struct {
+	imageID string
+	backend string
+	replay  bool
+	code    fault.Code
+	err     error
+}
+
+type fieldsKey struct{}
+
+func fieldsFrom(ctx context.Context) *fields {
+	f, _ := ctx.Value(fieldsKey{}).(*fields)
+	return f
+}
+
+var requestIDPattern = regexp.MustCompile(`^[A-Za-z0-9._:-]{1,64}$`)
+
+// observe gives every request an id, one log line and its metrics.
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := r.Header.Get("X-Request-Id")
+		if !requestIDPattern.MatchString(id) {
+			id = newRequestID()
+		}
+		w.Header().Set("X-Request-Id", id)
+		f := &fields{}
+		r = r.WithContext(context.WithValue(r.Context(), fieldsKey{}, f))
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		s.metrics.InFlight.Inc()
+		defer s.metrics.InFlight.Dec()
+
+		next.ServeHTTP(sw, r)
+
+		route := "unmatched"
+		if rc := chi.RouteContext(r.Context()); rc != nil && rc.RoutePattern() != "" {
+			route = rc.RoutePattern()
+		}
+		if f.code == fault.Canceled {
+			sw.status = statusClientClosedRequest
+		}
+		elapsed := time.Since(start)
+		s.metrics.Requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Inc()
+		s.metrics.Duration.WithLabelValues(route, r.Method).Observe(elapsed.Seconds())
+		if route == "/metrics" || route == "/healthz" || route == "/readyz" {
+			return // probes and scrapes would drown the log
+		}
+		attrs := []slog.Attr{
+			slog.String("request_id", id), slog.String("method", r.Method), slog.String("route", route),
+			slog.Int("status", sw.status), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
+		}
+		if f.imageID != "" {
+			attrs = append(attrs, slog.String("image_id", f.imageID), slog.String("mode", s.opts.Mode))
+		}
+		if f.backend != "" {
+			attrs = append(attrs, slog.String("backend", f.backend), slog.Bool("replay", f.replay))
+		}
+		level := slog.LevelInfo
+		if f.code != "" {
+			attrs = append(attrs, slog.String("code", string(f.code)))
+			if statusOf(f.code) >= 500 && f.code != fault.Canceled {
+				level = slog.LevelError
+				attrs = append(attrs, slog.String("error", errString(f.err)))
+			}
+		}
+		s.log.LogAttrs(r.Context(), level, "request", attrs...)
+	})
+}
+
+// recoverPanic answers a panicking handler with 500 internal and logs the
+// stack, so one bad request cannot take the process down.
+func (s *Server) recoverPanic(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.ErrorContext(r.Context(), "handler panicked", "panic", v, "stack", string(debug.Stack()))
+				writeError(w, r, fault.New(fault.Internal, "internal error"))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return hex.EncodeToString(b[:])
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

@@ -1,0 +1,57 @@
+// Package backend defines the Backend interface, the one seam between the
+// staging use case and whatever produces a staged image, and its mock
+// implementation. The self (engine) and managed (hosted provider) backends
+// implement the same interface.
+package backend
+
+import (
+	"context"
+
+	"github.com/vstage/vstage/internal/imagecheck"
+)
+
+// Job is one staging job, fully resolved: the input bytes have passed the
+// header checks, the prompts are written, and every parameter has a value.
+type Job struct {
+	// ID identifies the job in logs and backend calls; it is the request's
+	// image_id.
+	ID string
+	// Image is the original, as stored; Info is what its header says.
+	Image []byte
+	Info  imagecheck.Info
+	// Mask, when not nil, marks in white the pixels to repaint; it has the
+	// original's displayed size.
+	Mask []byte
+
+	Prompt         string
+	NegativePrompt string
+	Seed           uint32
+	Strength       float64
+	GuidanceScale  float64
+	// ControlNetConditioningScale weighs the structure-preserving
+	// conditioning.
+	ControlNetConditioningScale float64
+	// OutputLongSide is the long side of the result in pixels.
+	OutputLongSide int
+}
+
+// Result is a staged image.
+type Result struct {
+	Image       []byte
+	ContentType string
+	Width       int
+	Height      int
+	ModelRev    string
+	// Warnings are short machine-readable notes for the client, such as
+	// "mask_ignored".
+	Warnings []string
+}
+
+// Backend produces staged images. Stage must return promptly after ctx is
+// done, and return errors from the fault package so the client sees a
+// stable code.
+type Backend interface {
+	// Name is the backend's name in answers, logs and metric labels.
+	Name() string
+	Stage(ctx context.Context, job Job) (Result, error)
+}

@@ -1,0 +1,54 @@
+package backend
+
+import (
+	"context"
+	"errors"
+
+	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/imagecheck"
+)
+
+// MockModelRev is the model_rev of every mock result.
+const MockModelRev = "mock"
+
+// Mock returns the original as the staged image: decoded, turned upright
+// from its EXIF orientation, fitted within the output size and re-encoded as
+// a JPEG without any metadata. It exercises the whole contract without a
+// GPU.
+type Mock struct {
+	// MaxPixels caps decoding, as a second line behind the header check.
+	MaxPixels int64
+	// Quality is the JPEG quality of the output.
+	Quality int
+}
+
+// Name returns "mock".
+func (m *Mock) Name() string { return "mock" }
+
+// Stage re-encodes the original. A mask is accepted and ignored, with the
+// warning "mask_ignored", so callers can test inpainting requests end to end.
+func (m *Mock) Stage(ctx context.Context, job Job) (Result, error) {
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	r, err := imagecheck.Normalize(job.Image, imagecheck.NormalizeOptions{
+		MaxPixels: m.MaxPixels,
+		LongSide:  job.OutputLongSide,
+		Quality:   m.Quality,
+	})
+	switch {
+	case errors.Is(err, imagecheck.ErrTooManyPixels):
+		return Result{}, fault.Wrap(err, fault.ImageTooLarge, "the original has too many pixels")
+	case errors.Is(err, imagecheck.ErrUnsupported):
+		return Result{}, fault.Wrap(err, fault.UnsupportedMediaType, "the original is not a JPEG, PNG or WebP image")
+	case errors.Is(err, imagecheck.ErrCorrupt):
+		return Result{}, fault.Wrap(err, fault.InvalidInput, "the original could not be decoded; it may be truncated or corrupt")
+	case err != nil:
+		return Result{}, fault.Wrap(err, fault.Internal, "re-encoding the original failed")
+	}
+	res := Result{Image: r.Data, ContentType: "image/jpeg", Width: r.Width, Height: r.Height, ModelRev: MockModelRev}
+	if job.Mask != nil {
+		res.Warnings = append(res.Warnings, "mask_ignored")
+	}
+	return res, nil
+}

@@ -1,0 +1,156 @@
+package staging
+
+import (
+	"fmt"
+	"math"
+	"regexp"
+	"strings"
+
+	"github.com/vstage/vstage/internal/catalog"
+	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/storage"
+)
+
+// Request is one /infer call. Pointer fields are optional; nil takes the
+// catalogue's default (or, for Seed, a freshly drawn seed).
+type Request struct {
+	ImageID       string
+	OriginalKey   string
+	MaskKey       string
+	RoomType      string
+	Style         string
+	Seed          *uint32
+	Strength      *float64
+	GuidanceScale *float64
+}
+
+// Response is the answer to a finished job. A replay returns the recorded
+// Response unchanged, duration included.
+type Response struct {
+	StagedKey  string   `json:"staged_key"`
+	Width      int      `json:"width"`
+	Height     int      `json:"height"`
+	ModelRev   string   `json:"model_rev"`
+	Seed       uint32   `json:"seed"`
+	DurationMS int64    `json:"duration_ms"`
+	Warnings   []string `json:"warnings,omitempty"`
+}
+
+// params are the request's parameters with defaults resolved, except the
+// seed: two requests are the same job when their params are equal and their
+// seeds do not disagree.
+type params struct {
+	OriginalKey   string  `json:"original_key"`
+	MaskKey       string  `json:"mask_key,omitempty"`
+	RoomType      string  `json:"room_type"`
+	Style         string  `json:"style"`
+	Strength      float64 `json:"strength"`
+	GuidanceScale float64 `json:"guidance_scale"`
+}
+
+// plan is a validated request with everything derived from it.
+type plan struct {
+	imageID   string
+	params    params
+	seed      *uint32
+	stagedKey string
+	recordKey string
+}
+
+// sameJob reports whether q asks for the job p describes: same parameters,
+// and a seed that is absent from one of them or equal.
+func (p plan) sameJob(q plan) bool {
+	if p.params != q.params {
+		return false
+	}
+	return p.seed == nil || q.seed == nil || *p.seed == *q.seed
+}
+
+// matches reports whether a recorded job answers p.
+func (p plan) matches(r record) bool {
+	return p.params == r.Params && (p.seed == nil || *p.seed == r.Response.Seed)
+}
+
+var imageIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
+
+// validator checks requests against the catalogue and the key policy.
+type validator struct {
+	catalog   *catalog.Catalog
+	prefixes  storage.Prefixes
+	stagedKey func(originalKey, imageID string) string
+}
+
+// plan validates r and derives its keys. Every error is a *fault.Error with
+// code invalid_input or forbidden; nothing has been read or written yet.
+func (v validator) plan(r Request) (plan, error) {
+	if !imageIDPattern.MatchString(r.ImageID) {
+		return plan{}, fault.New(fault.InvalidInput, "image_id must be 1 to 128 characters of A-Z, a-z, 0-9, _ and -")
+	}
+	if err := v.checkKey("original_key", r.OriginalKey); err != nil {
+		return plan{}, err
+	}
+	if r.MaskKey != "" {
+		if err := v.checkKey("mask_key", r.MaskKey); err != nil {
+			return plan{}, err
+		}
+	}
+	if _, ok := v.catalog.RoomType(r.RoomType); !ok {
+		return plan{}, fault.New(fault.InvalidInput, "room_type %s is not in the catalogue; allowed: %s",
+			quote(r.RoomType), strings.Join(v.catalog.RoomTypeIDs(), ", "))
+	}
+	if _, ok := v.catalog.Style(r.Style); !ok {
+		return plan{}, fault.New(fault.InvalidInput, "style %s is not in the catalogue; allowed: %s",
+			quote(r.Style), strings.Join(v.catalog.StyleIDs(), ", "))
+	}
+	d := v.catalog.Defaults
+	p := params{
+		OriginalKey: r.OriginalKey, MaskKey: r.MaskKey, RoomType: r.RoomType, Style: r.Style,
+		Strength: d.Strength, GuidanceScale: d.GuidanceScale,
+	}
+	if r.Strength != nil {
+		if s := *r.Strength; math.IsNaN(s) || s <= 0 || s > 1 {
+			return plan{}, fault.New(fault.InvalidInput, "strength must be a number in (0, 1], got %v", s)
+		}
+		p.Strength = *r.Strength
+	}
+	if r.GuidanceScale != nil {
+		if g := *r.GuidanceScale; math.IsNaN(g) || g < 0 || g > 30 {
+			return plan{}, fault.New(fault.InvalidInput, "guidance_scale must be a number in [0, 30], got %v", g)
+		}
+		p.GuidanceScale = *r.GuidanceScale
+	}
+	staged := v.stagedKey(r.OriginalKey, r.ImageID)
+	if err := storage.ValidateKey(staged); err != nil {
+		return plan{}, fault.Wrap(err, fault.InvalidInput, "the staged key derived from original_key is not a valid key (is original_key too long?)")
+	}
+	if !v.prefixes.Allows(staged) {
+		return plan{}, fault.New(fault.Forbidden, "the staged key %s would fall outside the allowed prefixes (%s)", quote(staged), v.prefixes)
+	}
+	if staged == r.OriginalKey || staged == r.MaskKey {
+		return plan{}, fault.New(fault.InvalidInput, "the staged key %s would overwrite an input; choose another image_id", quote(staged))
+	}
+	return plan{imageID: r.ImageID, params: p, seed: r.Seed, stagedKey: staged, recordKey: staged + ".json"}, nil
+}
+
+func (v validator) checkKey(field, key string) error {
+	if key == "" {
+		return fault.New(fault.InvalidInput, "%s is required", field)
+	}
+	if err := storage.ValidateKey(key); err != nil {
+		return fault.New(fault.InvalidInput, "%s: %s", field, strings.TrimPrefix(err.Error(), storage.ErrInvalidKey.Error()+" "))
+	}
+	if !v.prefixes.Allows(key) {
+		return fault.New(fault.Forbidden, "%s %s is outside the allowed prefixes (%s)", field, quote(key), v.prefixes)
+	}
+	return nil
+}
+
+// quote shows client-supplied text in a message, escaped and shortened so
+// a hostile value cannot flood a log line or forge one.
+func quote(s string) string {
+	const limit = 80
+	if len(s) > limit {
+		return fmt.Sprintf("%q…", s[:limit])
+	}
+	return fmt.Sprintf("%q", s)
+}

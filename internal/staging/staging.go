@@ -1,0 +1,372 @@
+// Package staging is the /infer use case: validate a request, replay or
+// refuse it by image_id, read and check its inputs, run a backend, and write
+// the staged image and the idempotency record. It works against interfaces
+// (a blob store, a backend) so every part can be real in tests.
+package staging
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/vstage/vstage/internal/backend"
+	"github.com/vstage/vstage/internal/catalog"
+	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/imagecheck"
+	"github.com/vstage/vstage/internal/storage"
+	"github.com/vstage/vstage/internal/telemetry"
+)
+
+// Store is the part of a blob store the use case needs.
+type Store interface {
+	Get(ctx context.Context, key string, maxBytes int64) ([]byte, error)
+	Put(ctx context.Context, key string, data []byte, opts storage.PutOptions) error
+}
+
+// Options are the limits and policies of the use case.
+type Options struct {
+	// AllowedPrefixes are the folders keys must be under; empty allows any.
+	AllowedPrefixes storage.Prefixes
+	// StagedKey derives the staged image's key from the original's key and
+	// the image id.
+	StagedKey func(originalKey, imageID string) string
+	// StagedCacheControl is written with every staged image.
+	StagedCacheControl string
+	// MaxInputBytes caps the size of an original or mask read from storage.
+	MaxInputBytes int64
+	// MaxInputPixels caps an original's or mask's pixels, checked from the
+	// header before anything is decoded.
+	MaxInputPixels int64
+	// OutputLongSide is the long side of the staged image.
+	OutputLongSide int
+}
+
+// Service runs staging jobs. It is safe for concurrent use.
+type Service struct {
+	store    Store
+	backend  backend.Backend
+	catalog  *catalog.Catalog
+	opts     Options
+	validate validator
+	metrics  *telemetry.StagingMetrics
+	log      *slog.Logger
+	// drawSeed picks a seed when a request has none.
+	drawSeed func() uint32
+
+	mu    sync.Mutex
+	calls map[string]*call // by record key
+}
+
+// call is one execution that identical concurrent requests share.
+type call struct {
+	done chan struct{}
+	plan plan
+	rec  record
+	err  error
+}
+
+// Outcome is a finished job's answer.
+type Outcome struct {
+	Response
+	// Replay is true when no backend work was done for this request: the
+	// answer is a recorded one, or another identical request's.
+	Replay bool
+	// Backend names the backend that produced the image.
+	Backend string
+}
+
+// New returns a Service. metrics must not be nil; log may be nil to
+// discard the service's own log lines.
+func New(store Store, b backend.Backend, cat *catalog.Catalog, opts Options, metrics *telemetry.StagingMetrics, log *slog.Logger) *Service {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		store: store, backend: b, catalog: cat, opts: opts, metrics: metrics, log: log,
+		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey},
+		drawSeed: rand.Uint32,
+		calls:    map[string]*call{},
+	}
+}
+
+// Stage runs one job. Errors are *fault.Error values; a context that ends
+// first yields a Timeout (deadline) or Canceled error wrapping ctx.Err().
+func (s *Service) Stage(ctx context.Context, req Request) (Outcome, error) {
+	out, err := s.stage(ctx, req)
+	outcome := "ok"
+	switch {
+	case err != nil:
+		outcome = string(fault.CodeOf(err))
+	case out.Replay:
+		outcome = "replay"
+	}
+	s.metrics.Jobs.WithLabelValues(s.backend.Name(), outcome).Inc()
+	return out, err
+}
+
+func (s *Service) stage(ctx context.Context, req Request) (Outcome, error) {
+	p, err := s.validate.plan(req)
+	if err != nil {
+		return Outcome{}, err
+	}
+	for {
+		c, leader := s.join(p)
+		if leader {
+			rec, fresh, err := s.execute(ctx, p)
+			s.leave(p, c, rec, err)
+			if err != nil {
+				return Outcome{}, err
+			}
+			return Outcome{Response: rec.Response, Replay: !fresh, Backend: rec.Backend}, nil
+		}
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			return Outcome{}, contextFault(ctx)
+		}
+		switch {
+		case c.err == nil && p.matches(c.rec):
+			s.metrics.Shared.Inc()
+			return Outcome{Response: c.rec.Response, Replay: true, Backend: c.rec.Backend}, nil
+		case c.err == nil:
+			return Outcome{}, conflict(p)
+		case c.plan.sameJob(p) && !isContextFault(c.err):
+			// The same job failed a moment ago for a reason that is not the
+			// other client's own deadline or disconnect: share the answer
+			// rather than hammer a failing dependency.
+			return Outcome{}, c.err
+		}
+		// The execution we waited for was another job that failed, or its
+		// client went away: run our own.
+	}
+}
+
+// join returns the execution in flight for p's record key, or registers a
+// new one led by the caller.
+func (s *Service) join(p plan) (c *call, leader bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.calls[p.recordKey]; ok {
+		return c, false
+	}
+	c = &call{done: make(chan struct{}), plan: p}
+	s.calls[p.recordKey] = c
+	return c, true
+}
+
+func (s *Service) leave(p plan, c *call, rec record, err error) {
+	s.mu.Lock()
+	delete(s.calls, p.recordKey)
+	s.mu.Unlock()
+	c.rec, c.err = rec, err
+	close(c.done)
+}
+
+// execute replays or refuses p from its record, or runs it. fresh reports
+// whether the backend ran.
+func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, err error) {
+	start := time.Now()
+	if rec, found, err := s.readRecord(ctx, p); err != nil {
+		return record{}, false, err
+	} else if found {
+		if !p.matches(rec) {
+			return record{}, false, conflict(p)
+		}
+		return rec, false, nil
+	}
+
+	job, err := s.prepare(ctx, p)
+	if err != nil {
+		return record{}, false, err
+	}
+	res, err := s.backend.Stage(ctx, job)
+	if err != nil {
+		if ctx.Err() != nil {
+			return record{}, false, contextFault(ctx)
+		}
+		return record{}, false, err
+	}
+	if err := s.put(ctx, p.stagedKey, res.Image, storage.PutOptions{
+		ContentType: res.ContentType, CacheControl: s.opts.StagedCacheControl,
+	}); err != nil {
+		return record{}, false, err
+	}
+	rec = record{
+		Version: recordVersion, ImageID: p.imageID, Params: p.params, Backend: s.backend.Name(),
+		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		Response: Response{
+			StagedKey: p.stagedKey, Width: res.Width, Height: res.Height, ModelRev: res.ModelRev,
+			Seed: job.Seed, DurationMS: time.Since(start).Milliseconds(), Warnings: res.Warnings,
+		},
+	}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return record{}, false, fault.Wrap(err, fault.Internal, "encoding the idempotency record failed")
+	}
+	// The record is written last: a job that fails before this point leaves
+	// no record, so its retry runs again.
+	if err := s.put(ctx, p.recordKey, data, storage.PutOptions{
+		ContentType: "application/json", CacheControl: "no-store",
+	}); err != nil {
+		return record{}, false, err
+	}
+	s.metrics.Duration.WithLabelValues(s.backend.Name()).Observe(time.Since(start).Seconds())
+	return rec, true, nil
+}
+
+// prepare reads and checks the inputs and resolves every job parameter.
+func (s *Service) prepare(ctx context.Context, p plan) (backend.Job, error) {
+	img, info, err := s.readImage(ctx, "original_key", p.params.OriginalKey)
+	if err != nil {
+		return backend.Job{}, err
+	}
+	s.metrics.InputBytes.Observe(float64(len(img)))
+	job := backend.Job{
+		ID: p.imageID, Image: img, Info: info,
+		Strength: p.params.Strength, GuidanceScale: p.params.GuidanceScale,
+		ControlNetConditioningScale: s.catalog.Defaults.ControlNetConditioningScale,
+		OutputLongSide:              s.opts.OutputLongSide,
+	}
+	if p.params.MaskKey != "" {
+		mask, minfo, err := s.readImage(ctx, "mask_key", p.params.MaskKey)
+		if err != nil {
+			return backend.Job{}, err
+		}
+		mw, mh := minfo.OrientedSize()
+		ow, oh := info.OrientedSize()
+		if mw != ow || mh != oh {
+			return backend.Job{}, fault.New(fault.InvalidInput, "the mask is %dx%d but the original is %dx%d; they must match", mw, mh, ow, oh)
+		}
+		job.Mask = mask
+	}
+	if job.Prompt, job.NegativePrompt, err = s.catalog.Prompts(p.params.RoomType, p.params.Style); err != nil {
+		return backend.Job{}, fault.Wrap(err, fault.Internal, "expanding the prompt failed")
+	}
+	if p.seed != nil {
+		job.Seed = *p.seed
+	} else {
+		job.Seed = s.drawSeed()
+	}
+	return job, nil
+}
+
+// readImage reads an input and checks its header: sniffed format and pixel
+// count, before any pixel is decoded.
+func (s *Service) readImage(ctx context.Context, field, key string) ([]byte, imagecheck.Info, error) {
+	data, err := s.get(ctx, key, s.opts.MaxInputBytes)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return nil, imagecheck.Info{}, fault.Wrap(err, fault.NotFound, "%s %s does not exist", field, quote(key))
+	case errors.Is(err, storage.ErrTooLarge):
+		return nil, imagecheck.Info{}, fault.Wrap(err, fault.PayloadTooLarge, "%s %s is larger than the %d bytes allowed (MAX_INPUT_BYTES)", field, quote(key), s.opts.MaxInputBytes)
+	case err != nil:
+		return nil, imagecheck.Info{}, s.storageFault(ctx, err, "reading "+field)
+	}
+	info, err := imagecheck.Inspect(data, s.opts.MaxInputPixels)
+	switch {
+	case errors.Is(err, imagecheck.ErrUnsupported):
+		return nil, info, fault.Wrap(err, fault.UnsupportedMediaType, "%s is not a JPEG, PNG or WebP image (the content decides, not the extension)", field)
+	case errors.Is(err, imagecheck.ErrTooManyPixels):
+		return nil, info, fault.Wrap(err, fault.ImageTooLarge, "%s is %dx%d, more than the %d pixels allowed (MAX_INPUT_PIXELS)", field, info.Width, info.Height, s.opts.MaxInputPixels)
+	case err != nil:
+		return nil, info, fault.Wrap(err, fault.InvalidInput, "%s is not a readable image: its header is truncated or corrupt", field)
+	}
+	return data, info, nil
+}
+
+func (s *Service) readRecord(ctx context.Context, p plan) (record, bool, error) {
+	data, err := s.get(ctx, p.recordKey, maxRecordBytes)
+	if errors.Is(err, storage.ErrNotFound) {
+		return record{}, false, nil
+	}
+	if err != nil {
+		return record{}, false, s.storageFault(ctx, err, "reading the idempotency record")
+	}
+	var rec record
+	if err := json.Unmarshal(data, &rec); err != nil || rec.Version != recordVersion || rec.ImageID != p.imageID {
+		// A record we cannot trust must not be replayed nor silently
+		// overwritten: a person has to look at it.
+		s.log.ErrorContext(ctx, "unreadable idempotency record", "key", p.recordKey, "error", err)
+		return record{}, false, fault.New(fault.Internal, "the idempotency record for image_id %s is unreadable", quote(p.imageID))
+	}
+	return rec, true, nil
+}
+
+func (s *Service) get(ctx context.Context, key string, maxBytes int64) ([]byte, error) {
+	start := time.Now()
+	data, err := s.store.Get(ctx, key, maxBytes)
+	s.metrics.StorageDuration.WithLabelValues("get", storageResult(err)).Observe(time.Since(start).Seconds())
+	return data, err
+}
+
+func (s *Service) put(ctx context.Context, key string, data []byte, opts storage.PutOptions) error {
+	start := time.Now()
+	err := s.store.Put(ctx, key, data, opts)
+	s.metrics.StorageDuration.WithLabelValues("put", storageResult(err)).Observe(time.Since(start).Seconds())
+	if err != nil {
+		return s.storageFault(ctx, err, "writing "+key)
+	}
+	return nil
+}
+
+func storageResult(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case errors.Is(err, storage.ErrNotFound):
+		return "not_found"
+	case errors.Is(err, storage.ErrTooLarge):
+		return "too_large"
+	}
+	return "error"
+}
+
+// storageFault classifies an unexpected storage error. The cause stays in
+// the logs; the client learns only that storage failed and may be retried.
+func (s *Service) storageFault(ctx context.Context, err error, what string) error {
+	if ctx.Err() != nil {
+		return contextFault(ctx)
+	}
+	s.log.ErrorContext(ctx, "storage failed", "op", what, "error", err)
+	e := fault.Wrap(err, fault.Internal, "storage failed while %s", what)
+	e.Retryable = true
+	return e
+}
+
+func conflict(p plan) error {
+	return fault.New(fault.IdempotencyConflict,
+		"image_id %s was already used with other parameters; use a new image_id for a new job", quote(p.imageID))
+}
+
+// contextFault turns a finished context into the error the client (if still
+// there) sees.
+func contextFault(ctx context.Context) error {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fault.Wrap(err, fault.Timeout, "the request did not finish within its deadline (REQUEST_TIMEOUT)")
+	}
+	return fault.Wrap(err, fault.Canceled, "the client went away")
+}
+
+func isContextFault(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+const (
+	recordVersion  = 1
+	maxRecordBytes = 64 << 10
+)
+
+// record is the idempotency record stored beside the staged image.
+type record struct {
+	Version   int       `json:"version"`
+	ImageID   string    `json:"image_id"`
+	Params    params    `json:"params"`
+	Backend   string    `json:"backend"`
+	CreatedAt time.Time `json:"created_at"`
+	Response  Response  `json:"response"`
+}
