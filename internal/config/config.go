@@ -92,7 +92,6 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 	c := Config{
 		ListenAddr:         p.str("LISTEN_ADDR"),
 		Mode:               Mode(strings.ToLower(p.str("INFERENCE_MODE"))),
-		StorageURL:         p.str("STORAGE_URL"),
 		S3Endpoint:         p.str("S3_ENDPOINT"),
 		S3ForcePathStyle:   p.boolean("S3_FORCE_PATH_STYLE"),
 		StagedKeyTemplate:  p.str("STAGED_KEY_TEMPLATE"),
@@ -125,6 +124,9 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 	default:
 		p.fail("INFERENCE_MODE", "must be mock, managed or self")
 	}
+	// The documented default names the working directory, which only Load
+	// knows.
+	c.StorageURL, _ = p.lookup("STORAGE_URL")
 	if c.StorageURL == "" {
 		c.StorageURL = "file://" + filepath.ToSlash(filepath.Join(wd, "var", "storage"))
 	}

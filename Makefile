@@ -1,0 +1,41 @@
+# vstage: the two commands a new user needs are `make run` and `make test`.
+
+GO ?= go
+FUZZTIME ?= 30s
+
+.PHONY: run build test test-go lint-go fuzz bench-go clean
+
+## run: build the sidecar and start it on 127.0.0.1:8080 with a local store
+## under ./var/storage seeded with the sample photo; prints a curl to try.
+run: build
+	SEED_DEMO=true ./bin/sidecar
+
+## build: compile the sidecar into ./bin.
+build:
+	$(GO) build -o bin/sidecar ./cmd/sidecar
+
+## test: everything CI runs.
+test: lint-go test-go lint-py test-py
+
+lint-go:
+	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+test-go:
+	$(GO) test -race -count=1 -timeout 15m ./...
+
+## fuzz: run each fuzz target for FUZZTIME (the seed corpora already run in test-go).
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeInfer$$' -fuzztime $(FUZZTIME) ./internal/api
+	$(GO) test -run '^$$' -fuzz '^FuzzValidateKey$$' -fuzztime $(FUZZTIME) ./internal/storage
+	$(GO) test -run '^$$' -fuzz '^FuzzInspect$$' -fuzztime $(FUZZTIME) ./internal/imagecheck
+
+## bench-go: Go benchmarks (not part of test).
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin var
+
+include mk/python.mk

@@ -1,0 +1,55 @@
+// Command sidecar is vstage's HTTP service: it validates staging requests,
+// reads and writes images in storage, and runs the configured backend. All
+// settings come from environment variables; see the README.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/vstage/vstage/internal/app"
+	"github.com/vstage/vstage/internal/config"
+	"github.com/vstage/vstage/internal/telemetry"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	wd, err := os.Getwd()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sidecar: %v\n", err)
+		return 2
+	}
+	cfg, err := config.Load(os.Getenv, wd)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sidecar: invalid configuration:\n%v\n", err)
+		return 2
+	}
+	log := telemetry.NewLogger(os.Stderr, cfg.LogLevel)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	var banner io.Writer
+	if cfg.SeedDemo {
+		banner = os.Stdout
+	}
+	a, err := app.New(ctx, cfg, log)
+	if err != nil {
+		log.Error("start failed", "error", err)
+		return 1
+	}
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.ListenAddr)
+	if err != nil {
+		log.Error("start failed", "error", err)
+		return 1
+	}
+	if err := a.Serve(ctx, ln, banner); err != nil {
+		log.Error("sidecar stopped", "error", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,119 @@
+package config
+
+import (
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+
+func TestDefaults(t *testing.T) {
+	c, err := Load(env(nil), "/srv/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ListenAddr != "127.0.0.1:8080" || c.Mode != ModeMock || c.StorageURL != "file:///srv/app/var/storage" {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c.MaxBodyBytes != 64<<10 || c.MaxInputBytes != 25<<20 || c.MaxInputPixels != 40_000_000 || c.OutputLongSide != 1024 {
+		t.Errorf("limits: %+v", c)
+	}
+	if c.RequestTimeout != 120*time.Second || c.ShutdownTimeout != 30*time.Second || c.LogLevel != slog.LevelInfo || len(c.AllowedPrefixes) != 0 {
+		t.Errorf("durations/level/prefixes: %+v", c)
+	}
+}
+
+func TestOverrides(t *testing.T) {
+	c, err := Load(env(map[string]string{
+		"LISTEN_ADDR": ":9000", "INFERENCE_MODE": "MOCK", "STORAGE_URL": "s3://bucket/pre", "S3_ENDPOINT": "http://127.0.0.1:9000",
+		"S3_FORCE_PATH_STYLE": "true", "ALLOWED_PREFIXES": "listings/, uploads", "MAX_BODY_BYTES": "128KiB",
+		"MAX_INPUT_BYTES": "1048576", "MAX_INPUT_PIXELS": "1_000_000", "REQUEST_TIMEOUT": "2m", "LOG_LEVEL": "debug",
+		"STAGED_KEY_TEMPLATE": "{dir}/out/{name}-{image_id}.jpg",
+	}), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ListenAddr != ":9000" || c.Mode != ModeMock || !c.S3ForcePathStyle || c.MaxBodyBytes != 128<<10 || c.MaxInputBytes != 1<<20 ||
+		c.MaxInputPixels != 1_000_000 || c.RequestTimeout != 2*time.Minute || c.LogLevel != slog.LevelDebug {
+		t.Errorf("overrides: %+v", c)
+	}
+	if got := c.AllowedPrefixes.String(); got != "listings,uploads" {
+		t.Errorf("prefixes = %q", got)
+	}
+	if got := c.StagedKey("listings/7/photo.jpeg", "id9"); got != "listings/7/out/photo-id9.jpg" {
+		t.Errorf("staged key = %q", got)
+	}
+}
+
+func TestStagedKeyDefault(t *testing.T) {
+	c, err := Load(env(nil), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for orig, want := range map[string]string{
+		"listings/42/empty.jpg": "listings/42/staged/img.jpg",
+		"top.png":               "staged/img.jpg",
+	} {
+		if got := c.StagedKey(orig, "img"); got != want {
+			t.Errorf("StagedKey(%q) = %q, want %q", orig, got, want)
+		}
+	}
+}
+
+func TestBadValuesAreAllReported(t *testing.T) {
+	_, err := Load(env(map[string]string{
+		"LISTEN_ADDR": "8080", "INFERENCE_MODE": "gpu", "STORAGE_URL": "file://relative/dir", "S3_FORCE_PATH_STYLE": "yes please",
+		"ALLOWED_PREFIXES": "a,,b", "MAX_BODY_BYTES": "64KB", "MAX_INPUT_PIXELS": "-1", "OUTPUT_LONG_SIDE": "10",
+		"OUTPUT_JPEG_QUALITY": "101", "REQUEST_TIMEOUT": "30", "LOG_LEVEL": "loud", "STAGED_KEY_TEMPLATE": "{dir}/x.jpg",
+	}), "/")
+	if err == nil {
+		t.Fatal("bad configuration accepted")
+	}
+	for _, name := range []string{"LISTEN_ADDR", "INFERENCE_MODE", "STORAGE_URL", "S3_FORCE_PATH_STYLE", "ALLOWED_PREFIXES",
+		"MAX_BODY_BYTES", "MAX_INPUT_PIXELS", "OUTPUT_LONG_SIDE", "OUTPUT_JPEG_QUALITY", "REQUEST_TIMEOUT", "LOG_LEVEL", "STAGED_KEY_TEMPLATE"} {
+		if !strings.Contains(err.Error(), name+":") {
+			t.Errorf("error does not mention %s:\n%v", name, err)
+		}
+	}
+}
+
+func TestModesNotBuiltYetAreRefused(t *testing.T) {
+	for _, m := range []string{"self", "managed"} {
+		if _, err := Load(env(map[string]string{"INFERENCE_MODE": m}), "/"); err == nil || !strings.Contains(err.Error(), "not available") {
+			t.Errorf("%s: %v", m, err)
+		}
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1024": 1024, "64KiB": 64 << 10, "25MiB": 25 << 20, "1GiB": 1 << 30, "2 MiB": 2 << 20} {
+		if got, err := ParseBytes(in); err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "x", "1.5MiB", "-1", "9999999999999GiB", "10MB"} {
+		if _, err := ParseBytes(in); err == nil {
+			t.Errorf("ParseBytes(%q) accepted", in)
+		}
+	}
+}
+
+// TestReadmeListsEverySetting keeps the README's settings table honest.
+func TestReadmeListsEverySetting(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range Settings {
+		row := "| `" + s.Name + "` | `" + s.Default + "` |"
+		if s.Default == "" {
+			row = "| `" + s.Name + "` | (none) |"
+		}
+		if !strings.Contains(string(readme), row) {
+			t.Errorf("README lacks the row %q", row)
+		}
+	}
+}
