@@ -96,6 +96,30 @@ func checkEndToEnd(t *testing.T, svc *service, store blobs) {
 	}
 }
 
+// TestPhoneOrientationAndMetadata stages a photo a phone took upright
+// (stored sideways with an EXIF orientation tag): the staged image is
+// upright and carries no metadata.
+func TestPhoneOrientationAndMetadata(t *testing.T) {
+	dir := t.TempDir()
+	store := localBlobs{dir}
+	original := withOrientation(photo(t, 400, 300), 6)
+	if !hasMarker(original, 0xe1) {
+		t.Fatal("fixture has no EXIF")
+	}
+	store.put(t, "listings/42/empty.jpg", original)
+	svc := start(t, map[string]string{"STORAGE_URL": "file://" + dir})
+	b := decodeStaged(t, infer(t, svc, job("phone")))
+	if b.Width != 300 || b.Height != 400 {
+		t.Errorf("staged %dx%d, want the upright 300x400", b.Width, b.Height)
+	}
+	data, _ := store.get(t, b.StagedKey)
+	for _, m := range []byte{0xe1, 0xe2, 0xed, 0xfe} { // EXIF/XMP, ICC, IPTC, comment
+		if hasMarker(data, m) {
+			t.Errorf("staged image has marker %#x", m)
+		}
+	}
+}
+
 func TestReplayConflictAndRestart(t *testing.T) {
 	dir := t.TempDir()
 	env := map[string]string{"STORAGE_URL": "file://" + dir}

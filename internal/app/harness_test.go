@@ -359,3 +359,37 @@ func pngOf(t *testing.T, w, h int) []byte {
 	}
 	return buf.Bytes()
 }
+
+// withOrientation inserts an EXIF block with the given orientation tag
+// right after a JPEG's SOI marker, as a phone camera writes it.
+func withOrientation(jpg []byte, orientation uint16) []byte {
+	tiff := []byte{'M', 'M', 0, 42, 0, 0, 0, 8, // big-endian header, IFD at 8
+		0, 1, // one entry
+		0x01, 0x12, 0, 3, 0, 0, 0, 1, byte(orientation >> 8), byte(orientation), 0, 0, // Orientation, SHORT, 1
+		0, 0, 0, 0} // no next IFD
+	payload := append([]byte("Exif\x00\x00"), tiff...)
+	seg := []byte{0xff, 0xe1, byte((len(payload) + 2) >> 8), byte(len(payload) + 2)}
+	out := append([]byte{}, jpg[:2]...)
+	out = append(out, seg...)
+	out = append(out, payload...)
+	return append(out, jpg[2:]...)
+}
+
+// hasMarker reports whether a JPEG has a segment with the given marker
+// before its scan data.
+func hasMarker(jpg []byte, marker byte) bool {
+	for i := 2; i+4 <= len(jpg); {
+		if jpg[i] != 0xff {
+			return false
+		}
+		m := jpg[i+1]
+		if m == marker {
+			return true
+		}
+		if m == 0xda { // start of scan: no more header segments
+			return false
+		}
+		i += 2 + int(jpg[i+2])<<8 | int(jpg[i+3])
+	}
+	return false
+}
