@@ -152,15 +152,15 @@ func (f *floor) albedo(x, z, fx, fz float64) vec {
 	g := f.grain
 	// Long streaks, then finer wavy lines of the growth rings; the fine
 	// lines fade out where a sample covers more than one of them.
-	streak := g.fbm(across*38+b.seedX, along*0.9+b.seedZ, 4)
-	ringPhase := across*90 + 2.2*g.fbm(across*5+b.seedX, along*0.35+b.seedZ, 3)
+	streak := g.fbm(across*55+b.seedX, along*0.7+b.seedZ, 4)
+	ringPhase := across*60 + 3*g.fbm(across*4+b.seedX, along*0.3+b.seedZ, 3)
 	ring := math.Sin(ringPhase*2*math.Pi) * (1 - smoothstep(0.004, 0.012, fx))
-	ring = math.Abs(ring*ring*ring) * 0.5
+	ring = math.Abs(ring * ring * ring)
 	blotch := g.fbm(x*1.3+40, z*0.5, 3)
 
 	base, warm := oakLight, oakWarm
 	c := base.mul(1 - 0.35*clamp01(0.5+0.5*b.warm)).add(warm.mul(0.35 * clamp01(0.5+0.5*b.warm)))
-	k := b.tone * (1 + 0.16*(streak-0.5)) * (1 - 0.1*ring) * (1 + 0.08*(blotch-0.5))
+	k := b.tone * (1 + 0.3*(streak-0.5)) * (1 - 0.14*ring) * (1 + 0.08*(blotch-0.5))
 	c = c.mul(k)
 
 	// The bevel between planks and the butt joints read as dark lines.
