@@ -141,6 +141,7 @@ func printBanner(w io.Writer, addr string, cfg config.Config) {
 	fmt.Fprintf(w, "  curl -sS -X POST http://%s/infer -H 'Content-Type: application/json' \\\n", addr)
 	fmt.Fprintf(w, "    -d '{\"image_id\":\"demo-1\",\"original_key\":\"%s\",\"room_type\":\"living_room\",\"style\":\"scandinavian\"}'\n\n", sample.Key)
 	if local, ok := localDir(cfg.StorageURL); ok {
-		fmt.Fprintf(w, "The staged image is written to %s/demo/staged/demo-1.jpg\n\n", local)
+		fmt.Fprintf(w, "The staged image is written to %s/demo/staged/demo-1.jpg\n", local)
 	}
+	fmt.Fprintf(w, "Send it again for an idempotent replay; change image_id for a new job.\n\n")
 }
