@@ -131,22 +131,14 @@ func Inspect(data []byte, maxPixels int64) (Info, error) {
 	info := Info{Format: format, Orientation: 1}
 	switch format {
 	case JPEG:
-		err = inspectJPEG(data, &info)
+		err = inspectJPEG(data, &info, maxPixels)
 	case PNG:
-		err = inspectPNG(data, &info)
+		err = inspectPNG(data, &info, maxPixels)
 	case WebP:
 		err = inspectWebP(data, &info)
 	}
-	// A header that claims too many pixels is refused for that alone, even
-	// when what follows the claim is broken.
-	if maxPixels > 0 && info.Pixels() > maxPixels {
-		return Info{}, fmt.Errorf("%w: %dx%d is %d pixels; at most %d are allowed",
-			ErrTooManyPixels, info.Width, info.Height, info.Pixels(), maxPixels)
-	}
-	// Without a cap, a header could still ask for a buffer whose size
-	// overflows an int; no decoder may be asked to try.
-	if info.Pixels() > math.MaxInt/bytesPerPixel {
-		return Info{}, fmt.Errorf("%w: %dx%d cannot be held in memory", ErrTooManyPixels, info.Width, info.Height)
+	if cerr := checkPixels(info, maxPixels); cerr != nil {
+		return Info{}, cerr
 	}
 	if err != nil {
 		return Info{}, err
@@ -154,14 +146,34 @@ func Inspect(data []byte, maxPixels int64) (Info, error) {
 	return info, nil
 }
 
-// inspectJPEG reads the dimensions from the frame header itself rather than
-// through jpeg.DecodeConfig first, so a file that stops right after a
-// huge frame header is still reported as too large; DecodeConfig then
-// validates the rest of the header.
-func inspectJPEG(data []byte, info *Info) error {
+// checkPixels enforces the cap on the size a header declares. The format
+// readers call it as soon as they know the size, before handing the data to
+// a full header decoder, so a file that claims too much is refused for that
+// alone, even when what follows the claim is broken.
+func checkPixels(info Info, maxPixels int64) error {
+	if maxPixels > 0 && info.Pixels() > maxPixels {
+		return fmt.Errorf("%w: %dx%d is %d pixels; at most %d are allowed",
+			ErrTooManyPixels, info.Width, info.Height, info.Pixels(), maxPixels)
+	}
+	// Without a cap, a header could still ask for a buffer whose size
+	// overflows an int; no decoder may be asked to try.
+	if info.Pixels() > math.MaxInt/bytesPerPixel {
+		return fmt.Errorf("%w: %dx%d cannot be held in memory", ErrTooManyPixels, info.Width, info.Height)
+	}
+	return nil
+}
+
+// inspectJPEG reads the dimensions from the frame header itself, so that the
+// cap applies before jpeg.DecodeConfig validates the rest of the header (and
+// allocates its decoder), and so that a file that stops right after a huge
+// frame header is still reported as too large.
+func inspectJPEG(data []byte, info *Info, maxPixels int64) error {
 	h, err := scanJPEG(data)
 	info.Width, info.Height, info.Orientation = h.width, h.height, orientationOrDefault(h.exif)
 	if err != nil {
+		return err
+	}
+	if err := checkPixels(*info, maxPixels); err != nil {
 		return err
 	}
 	if info.Width == 0 || info.Height == 0 {
@@ -180,11 +192,14 @@ func inspectJPEG(data []byte, info *Info) error {
 // inspectPNG reads the size from IHDR before png.DecodeConfig, which refuses
 // sizes it cannot address without saying what they were; the cap must see
 // them first.
-func inspectPNG(data []byte, info *Info) error {
+func inspectPNG(data []byte, info *Info, maxPixels int64) error {
 	if len(data) >= 24 && string(data[12:16]) == "IHDR" {
 		w, h := binary.BigEndian.Uint32(data[16:]), binary.BigEndian.Uint32(data[20:])
 		if w <= math.MaxInt32 && h <= math.MaxInt32 {
 			info.Width, info.Height = int(w), int(h)
+		}
+		if err := checkPixels(*info, maxPixels); err != nil {
+			return err
 		}
 	}
 	cfg, err := png.DecodeConfig(bytes.NewReader(data))

@@ -149,8 +149,8 @@ func TestInspectRejectsHugeHeadersCheaply(t *testing.T) {
 				_, _ = Normalize(data, NormalizeOptions{MaxPixels: 40_000_000})
 			}
 			runtime.ReadMemStats(&after)
-			if per := (after.TotalAlloc - before.TotalAlloc) / runs; per > 64<<10 {
-				t.Errorf("rejecting allocated %d bytes per call; want at most 64 KiB", per)
+			if per := (after.TotalAlloc - before.TotalAlloc) / runs; per > 16<<10 {
+				t.Errorf("rejecting allocated %d bytes per call; want at most 16 KiB", per)
 			}
 		})
 	}

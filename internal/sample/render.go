@@ -65,7 +65,7 @@ func newScene(w, h int) *scene {
 		floor:    newFloor(r, -roomWidth/2, 0.19, 64),
 		wallTex:  newNoise(r),
 		sky:      newNoise(r),
-		winLight: srgb(255, 250, 242).mul(1.0),
+		winLight: srgb(255, 250, 242),
 		sunLight: srgb(255, 238, 212).mul(1.5),
 	}
 	for x := -45.0; x < 45; x += 2.5 + r.Float64()*3.5 {

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
 	"image/png"
@@ -30,11 +31,11 @@ func run() int {
 func write(name string) error {
 	var data []byte
 	if strings.HasSuffix(name, ".png") {
-		var b strings.Builder
+		var b bytes.Buffer
 		if err := png.Encode(&b, sample.Render(sample.Width, sample.Height)); err != nil {
 			return err
 		}
-		data = []byte(b.String())
+		data = b.Bytes()
 	} else {
 		var err error
 		if data, err = sample.Encode(); err != nil {
