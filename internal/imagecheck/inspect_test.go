@@ -81,6 +81,7 @@ func TestInspect(t *testing.T) {
 		{name: "jpeg garbage after soi", data: append([]byte{0xFF, 0xD8, 0xFF, 0xE0}, strings.Repeat("x", 64)...), wantErr: ErrCorrupt},
 		{name: "jpeg zero width", data: setJPEGSize(t, jpg, 0, 32), wantErr: ErrCorrupt},
 		{name: "jpeg zero height", data: setJPEGSize(t, jpg, 48, 0), wantErr: ErrCorrupt},
+		{name: "webp lossy zero width", data: lossyWebPHeader(0, 64), wantErr: ErrCorrupt},
 		{name: "png signature only", data: pngSignature, wantErr: ErrCorrupt},
 		{name: "png bad ihdr crc", data: func() []byte { d := append([]byte{}, pngData...); d[29]++; return d }(), wantErr: ErrCorrupt},
 		{name: "png zero width", data: setPNGSize(pngData, 0, 32), wantErr: ErrCorrupt},

@@ -278,6 +278,42 @@ func TestNormalizeFlattensAlphaOntoWhite(t *testing.T) {
 	}
 }
 
+// TestNormalizePixelFormats feeds the decoders' other pixel layouts through
+// the same path: grey, paletted, 16-bit and CMYK.
+func TestNormalizePixelFormats(t *testing.T) {
+	r := image.Rect(0, 0, 40, 30)
+	gray := image.NewGray(r)
+	pal := image.NewPaletted(r, color.Palette{color.Black, color.White, color.NRGBA{200, 30, 30, 255}})
+	deep := image.NewNRGBA64(r)
+	cmyk := image.NewCMYK(r)
+	for y := range 30 {
+		for x := range 40 {
+			gray.SetGray(x, y, color.Gray{uint8(x * 6)})
+			pal.SetColorIndex(x, y, uint8((x+y)%3))
+			deep.SetNRGBA64(x, y, color.NRGBA64{uint16(x) << 10, uint16(y) << 11, 0x8000, 0xFFFF})
+			cmyk.SetCMYK(x, y, color.CMYK{uint8(x * 6), 40, uint8(y * 8), 10})
+		}
+	}
+	inputs := map[string][]byte{
+		"gray png":     encodePNG(t, gray),
+		"paletted png": encodePNG(t, pal),
+		"16-bit png":   encodePNG(t, deep),
+		"gray jpeg":    encodeJPEG(t, gray, 90),
+		"cmyk jpeg":    encodeJPEG(t, cmyk, 90),
+	}
+	for name, data := range inputs {
+		t.Run(name, func(t *testing.T) {
+			res, err := Normalize(data, NormalizeOptions{LongSide: 20})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b := decodeJPEG(t, res.Data).Bounds(); b.Dx() != 20 || b.Dy() != 15 {
+				t.Errorf("output %v; want 20x15", b)
+			}
+		})
+	}
+}
+
 func TestNormalizeRejects(t *testing.T) {
 	jpg := encodeJPEG(t, pattern(48, 32), 90)
 	tests := []struct {
