@@ -4,7 +4,7 @@ import "math"
 
 var (
 	sideWallColor = srgb(241, 238, 232)
-	backWallColor = srgb(231, 227, 219)
+	backWallColor = srgb(200, 194, 184)
 	ceilingColor  = srgb(248, 247, 244)
 	trimColor     = srgb(250, 249, 246)
 	ambientLight  = srgb(255, 251, 245).mul(0.36)
@@ -102,9 +102,10 @@ func (s *scene) sunCoverage(p vec) float64 {
 // ambient share, the sky through the window, and the sun.
 func (s *scene) irradiance(p, n vec) vec {
 	// Daylight comes through the window mostly from the sky, travelling
-	// downwards: it lights what faces up far more than the ceiling, which
-	// sees only what the ground outside reflects.
-	e := ambientLight.add(s.winLight.mul((0.9 + 0.6*n.y) * 1.3 * s.windowFormFactor(p, n)))
+	// downwards: what lies below the window gets it all, what lies above
+	// gets only what the ground outside reflects up.
+	up := smoothstep(s.window.b0, s.window.b1+0.3, p.y)
+	e := ambientLight.add(s.winLight.mul((1.3 - 0.95*up) * 1.3 * s.windowFormFactor(p, n)))
 	if l := s.bounce.sub(p); l.dot(l) > 1e-6 {
 		d2 := math.Max(l.dot(l), 0.8)
 		l = l.norm()
@@ -130,7 +131,7 @@ func decay(x float64) float64 {
 func occlusion(dists ...float64) float64 {
 	k := 1.0
 	for _, d := range dists {
-		k *= 1 - 0.3*decay(math.Max(d, 0)/0.22)
+		k *= 1 - 0.15*decay(math.Max(d, 0)/0.2)
 	}
 	return k
 }
@@ -174,7 +175,9 @@ func (s *scene) shadeCeiling(p vec, fp float64) vec {
 		lens := clamp01((0.045-r)/fp + 0.5)
 		albedo = albedo.mul(1 + 0.04*bezel - 0.22*lens)
 	}
-	return albedo.hadamard(s.irradiance(p, vec{0, -1, 0})).mul(ao)
+	// The floor and the sun patch light the ceiling more than the single
+	// bounce term accounts for.
+	return albedo.hadamard(s.irradiance(p, vec{0, -1, 0})).mul(1.5 * ao)
 }
 
 // shadeWall shades a point of a wall. along is the horizontal coordinate
