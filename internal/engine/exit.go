@@ -1,0 +1,89 @@
+package engine
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// exitReason classifies how the engine ended and describes it for logs.
+//
+// A SIGKILL the supervisor did not send is how the kernel's OOM killer ends
+// a process, but anyone can send one. When the cgroup (v2) that holds the
+// sidecar and the engine exposes memory.events, its oom_kill counter
+// decides: an increase since the engine started means an OOM kill, no
+// increase means some other sender ("signal"). Without the counter the
+// SIGKILL is taken for an OOM kill, the likelier cause in a pod.
+func exitReason(ws syscall.WaitStatus, killedByUs bool, oomBefore, oomAfter uint64, haveOOM bool) (reason, detail string) {
+	switch {
+	case ws.Exited():
+		return ReasonExit, fmt.Sprintf("exit code %d", ws.ExitStatus())
+	case ws.Signaled():
+		sig := ws.Signal()
+		detail = "killed by " + sigName(sig)
+		if sig == syscall.SIGKILL && !killedByUs {
+			if !haveOOM || oomAfter > oomBefore {
+				return ReasonOOMKill, detail + " (kernel OOM kill)"
+			}
+		}
+		return ReasonSignal, detail
+	}
+	return ReasonExit, fmt.Sprintf("wait status %#x", uint32(ws))
+}
+
+func sigName(s syscall.Signal) string {
+	switch s {
+	case syscall.SIGKILL:
+		return "SIGKILL"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGSEGV:
+		return "SIGSEGV"
+	case syscall.SIGABRT:
+		return "SIGABRT"
+	case syscall.SIGBUS:
+		return "SIGBUS"
+	case syscall.SIGINT:
+		return "SIGINT"
+	}
+	return "signal " + strconv.Itoa(int(s))
+}
+
+// oomKills reads the oom_kill counter of this process's cgroup v2.
+func oomKills() (uint64, bool) {
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return 0, false
+	}
+	// cgroup v2 has one line, "0::/path".
+	var rel string
+	for _, line := range strings.Split(string(data), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok {
+			rel = p
+		}
+	}
+	if rel == "" {
+		return 0, false
+	}
+	return parseOOMKills(filepath.Join("/sys/fs/cgroup", rel, "memory.events"))
+}
+
+func parseOOMKills(path string) (uint64, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "oom_kill "); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
+}

@@ -1,0 +1,298 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
+)
+
+// The test binary doubles as a fake engine and as a fake sidecar: when one
+// of these variables is set it plays that part instead of running tests
+// (the TestHelperProcess pattern, decided before flag parsing because the
+// supervisor passes engine flags the test binary does not know).
+const (
+	fakeEngineEnv  = "VSTAGE_TEST_FAKE_ENGINE"
+	fakeSidecarEnv = "VSTAGE_TEST_FAKE_SIDECAR"
+)
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(fakeEngineEnv); mode != "" {
+		os.Exit(fakeEngine(mode))
+	}
+	if os.Getenv(fakeSidecarEnv) != "" {
+		os.Exit(fakeSidecar())
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// fakeEngine is a child that never serves: "exit" fails at once, "silent"
+// never opens its socket, "stubborn" also ignores SIGTERM. None of them
+// watches its parent, so only the supervisor (or Pdeathsig) can end them.
+func fakeEngine(mode string) int {
+	fmt.Fprintf(os.Stderr, `{"level":"info","msg":"fake engine","mode":%q,"pid":%d}`+"\n", mode, os.Getpid())
+	switch mode {
+	case "exit":
+		fmt.Fprintln(os.Stderr, "not json: giving up")
+		return 3
+	case "stubborn":
+		signal.Ignore(syscall.SIGTERM)
+	}
+	time.Sleep(time.Hour)
+	return 0
+}
+
+// fakeSidecar runs a supervisor of a silent fake engine, prints the
+// engine's pid and waits to be killed.
+func fakeSidecar() int {
+	pids := make(chan int, 1)
+	s, err := New(Options{
+		Python: os.Args[0],
+		Env:    []string{fakeEngineEnv + "=silent"},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	s.onSpawn = func(pid int) { pids <- pid }
+	go func() { _ = s.Run(context.Background()) }()
+	fmt.Println(<-pids)
+	time.Sleep(time.Hour)
+	return 0
+}
+
+// repoRoot is the folder above the test's working directory that holds
+// go.mod.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+var (
+	venvOnce sync.Once
+	venvErr  error
+)
+
+// venvPython returns the project's Python, failing the test (never
+// skipping it) when the virtual environment is missing or incomplete.
+func venvPython(t testing.TB) string {
+	t.Helper()
+	py := filepath.Join(repoRoot(t), ".venv", "bin", "python")
+	venvOnce.Do(func() {
+		if _, err := os.Stat(py); err != nil {
+			venvErr = fmt.Errorf("the engine's Python is missing (%w): run `make venv` at the repository root", err)
+			return
+		}
+		out, err := exec.Command(py, "-c", "import grpc, grpc_health, inference.testbackend").CombinedOutput()
+		if err != nil {
+			venvErr = fmt.Errorf(".venv cannot import the engine (%w): run `make venv` at the repository root\n%s", err, out)
+		}
+	})
+	if venvErr != nil {
+		t.Fatal(venvErr)
+	}
+	return py
+}
+
+// logBuffer is a concurrency-safe sink for the supervisor's JSON logs.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// harness runs a supervisor for one test and, when the test ends, stops it
+// and checks that Run returned and no engine it spawned is still alive.
+type harness struct {
+	t    *testing.T
+	s    *Supervisor
+	reg  *prometheus.Registry
+	logs *logBuffer
+
+	mu      sync.Mutex
+	pids    []int
+	backoff []time.Duration
+}
+
+// python returns options that run the real engine with its test backend.
+func python(t *testing.T, extra ...string) Options {
+	args := []string{
+		"--backend", "test", "--test-faults", "--concurrency", "8",
+		"--min-long-side", "64", "--default-long-side", "128", "--max-long-side", "256",
+		"--shutdown-grace", "1",
+	}
+	return Options{Python: venvPython(t), Args: append(args, extra...)}
+}
+
+// fake returns options that run the test binary as a fake engine.
+func fake(mode string) Options {
+	return Options{Python: os.Args[0], Env: []string{fakeEngineEnv + "=" + mode}}
+}
+
+func start(t *testing.T, o Options) *harness {
+	t.Helper()
+	h := &harness{t: t, reg: prometheus.NewRegistry(), logs: &logBuffer{}}
+	o.Registerer = h.reg
+	o.Logger = slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if o.StopGrace == 0 {
+		o.StopGrace = 2 * time.Second
+	}
+	if o.BackoffMin == 0 {
+		o.BackoffMin, o.BackoffMax = 50*time.Millisecond, 200*time.Millisecond
+	}
+	if o.HealthInterval == 0 {
+		o.HealthInterval = 200 * time.Millisecond
+	}
+	if o.StartTimeout == 0 {
+		o.StartTimeout = 20 * time.Second
+	}
+	s, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.s = s
+	s.onSpawn = func(pid int) {
+		h.mu.Lock()
+		h.pids = append(h.pids, pid)
+		h.mu.Unlock()
+	}
+	s.onBackoff = func(d time.Duration) {
+		h.mu.Lock()
+		h.backoff = append(h.backoff, d)
+		h.mu.Unlock()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(o.StopGrace + 5*time.Second):
+			t.Errorf("Run did not return after cancel")
+		}
+		for _, pid := range h.spawned() {
+			if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+				t.Errorf("engine pid %d outlived the test (kill 0: %v)", pid, err)
+			}
+		}
+		if t.Failed() {
+			t.Logf("supervisor logs:\n%s", h.logs)
+		}
+	})
+	return h
+}
+
+func (h *harness) spawned() []int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]int(nil), h.pids...)
+}
+
+func (h *harness) backoffs() []time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]time.Duration(nil), h.backoff...)
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func (h *harness) waitFor(what string, timeout time.Duration, cond func() bool) time.Duration {
+	h.t.Helper()
+	t0 := time.Now()
+	for !cond() {
+		if time.Since(t0) > timeout {
+			h.t.Fatalf("timed out after %v waiting for %s; status %+v; ready: %v", timeout, what, h.s.Status(), h.s.Ready())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(t0)
+}
+
+func (h *harness) waitReady(timeout time.Duration) time.Duration {
+	h.t.Helper()
+	return h.waitFor("ready", timeout, func() bool { return h.s.Ready() == nil })
+}
+
+func (h *harness) restarts(reason string) float64 {
+	return testutil.ToFloat64(h.s.m.restarts.WithLabelValues(reason))
+}
+
+var testPNG = func() []byte {
+	img := image.NewRGBA(image.Rect(0, 0, 64, 48))
+	for y := range 48 {
+		for x := range 64 {
+			img.Set(x, y, color.RGBA{uint8(x * 4), uint8(y * 5), 80, 255})
+		}
+	}
+	var b bytes.Buffer
+	if err := png.Encode(&b, img); err != nil {
+		panic(err)
+	}
+	return b.Bytes()
+}()
+
+func stageRequest(id string, faults map[string]string) *enginev1.StageRequest {
+	return &enginev1.StageRequest{
+		JobId: id, Image: testPNG, Prompt: "a room", NegativePrompt: "blurry",
+		Seed: 7, Strength: 0.6, GuidanceScale: 5, Steps: 4, ConditioningScale: 1,
+		OutputLongSide: 128, OutputFormat: enginev1.ImageFormat_IMAGE_FORMAT_JPEG, Quality: 85,
+		TestFaults: faults,
+	}
+}
+
+func hasLine(logs, substr string) bool {
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, substr) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,174 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configures a Supervisor. The zero value of every field means the
+// default written next to it; the environment variable named in brackets is
+// the setting the sidecar's configuration maps onto the field.
+type Options struct {
+	// Python is the interpreter that runs "-m inference" [ENGINE_PYTHON].
+	// Empty means python3 from PATH.
+	Python string
+	// Dir is the engine's working directory; empty means the sidecar's.
+	Dir string
+	// Args are extra engine flags appended after the ones the supervisor
+	// sets, such as "--backend", "test".
+	Args []string
+	// ModelDir is passed as --model-dir when not empty [MODEL_DIR]; empty
+	// lets the engine load its tiny built-in model.
+	ModelDir string
+	// Device is passed as --device when not empty [ENGINE_DEVICE]: auto,
+	// cpu or cuda.
+	Device string
+	// Env holds extra KEY=VALUE entries for the engine's environment. They
+	// are added after the sidecar's own environment has been scrubbed of
+	// credentials, and are not scrubbed themselves.
+	Env []string
+	// KeepEnv names variables of the sidecar's environment that pass to the
+	// engine even though their names look like credentials.
+	KeepEnv []string
+	// SocketDir is where the private socket directory is created; empty
+	// means os.TempDir(). A Unix socket path must stay under 100 bytes.
+	SocketDir string
+
+	// StartTimeout bounds the time from spawn to SERVING, model load and
+	// warm-up included [ENGINE_START_TIMEOUT]. Default 10m.
+	StartTimeout time.Duration
+	// HealthInterval is the period of health checks. Default 1s.
+	HealthInterval time.Duration
+	// HealthTimeout is how long health checks may fail (or not answer)
+	// before the engine is restarted [ENGINE_HEALTH_TIMEOUT]. Default 10s.
+	HealthTimeout time.Duration
+	// StopGrace is the time between SIGTERM and SIGKILL when the engine is
+	// stopped [ENGINE_STOP_GRACE]. Default 10s.
+	StopGrace time.Duration
+	// WedgeGrace is how long a job may outlive its end (its deadline or its
+	// cancellation) without the engine acknowledging it, while no other job
+	// makes progress, before the engine is declared wedged and restarted
+	// [ENGINE_WEDGE_GRACE]. Default 10s.
+	WedgeGrace time.Duration
+	// MaxRSS is the engine's resident memory above which it is restarted
+	// between jobs [ENGINE_MAX_RSS], in bytes. Zero disables the check.
+	MaxRSS uint64
+	// MaxJobs restarts the engine after that many jobs [ENGINE_MAX_JOBS].
+	// Zero disables it.
+	MaxJobs int
+	// BackoffMin and BackoffMax bound the wait between restart attempts,
+	// which doubles with each consecutive failure, with jitter
+	// [ENGINE_BACKOFF_MIN, ENGINE_BACKOFF_MAX]. Defaults 500ms and 30s.
+	BackoffMin time.Duration
+	BackoffMax time.Duration
+	// StderrLines is the number of engine log lines buffered on their way
+	// to Logger; more are dropped and counted. Default 1024.
+	StderrLines int
+
+	// Logger receives the supervisor's logs and the engine's stderr lines;
+	// nil means slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the metrics; nil means they are not registered.
+	Registerer prometheus.Registerer
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Python == "" {
+		o.Python = "python3"
+	}
+	if o.SocketDir == "" {
+		o.SocketDir = os.TempDir()
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&o.StartTimeout, 10*time.Minute)
+	def(&o.HealthInterval, time.Second)
+	def(&o.HealthTimeout, 10*time.Second)
+	def(&o.StopGrace, 10*time.Second)
+	def(&o.WedgeGrace, 10*time.Second)
+	def(&o.BackoffMin, 500*time.Millisecond)
+	def(&o.BackoffMax, 30*time.Second)
+	if o.StderrLines == 0 {
+		o.StderrLines = 1024
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	for name, d := range map[string]time.Duration{
+		"StartTimeout": o.StartTimeout, "HealthInterval": o.HealthInterval,
+		"HealthTimeout": o.HealthTimeout, "StopGrace": o.StopGrace,
+		"WedgeGrace": o.WedgeGrace, "BackoffMin": o.BackoffMin, "BackoffMax": o.BackoffMax,
+	} {
+		if d < 0 {
+			return o, fmt.Errorf("engine: %s must not be negative, got %v", name, d)
+		}
+	}
+	switch {
+	case o.BackoffMax < o.BackoffMin:
+		return o, fmt.Errorf("engine: BackoffMax (%v) is below BackoffMin (%v)", o.BackoffMax, o.BackoffMin)
+	case o.MaxJobs < 0:
+		return o, errors.New("engine: MaxJobs must not be negative")
+	case o.StderrLines < 0:
+		return o, errors.New("engine: StderrLines must not be negative")
+	}
+	// A socket path of 108 bytes is the kernel's limit; the engine wants
+	// under 100, and the private directory adds a random name.
+	if n := len(filepath.Join(o.SocketDir, "vstage-engine-0123456789", socketName)); n >= 100 {
+		return o, fmt.Errorf("engine: SocketDir %q is too long for a Unix socket path (%d bytes)", o.SocketDir, n)
+	}
+	return o, nil
+}
+
+const socketName = "engine.sock"
+
+// credentialMarkers are name fragments of variables that hold secrets.
+// The engine needs none: it opens no network connection and reads no
+// storage.
+var credentialMarkers = []string{"_TOKEN", "SECRET", "PASSWORD", "PASSWD", "_KEY", "CREDENTIAL"}
+
+// scrubEnv returns env without the variables whose names look like
+// credentials, except those named in keep.
+func scrubEnv(env, keep []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if isCredential(name) && !contains(keep, name) {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+func isCredential(name string) bool {
+	upper := strings.ToUpper(name)
+	if strings.HasPrefix(upper, "AWS_") || strings.HasPrefix(upper, "AZURE_") ||
+		strings.HasPrefix(upper, "GOOGLE_APPLICATION_CREDENTIALS") {
+		return true
+	}
+	for _, m := range credentialMarkers {
+		if strings.Contains(upper, m) || strings.HasPrefix(upper, strings.TrimPrefix(m, "_")+"_") {
+			return true
+		}
+	}
+	return false
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
