@@ -62,6 +62,15 @@ func TestRenderLayout(t *testing.T) {
 	if patch <= beside+15 {
 		t.Errorf("sun patch %.0f should be brighter than the floor beside it %.0f", patch, beside)
 	}
+	// The engine traces the room's structure from edges, so each plane
+	// must differ clearly from its neighbours: back wall against the side
+	// walls and the ceiling.
+	_, _, _, back := lum(60, 45)
+	for _, p := range [][2]int{{44, 62}, {158, 62}, {96, 30}} {
+		if _, _, _, l := lum(p[0], p[1]); l-back < 25 {
+			t.Errorf("plane at %v (%.0f) is too close to the back wall (%.0f) for a clear edge", p, l, back)
+		}
+	}
 	if b := m.Bounds(); b != image.Rect(0, 0, 192, 128) {
 		t.Errorf("bounds %v", b)
 	}
