@@ -40,9 +40,27 @@ def setup(level: str) -> logging.Logger:
     # Library chatter (diffusers, transformers) stays at warning unless the
     # engine itself is asked for debug.
     root.setLevel(logging.DEBUG if level.lower() == "debug" else logging.WARNING)
+    # Python warnings (libraries use them for deprecations) become log records too.
+    logging.captureWarnings(True)
     log = logging.getLogger(LOGGER_NAME)
     log.setLevel(level.upper())
     return log
+
+
+def adopt_library_loggers() -> None:
+    """Routes diffusers' and transformers' own log handlers through ours.
+
+    Both install a plain-text stderr handler when imported; call this after
+    importing them so every stderr line stays JSON.
+    """
+    import diffusers.utils.logging as dlog
+    import transformers.utils.logging as tlog
+
+    for lib in (dlog, tlog):
+        lib.disable_default_handler()
+        lib.enable_propagation()
+        # Progress bars are not log lines.
+        lib.disable_progress_bar()
 
 
 def get() -> logging.Logger:

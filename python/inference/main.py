@@ -30,6 +30,7 @@ def _offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["DIFFUSERS_NO_ADVISORY_WARNINGS"] = "1"
 
 
@@ -39,6 +40,8 @@ def make_backend(settings: Settings) -> Backend:
         from .testbackend import TestBackend
 
         return TestBackend(settings)
+    # Before the heavy imports: they log while importing.
+    logs.adopt_library_loggers()
     from .diffusers_backend import DiffusersBackend
 
     return DiffusersBackend(settings)

@@ -19,7 +19,7 @@ from . import errors, imageio, logs
 from ._proto import engine_pb2 as pb
 from ._proto import engine_pb2_grpc as pb_grpc
 from .config import Settings
-from .jobs import CONTROL_KINDS, FORMATS, Backend, JobContext, Output, Work, validate
+from .jobs import CONTROL_KINDS, FORMATS, Backend, JobContext, JobSpec, Output, Work, validate
 
 SERVICE_NAME = "vstage.engine.v1.Engine"
 
@@ -157,6 +157,8 @@ class EngineService(pb_grpc.EngineServicer):
         enqueued = time.monotonic()
 
         def job() -> None:
+            # Outcomes are logged here, not in the RPC thread: once the caller
+            # has gone, grpc stops pulling events and that thread never resumes.
             try:
                 ctx.check()
                 events.put(("accepted", _ms(enqueued)))
@@ -168,9 +170,17 @@ class EngineService(pb_grpc.EngineServicer):
                 ctx.check()
                 t2 = time.monotonic()
                 data = imageio.encode(out.image, spec.output_format, spec.quality)
-                events.put(("result", (out, data, _ms(t2))))
-            except BaseException as exc:  # handed to the RPC thread, which reports it
-                events.put(("error", exc))
+                timings = pb.Timings(
+                    decode_ms=decode_ms,
+                    preprocess_ms=resize_ms + out.preprocess_ms,
+                    denoise_ms=out.denoise_ms,
+                    vae_decode_ms=out.vae_decode_ms,
+                    encode_ms=_ms(t2),
+                    total_ms=_ms(started),
+                )
+                events.put(("result", self._result(spec, info.model_rev, out, data, size, timings)))
+            except BaseException as exc:
+                events.put(("error", self._job_error(job_id, exc)))
 
         self._slots.submit(job)
         self._log.info(
@@ -202,52 +212,27 @@ class EngineService(pb_grpc.EngineServicer):
             elif kind == "progress":
                 yield pb.StageEvent(progress=pb.Progress(step=value[0], total=value[1]))
             elif kind == "result":
-                out, data, encode_ms = value
-                yield self._result(
-                    spec.seed,
-                    info.model_rev,
-                    out,
-                    data,
-                    size,
-                    started,
-                    decode_ms,
-                    resize_ms,
-                    encode_ms,
-                    spec.output_format,
-                    job_id,
-                )
+                yield value
                 return
             else:
-                self._handle_error(context, job_id, value)
+                # The caller may be gone already; the status is for one that is not.
+                context.abort_with_status(rich_status(value))
                 return
 
     def _result(
         self,
-        seed: int,
+        spec: JobSpec,
         model_rev: str,
         out: Output,
         data: bytes,
         size: tuple[int, int],
-        started: float,
-        decode_ms: float,
-        resize_ms: float,
-        encode_ms: float,
-        fmt: str,
-        job_id: str,
+        timings: pb.Timings,
     ) -> pb.StageEvent:
-        timings = pb.Timings(
-            decode_ms=decode_ms,
-            preprocess_ms=resize_ms + out.preprocess_ms,
-            denoise_ms=out.denoise_ms,
-            vae_decode_ms=out.vae_decode_ms,
-            encode_ms=encode_ms,
-            total_ms=_ms(started),
-        )
         self._log.info(
             "job done",
             extra=logs.fields(
-                job_id=job_id,
-                seed=seed,
+                job_id=spec.job_id,
+                seed=spec.seed,
                 bytes=len(data),
                 decode_ms=round(timings.decode_ms, 1),
                 preprocess_ms=round(timings.preprocess_ms, 1),
@@ -263,50 +248,47 @@ class EngineService(pb_grpc.EngineServicer):
                 image=data,
                 width=size[0],
                 height=size[1],
-                format=FORMATS[fmt],
+                format=FORMATS[spec.output_format],
                 model_rev=self._settings.model_rev or model_rev,
-                seed=seed,
+                seed=spec.seed,
                 timings=timings,
                 peak_gpu_memory_bytes=out.peak_gpu_memory_bytes,
             )
         )
 
-    def _handle_error(self, context: grpc.ServicerContext, job_id: str, exc: BaseException) -> None:
+    def _job_error(self, job_id: str, exc: BaseException) -> errors.EngineError:
+        """Logs a job's failure and returns what the caller is told."""
         if isinstance(exc, errors.JobCancelled):
             self._log.info("job stopped", extra=logs.fields(job_id=job_id, reason=exc.reason))
             if exc.reason == errors.DEADLINE:
-                err = errors.EngineError(
+                return errors.EngineError(
                     grpc.StatusCode.DEADLINE_EXCEEDED, errors.DEADLINE, "the deadline passed"
                 )
-            else:
-                err = errors.EngineError(
-                    grpc.StatusCode.CANCELLED, errors.CANCELLED, "the job was cancelled"
-                )
-            # The caller is usually gone already; the status is for one that is not.
-            context.abort_with_status(rich_status(err))
-        elif isinstance(exc, errors.EngineError):
-            self._fail(context, job_id, exc)
-        else:
-            self._log.error(
-                "job failed",
-                extra=logs.fields(job_id=job_id),
-                exc_info=(type(exc), exc, exc.__traceback__),
+            return errors.EngineError(
+                grpc.StatusCode.CANCELLED, errors.CANCELLED, "the job was cancelled"
             )
-            self._fail(
-                context,
-                job_id,
-                errors.EngineError(
-                    grpc.StatusCode.INTERNAL, errors.INTERNAL, "the engine failed to run the job"
-                ),
-            )
+        if isinstance(exc, errors.EngineError):
+            self._log_failure(job_id, exc)
+            return exc
+        self._log.error(
+            "job failed",
+            extra=logs.fields(job_id=job_id, code="INTERNAL", reason=errors.INTERNAL),
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        return errors.EngineError(
+            grpc.StatusCode.INTERNAL, errors.INTERNAL, "the engine failed to run the job"
+        )
 
-    def _fail(self, context: grpc.ServicerContext, job_id: str, err: errors.EngineError) -> None:
+    def _log_failure(self, job_id: str, err: errors.EngineError) -> None:
         self._log.info(
             "job rejected" if err.code == grpc.StatusCode.INVALID_ARGUMENT else "job failed",
             extra=logs.fields(
                 job_id=job_id, code=err.code.name, reason=err.reason, error=err.message
             ),
         )
+
+    def _fail(self, context: grpc.ServicerContext, job_id: str, err: errors.EngineError) -> None:
+        self._log_failure(job_id, err)
         context.abort_with_status(rich_status(err))
 
     def close(self) -> None:

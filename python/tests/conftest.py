@@ -17,3 +17,11 @@ def test_engine() -> Iterator[Engine]:
     engine = start(["--backend", "test", "--test-faults", "--concurrency", "1", *SMALL_LIMITS])
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_engine() -> Iterator[Engine]:
+    """The real Diffusers pipeline with the tiny random model, on the CPU."""
+    engine = start(["--backend", "diffusers", "--device", "cpu", *SMALL_LIMITS])
+    yield engine
+    engine.close()

@@ -1,0 +1,301 @@
+"""The model backend: Diffusers SDXL + ControlNet, img2img or inpainting."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import platform
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import (
+    StableDiffusionXLControlNetImg2ImgPipeline,
+    StableDiffusionXLControlNetInpaintPipeline,
+)
+from PIL import Image
+
+from . import conditioning, errors, logs, models, tiny
+from .config import Settings
+from .jobs import BackendInfo, JobContext, JobSpec, Output, Work
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+WARMUP_SEED = 0
+
+
+def pick_device(setting: str) -> torch.device:
+    """Returns the device for a --device setting; cuda when asked must exist."""
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda, but CUDA is not available")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def pick_dtype(setting: str, device: torch.device, fp16_safe_vae: bool) -> torch.dtype:
+    """fp32 on the CPU; on CUDA fp16 where the VAE survives it, else bf16."""
+    if setting != "auto":
+        dtype = DTYPES[setting]
+        if dtype == torch.float16 and not fp16_safe_vae:
+            raise RuntimeError(
+                "float16 needs an fp16-safe VAE (force_upcast false in its config): "
+                "use bfloat16, or put such a VAE in MODEL_DIR/vae"
+            )
+        return dtype
+    if device.type == "cpu":
+        return torch.float32
+    return torch.float16 if fp16_safe_vae else torch.bfloat16
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class DiffusersBackend:
+    """DiffusersBackend runs SDXL + ControlNet jobs on shared modules.
+
+    Every job gets its own pipeline object and scheduler (a pipeline keeps
+    per-call state on itself) and its thread's own tokenizers (a fast
+    tokenizer is not safe to call from two threads at once); the heavy modules
+    are shared and only read.
+    """
+
+    name = "diffusers"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._device = torch.device("cpu")
+        self._dtype = torch.float32
+        self._c: models.Components | None = None
+        self._local = threading.local()
+        self._log = logs.get()
+
+    # Loading
+
+    def load(self) -> None:
+        s = self._settings
+        self._device = pick_device(s.device)
+        if s.model_dir:
+            # Load in fp32 first only when we must inspect the VAE to choose a dtype.
+            probe = self._probe_vae_fp16_safe(s.model_dir)
+            self._dtype = pick_dtype(s.dtype, self._device, probe)
+            c = models.load_dir(s.model_dir, self._dtype, self._device)
+        else:
+            c = tiny.build()
+            self._dtype = pick_dtype(s.dtype, self._device, fp16_safe_vae=True)
+        # The pipelines upcast a force_upcast VAE to fp32 and back around every
+        # encode, in place on the shared module; with a dtype that needs no
+        # upcast (fp32, bf16, or an fp16-safe VAE) that churn is switched off.
+        c.vae.register_to_config(force_upcast=False)
+        modules = [c.vae, c.text_encoder, c.text_encoder_2, c.unet, *c.controlnets.values()]
+        for m in modules:
+            m.to(self._device)
+            if m.dtype != self._dtype:
+                m.to(self._dtype)
+            m.eval()
+            m.requires_grad_(False)
+        if s.channels_last:
+            for m in (c.unet, c.vae, *c.controlnets.values()):
+                m.to(memory_format=torch.channels_last)
+        if s.compile:
+            c.unet = torch.compile(c.unet)
+            c.controlnets = {k: torch.compile(v) for k, v in c.controlnets.items()}
+        self._c = c
+
+    def _probe_vae_fp16_safe(self, folder: str) -> bool:
+        import json
+        import os
+
+        for path in (
+            os.path.join(folder, "vae", "config.json"),
+            os.path.join(folder, "base", "vae", "config.json"),
+        ):
+            if os.path.exists(path):
+                with open(path) as f:
+                    return json.load(f).get("force_upcast", True) is False
+        return False
+
+    def warmup(self) -> None:
+        s = self._settings
+        side = s.default_long_side
+        img = Image.fromarray(
+            (np.indices((side, side)).sum(axis=0) % 64 * 4).astype(np.uint8)
+        ).convert("RGB")
+        spec = JobSpec(
+            job_id="warmup",
+            prompt="warm-up",
+            negative_prompt="",
+            seed=WARMUP_SEED,
+            strength=1.0,
+            guidance_scale=5.0,
+            steps=s.warmup_steps,
+            control="canny",
+            conditioning_scale=0.5,
+            long_side=side,
+            output_format="png",
+            quality=90,
+            faults={},
+        )
+        never = threading.Event()
+        ctx = JobContext(never, lambda: errors.CANCELLED, lambda step, total: None)
+        self.run(Work(spec=spec, image=img, mask=None), ctx)
+
+    def info(self) -> BackendInfo:
+        c = self._components()
+        device = str(self._device)
+        if self._device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name(self._device)})"
+        import diffusers
+        import transformers
+
+        kinds = ["canny"]
+        if "depth" in c.controlnets and c.depth_estimator is not None:
+            kinds.append("depth")
+        return BackendInfo(
+            model_rev=c.model_rev,
+            device=device,
+            dtype=str(self._dtype).removeprefix("torch."),
+            versions={
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "transformers": transformers.__version__,
+                "cuda": str(torch.version.cuda or ""),
+            },
+            control_kinds=tuple(kinds),
+        )
+
+    def _components(self) -> models.Components:
+        if self._c is None:
+            raise RuntimeError("model not loaded")
+        return self._c
+
+    def _tokenizers(self) -> tuple[Any, Any]:
+        pair = getattr(self._local, "tokenizers", None)
+        if pair is None:
+            c = self._components()
+            pair = (copy.deepcopy(c.tokenizer), copy.deepcopy(c.tokenizer_2))
+            self._local.tokenizers = pair
+        return pair
+
+    # Running
+
+    def run(self, work: Work, ctx: JobContext) -> Output:
+        try:
+            with torch.inference_mode():
+                return self._run(work, ctx)
+        except (errors.JobCancelled, errors.EngineError):
+            raise
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            self._log.warning("out of memory", extra=logs.fields(job_id=work.spec.job_id))
+        # Outside the except block, so the traceback (and the tensors it pins) is gone.
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise errors.out_of_memory()
+
+    def _run(self, work: Work, ctx: JobContext) -> Output:
+        c = self._components()
+        spec = work.spec
+        cuda = self._device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self._device)
+        ctx.check()
+
+        t0 = time.monotonic()
+        if spec.control == "depth":
+            if c.depth_estimator is None:
+                raise errors.invalid(errors.CONTROL_UNAVAILABLE, "depth control is not loaded")
+            control = c.depth_estimator(work.image)
+        else:
+            control = conditioning.canny(work.image)
+        preprocess_ms = _ms(t0)
+
+        tokenizer, tokenizer_2 = self._tokenizers()
+        parts: dict[str, Any] = {
+            "vae": c.vae,
+            "text_encoder": c.text_encoder,
+            "text_encoder_2": c.text_encoder_2,
+            "tokenizer": tokenizer,
+            "tokenizer_2": tokenizer_2,
+            "unet": c.unet,
+            "controlnet": c.controlnets[spec.control],
+            "scheduler": type(c.scheduler).from_config(c.scheduler.config),
+            "add_watermarker": False,
+        }
+        width, height = work.image.size
+        args: dict[str, Any] = {
+            "prompt": spec.prompt,
+            "negative_prompt": spec.negative_prompt or None,
+            "image": work.image,
+            "control_image": control,
+            "height": height,
+            "width": width,
+            "strength": spec.strength,
+            "num_inference_steps": spec.steps,
+            "guidance_scale": spec.guidance_scale,
+            "controlnet_conditioning_scale": spec.conditioning_scale,
+            "generator": torch.Generator(device="cpu").manual_seed(spec.seed),
+            "output_type": "latent",
+        }
+        pipe: Any
+        if work.mask is None:
+            pipe = StableDiffusionXLControlNetImg2ImgPipeline(**parts)
+        else:
+            pipe = StableDiffusionXLControlNetInpaintPipeline(**parts)
+            args["mask_image"] = work.mask
+        pipe.set_progress_bar_config(disable=True)
+
+        def on_step_end(p: Any, i: int, _t: Any, _kw: dict[str, Any]) -> dict[str, Any]:
+            # Raising here (inside ctx.progress) leaves the pipeline before the
+            # next step and before its VAE decode.
+            ctx.progress(i + 1, int(p.num_timesteps))
+            return {}
+
+        t1 = time.monotonic()
+        latents = pipe(**args, callback_on_step_end=on_step_end).images
+        if cuda:
+            torch.cuda.synchronize(self._device)
+        denoise_ms = _ms(t1)
+        ctx.check()
+
+        t2 = time.monotonic()
+        pixels = self._decode(pipe, latents)
+        vae_decode_ms = _ms(t2)
+        peak = int(torch.cuda.max_memory_allocated(self._device)) if cuda else 0
+        return Output(
+            image=pixels,
+            preprocess_ms=preprocess_ms,
+            denoise_ms=denoise_ms,
+            vae_decode_ms=vae_decode_ms,
+            peak_gpu_memory_bytes=peak,
+        )
+
+    def _decode(self, pipe: Any, latents: torch.Tensor) -> Image.Image:
+        vae = self._components().vae
+        cfg = vae.config
+        latents = latents.to(vae.dtype)
+        mean = getattr(cfg, "latents_mean", None)
+        std = getattr(cfg, "latents_std", None)
+        if mean is not None and std is not None:
+            m = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+            sd = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+            latents = latents * sd / cfg.scaling_factor + m
+        else:
+            latents = latents / cfg.scaling_factor
+        decoded = vae.decode(latents, return_dict=False)[0]
+        arr = pipe.image_processor.postprocess(decoded.float(), output_type="np")[0]
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        return Image.fromarray(np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8), "RGB")
+
+
+def _ms(since: float) -> float:
+    return (time.monotonic() - since) * 1000

@@ -1,0 +1,236 @@
+"""The Diffusers backend with the tiny random SDXL model, over a real socket."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tempfile
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import (
+    NOT_SERVING,
+    SERVING,
+    SMALL_LIMITS,
+    Engine,
+    decode,
+    gradient,
+    kinds,
+    png,
+    reason_of,
+    request,
+    start,
+)
+from inference._proto import engine_pb2 as pb
+
+PICTURE = gradient(120, 80)
+IMAGE = png(PICTURE)
+
+
+def test_info_describes_tiny_model(tiny_engine: Engine) -> None:
+    info = tiny_engine.stub.Info(pb.InfoRequest())
+    assert info.ready and info.backend == "diffusers"
+    assert info.model_rev.startswith("tiny-random-")
+    assert (info.device, info.dtype) == ("cpu", "float32")
+    assert {"torch", "diffusers", "transformers"} <= set(info.versions)
+    assert list(info.control_kinds) == [pb.CONTROL_KIND_CANNY]
+    assert info.limits.max_message_bytes >= 64 << 20
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tiny_engine: Engine) -> None:
+    a = tiny_engine.result(request(IMAGE, seed=7, output_long_side=96))
+    b = tiny_engine.result(request(IMAGE, seed=7, output_long_side=96))
+    c = tiny_engine.result(request(IMAGE, seed=8, output_long_side=96))
+    assert a.image == b.image
+    assert a.image != c.image
+    assert a.seed == 7 and c.seed == 8
+    assert a.model_rev.startswith("tiny-random-")
+    t = a.timings
+    assert t.denoise_ms > 0 and t.vae_decode_ms > 0 and t.total_ms >= t.denoise_ms
+    assert a.peak_gpu_memory_bytes == 0
+
+
+def test_progress_in_order_with_strength(tiny_engine: Engine) -> None:
+    events = tiny_engine.stage(request(IMAGE, steps=10, strength=0.5))
+    # img2img runs the last steps * strength of the schedule.
+    assert kinds(events) == ["accepted"] + ["progress"] * 5 + ["result"]
+    assert [e.progress.step for e in events[1:-1]] == [1, 2, 3, 4, 5]
+    assert {e.progress.total for e in events[1:-1]} == {5}
+
+
+@pytest.mark.parametrize(
+    ("size", "long_side", "want"),
+    [((120, 80), 96, (96, 64)), ((80, 120), 128, (88, 128)), ((300, 100), 64, (64, 24))],
+)
+def test_size_and_aspect(
+    tiny_engine: Engine, size: tuple[int, int], long_side: int, want: tuple[int, int]
+) -> None:
+    result = tiny_engine.result(
+        request(
+            png(gradient(*size)),
+            output_long_side=long_side,
+            steps=2,
+            strength=1.0,
+            output_format=pb.IMAGE_FORMAT_JPEG,
+            quality=80,
+        )
+    )
+    out = decode(result.image)
+    assert out.format == "JPEG"
+    assert out.size == want == (result.width, result.height)
+
+
+def test_default_long_side_and_webp(tiny_engine: Engine) -> None:
+    result = tiny_engine.result(
+        request(IMAGE, output_long_side=0, steps=2, output_format=pb.IMAGE_FORMAT_WEBP)
+    )
+    out = decode(result.image)
+    assert (out.format, out.size) == ("WEBP", (128, 88))
+
+
+def test_exif_orientation_applied(tiny_engine: Engine) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown portrait
+    buf = io.BytesIO()
+    PICTURE.save(buf, "JPEG", exif=exif)
+    result = tiny_engine.result(request(buf.getvalue(), output_long_side=96, steps=2))
+    assert (result.width, result.height) == (64, 96)
+
+
+def test_inpaint_keeps_pixels_outside_mask(tiny_engine: Engine) -> None:
+    mask = Image.new("L", PICTURE.size, 0)
+    mask.paste(255, (40, 20, 80, 60))
+    result = tiny_engine.result(
+        request(IMAGE, mask=png(mask), output_long_side=120, strength=1.0, steps=3)
+    )
+    out = np.asarray(decode(result.image)).astype(int)
+    original = np.asarray(PICTURE).astype(int)  # already at the output size
+    far = np.ones(out.shape[:2], bool)
+    margin = 2 * 4 + 1  # twice the default feather, plus rounding
+    far[20 - margin : 60 + margin, 40 - margin : 80 + margin] = False
+    assert np.array_equal(out[far], original[far])
+    # Inside, the model painted something else.
+    assert np.abs(out[25:55, 45:75] - original[25:55, 45:75]).mean() > 10
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"image": b"\xff\xd8\xff\xe0 truncated jpeg"}, "bad_image"),
+        ({"mask": png(Image.new("L", (60, 40)))}, "mask_size_mismatch"),
+        ({"steps": 0}, "out_of_range"),
+        ({"guidance_scale": math.nan}, "out_of_range"),
+        ({"output_format": pb.IMAGE_FORMAT_UNSPECIFIED}, "unsupported_format"),
+        ({"control": pb.CONTROL_KIND_DEPTH}, "control_unavailable"),
+    ],
+)
+def test_bad_input(tiny_engine: Engine, change: dict, reason: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        tiny_engine.stage(request(IMAGE, **change))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(info.value) == reason
+
+
+def test_cancel_mid_run_frees_the_worker(tiny_engine: Engine) -> None:
+    # Long enough that finishing instead of stopping would show: 100 steps at 256 px.
+    call = tiny_engine.stub.Stage(
+        request(png(gradient(256, 256)), steps=100, strength=1.0, output_long_side=256),
+        timeout=120,
+    )
+    seen = []
+    for event in call:
+        seen.append(event.WhichOneof("event"))
+        if seen.count("progress") == 2:
+            call.cancel()
+            break
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    events = tiny_engine.stage(request(IMAGE, job_id="after-cancel", steps=2))
+    assert kinds(events)[-1] == "result"
+    # The next job waited for at most a step or so of the cancelled one, not 98.
+    assert events[0].accepted.queue_ms < 3000, events[0].accepted.queue_ms
+    # The RPC thread logs the stop; it may trail the next job by a moment.
+    deadline = time.monotonic() + 5
+    while '"reason": "cancelled"' not in tiny_engine.logs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert '"msg": "job stopped"' in tiny_engine.logs()
+
+
+def test_stderr_is_json_lines(tiny_engine: Engine) -> None:
+    lines = [line for line in tiny_engine.logs().splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        entry = json.loads(line)
+        assert {"time", "level", "msg"} <= set(entry)
+    # Prompts stay out of logs below debug level.
+    assert "a furnished room" not in tiny_engine.logs()
+
+
+def test_model_dir_loads_offline_and_matches_tiny(tiny_engine: Engine) -> None:
+    from inference import models, tiny
+
+    folder = tempfile.mkdtemp(prefix="vsm")
+    models.save_dir(tiny.build(), folder)
+    # A long warm-up makes the NOT_SERVING phase long enough to observe.
+    engine = start(
+        [
+            "--backend",
+            "diffusers",
+            "--model-dir",
+            folder,
+            "--device",
+            "cpu",
+            *SMALL_LIMITS,
+            "--warmup-steps",
+            "50",
+            "--default-long-side",
+            "256",
+        ],
+        env={"HF_HUB_OFFLINE": "0"},
+        wait_serving=None,
+    )
+    try:
+        engine.wait_for(NOT_SERVING, 120)
+        engine.wait_for(SERVING, 120)
+        info = engine.stub.Info(pb.InfoRequest())
+        assert info.model_rev.startswith("dir-")
+        assert info.model_rev == models.dir_rev(folder)
+        req = request(IMAGE, seed=3, output_long_side=96)
+        loaded = np.asarray(decode(engine.result(req).image)).astype(int)
+        built = np.asarray(decode(tiny_engine.result(req).image)).astype(int)
+        # Same weights, but loaded tensors may take other CPU kernel paths:
+        # equal up to float rounding, where other weights would differ wholesale.
+        assert np.abs(loaded - built).max() <= 2
+    finally:
+        engine.close()
+
+
+def test_concurrent_jobs_match_sequential(tiny_engine: Engine) -> None:
+    reqs = [
+        request(IMAGE, job_id=f"c{i}", seed=100 + i, steps=6, output_long_side=96) for i in range(3)
+    ]
+    want = [tiny_engine.result(r).image for r in reqs]
+    engine = start(
+        ["--backend", "diffusers", "--device", "cpu", "--concurrency", "3", *SMALL_LIMITS]
+    )
+    try:
+        got: dict[int, bytes] = {}
+
+        def run(i: int) -> None:
+            got[i] = engine.result(reqs[i]).image
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [got[i] for i in range(3)] == want
+    finally:
+        engine.close()
