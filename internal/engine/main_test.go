@@ -174,7 +174,8 @@ func fake(mode string) Options {
 	return Options{Python: os.Args[0], Env: []string{fakeEngineEnv + "=" + mode}}
 }
 
-func start(t *testing.T, o Options) *harness {
+// start runs a supervisor with o; hooks adjust it before Run.
+func start(t *testing.T, o Options, hooks ...func(*Supervisor)) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry(), logs: &logBuffer{}}
 	o.Registerer = h.reg
@@ -205,6 +206,9 @@ func start(t *testing.T, o Options) *harness {
 		h.mu.Lock()
 		h.backoff = append(h.backoff, d)
 		h.mu.Unlock()
+	}
+	for _, hook := range hooks {
+		hook(s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/shirou/gopsutil/v4/process"
+	"google.golang.org/grpc/connectivity"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
@@ -302,10 +303,19 @@ func (s *Supervisor) readyLocked() error {
 		return fmt.Errorf("%w: %s", ErrUnavailable, s.state)
 	case i.pending.reason != "":
 		return fmt.Errorf("%w: engine restarting after %s, waiting for %d jobs", ErrUnavailable, i.pending.reason, i.inFlight)
+	case i.conn != nil && brokenConn(i.conn.GetState()):
+		// The connection notices a dead engine before Wait can reap it.
+		return fmt.Errorf("%w: lost the connection to the engine", ErrUnavailable)
 	case time.Since(i.lastOK) > s.staleAfter():
 		return fmt.Errorf("%w: no SERVING health answer for %v", ErrUnavailable, time.Since(i.lastOK).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// brokenConn reports whether a connection in state st has lost the engine.
+// Health checks keep a working connection busy, so it never idles.
+func brokenConn(st connectivity.State) bool {
+	return st == connectivity.TransientFailure || st == connectivity.Shutdown || st == connectivity.Idle
 }
 
 // Info returns what the engine said about itself when it last became

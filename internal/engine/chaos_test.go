@@ -1,0 +1,262 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+type outcome struct {
+	err  error
+	took time.Duration
+}
+
+// stageMany runs n jobs at once and returns their outcomes once all ended.
+func stageMany(h *harness, n int, timeout time.Duration, faults map[string]string) (<-chan []outcome, func() int) {
+	out := make(chan []outcome, 1)
+	res := make([]outcome, n)
+	var wg sync.WaitGroup
+	for k := range n {
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			t0 := time.Now()
+			_, err := h.s.Stage(ctx, stageRequest(fmt.Sprintf("job-%d", k), faults))
+			res[k] = outcome{err, time.Since(t0)}
+		})
+	}
+	go func() {
+		wg.Wait()
+		out <- res
+	}()
+	return out, func() int { return h.s.Status().InFlight }
+}
+
+// SIGKILL during 8 concurrent jobs: every job fails over to ErrUnavailable
+// within 2 s, the restart is counted, and the engine is ready again.
+func TestChaosKillDuringConcurrentJobs(t *testing.T) {
+	t.Parallel()
+	// No cgroup counter: a SIGKILL we did not send is taken for an OOM kill.
+	h := start(t, python(t), func(s *Supervisor) { s.oomKills = func() (uint64, bool) { return 0, false } })
+	h.waitReady(20 * time.Second)
+	pid := h.s.Status().PID
+
+	results, inFlight := stageMany(h, 8, 30*time.Second, map[string]string{"sleep": "20"})
+	h.waitFor("8 jobs in flight", 5*time.Second, func() bool { return inFlight() == 8 })
+	time.Sleep(200 * time.Millisecond) // into their denoising loops
+	killed := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var res []outcome
+	select {
+	case res = <-results:
+	case <-time.After(5 * time.Second):
+		t.Fatal("jobs did not end after the engine was killed")
+	}
+	answered := time.Since(killed)
+	for k, r := range res {
+		if !errors.Is(r.err, ErrUnavailable) {
+			t.Errorf("job %d: %v, want ErrUnavailable", k, r.err)
+		}
+	}
+	if answered > 2*time.Second {
+		t.Errorf("last job answered %v after the kill, want within 2s", answered)
+	}
+	h.waitFor("a new engine ready", 20*time.Second, func() bool {
+		return h.s.Ready() == nil && h.s.Status().PID != pid
+	})
+	readyAfter := time.Since(killed)
+	t.Logf("all 8 jobs answered %v after SIGKILL; ready again %v after it", answered.Round(time.Millisecond), readyAfter.Round(time.Millisecond))
+	if h.restarts(ReasonOOMKill) != 1 {
+		t.Errorf("oom_kill restarts %v, want 1", h.restarts(ReasonOOMKill))
+	}
+	if testutil.ToFloat64(h.s.m.inFlight) != 0 {
+		t.Errorf("status after restart %+v", h.s.Status())
+	}
+	if _, err := h.s.Stage(context.Background(), stageRequest("after", nil)); err != nil {
+		t.Errorf("job after restart: %v", err)
+	}
+}
+
+// An engine that exits with a code during a job: the job gets
+// ErrUnavailable and the restart is counted as an exit.
+func TestChaosCrashDuringJob(t *testing.T) {
+	t.Parallel()
+	h := start(t, python(t))
+	h.waitReady(20 * time.Second)
+	_, err := h.s.Stage(context.Background(), stageRequest("crash", map[string]string{"crash": "70"}))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Stage = %v, want ErrUnavailable", err)
+	}
+	h.waitFor("exit restart", 5*time.Second, func() bool { return h.restarts(ReasonExit) == 1 })
+	if st := h.s.Status(); st.LastDetail != "exit code 70" {
+		t.Errorf("status %+v", st)
+	}
+	h.waitReady(20 * time.Second)
+}
+
+// A job that ignores its deadline wedges the engine: the caller gets its
+// deadline, and the engine is restarted WedgeGrace later.
+func TestChaosHangingJobIsWedged(t *testing.T) {
+	t.Parallel()
+	o := python(t)
+	o.WedgeGrace = time.Second
+	h := start(t, o)
+	h.waitReady(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	t0 := time.Now()
+	_, err := h.s.Stage(ctx, stageRequest("hang", map[string]string{"hang": "job"}))
+	if status.Code(err) != codes.DeadlineExceeded || time.Since(t0) > 1500*time.Millisecond {
+		t.Errorf("Stage = %v after %v, want DeadlineExceeded at the deadline", err, time.Since(t0))
+	}
+	took := h.waitFor("wedged restart", 5*time.Second, func() bool { return h.restarts(ReasonWedged) == 1 })
+	t.Logf("wedged restart %v after the deadline", (time.Since(t0) - time.Second).Round(time.Millisecond))
+	_ = took
+	h.waitReady(20 * time.Second)
+	if h.s.Status().InFlight != 0 {
+		t.Errorf("status %+v", h.s.Status())
+	}
+}
+
+// A stopped process answers nothing: readiness drops within a few health
+// intervals, the job in flight fails over, and the engine is restarted after
+// HealthTimeout.
+func TestChaosStoppedProcessFailsHealth(t *testing.T) {
+	t.Parallel()
+	o := python(t)
+	o.HealthTimeout = time.Second
+	h := start(t, o)
+	h.waitReady(20 * time.Second)
+	t0 := time.Now()
+	_, err := h.s.Stage(context.Background(), stageRequest("stop", map[string]string{"hang": "process"}))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Stage = %v, want ErrUnavailable", err)
+	}
+	t.Logf("job answered %v after the engine stopped", time.Since(t0).Round(time.Millisecond))
+	h.waitFor("health restart", 5*time.Second, func() bool { return h.restarts(ReasonHealth) == 1 })
+	h.waitReady(20 * time.Second)
+}
+
+// Readiness is derived from live state: a stopped engine is not ready well
+// before it is restarted.
+func TestReadyDropsWhenHealthStopsAnswering(t *testing.T) {
+	t.Parallel()
+	o := python(t)
+	o.HealthTimeout = 5 * time.Second
+	h := start(t, o)
+	h.waitReady(20 * time.Second)
+	pid := h.s.Status().PID
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	took := h.waitFor("not ready", 2*time.Second, func() bool { return h.s.Ready() != nil })
+	t.Logf("not ready %v after SIGSTOP: %v", took.Round(time.Millisecond), h.s.Ready())
+	if h.restarts(ReasonHealth) != 0 {
+		t.Error("restarted before HealthTimeout")
+	}
+	h.waitFor("ready gauge 0", time.Second, func() bool { return testutil.ToFloat64(h.s.m.ready) == 0 })
+	_ = syscall.Kill(pid, syscall.SIGCONT)
+	h.waitReady(5 * time.Second)
+}
+
+// CUDA OOM: the job gets the engine's oom status, new jobs are refused,
+// the job already running finishes, then the engine restarts.
+func TestChaosOOMRestartsAfterJobsInFlight(t *testing.T) {
+	t.Parallel()
+	h := start(t, python(t))
+	h.waitReady(20 * time.Second)
+	pid := h.s.Status().PID
+	slow := make(chan error, 1)
+	go func() {
+		_, err := h.s.Stage(context.Background(), stageRequest("slow", map[string]string{"sleep": "1.5"}))
+		slow <- err
+	}()
+	h.waitFor("slow job in flight", 5*time.Second, func() bool { return h.s.Status().InFlight == 1 })
+	_, err := h.s.Stage(context.Background(), stageRequest("oom", map[string]string{"oom": "1"}))
+	if status.Code(err) != codes.ResourceExhausted || Reason(err) != FailureOOM {
+		t.Fatalf("Stage = %v, want RESOURCE_EXHAUSTED oom", err)
+	}
+	if err := h.s.Ready(); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Ready after OOM = %v, want not ready while draining", err)
+	}
+	if _, err := h.s.Stage(context.Background(), stageRequest("refused", nil)); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("new job while draining: %v", err)
+	}
+	if h.restarts(ReasonCUDAOOM) != 0 {
+		t.Error("restarted before the running job ended")
+	}
+	if err := <-slow; err != nil {
+		t.Errorf("the job in flight failed: %v", err)
+	}
+	h.waitFor("cuda_oom restart", 5*time.Second, func() bool { return h.restarts(ReasonCUDAOOM) == 1 })
+	h.waitReady(20 * time.Second)
+	if h.s.Status().PID == pid {
+		t.Error("same engine after the OOM restart")
+	}
+}
+
+// An engine that crashes at every start-up keeps Ready false with the
+// reason, and its restarts back off.
+func TestChaosCrashAtStartup(t *testing.T) {
+	t.Parallel()
+	o := python(t, "--test-start-fault", "crash")
+	o.BackoffMin, o.BackoffMax = 50*time.Millisecond, 400*time.Millisecond
+	h := start(t, o)
+	h.waitFor("4 failed starts", 20*time.Second, func() bool { return h.restarts(ReasonStartFailed) >= 4 })
+	if err := h.s.Ready(); err == nil || !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Ready = %v", err)
+	}
+	if b := h.backoffs(); len(b) < 4 || b[3] <= b[0] {
+		t.Errorf("backoffs %v do not grow", b)
+	}
+	if testutil.ToFloat64(h.s.m.ready) != 0 || testutil.ToFloat64(h.s.m.up) != 0 {
+		t.Error("gauges say up or ready")
+	}
+	t.Logf("Ready: %v", h.s.Ready())
+}
+
+// Resident memory over MaxRSS restarts the engine between jobs.
+func TestChaosRSSLimit(t *testing.T) {
+	t.Parallel()
+	o := python(t)
+	o.MaxRSS = 1 << 20 // far below any Python process
+	h := start(t, o)
+	h.waitFor("rss restart", 20*time.Second, func() bool { return h.restarts(ReasonRSS) >= 1 })
+	if st := h.s.Status(); st.LastReason != ReasonRSS {
+		t.Errorf("status %+v", st)
+	}
+}
+
+// MaxJobs restarts the engine after that many jobs, and jobs work again
+// after it.
+func TestChaosMaxJobs(t *testing.T) {
+	t.Parallel()
+	o := python(t)
+	o.MaxJobs = 2
+	h := start(t, o)
+	h.waitReady(20 * time.Second)
+	pid := h.s.Status().PID
+	for k := range 2 {
+		if _, err := h.s.Stage(context.Background(), stageRequest(fmt.Sprint(k), nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.waitFor("max_jobs restart", 5*time.Second, func() bool { return h.restarts(ReasonMaxJobs) == 1 })
+	h.waitReady(20 * time.Second)
+	if h.s.Status().PID == pid {
+		t.Error("same engine")
+	}
+	if _, err := h.s.Stage(context.Background(), stageRequest("3", nil)); err != nil {
+		t.Error(err)
+	}
+}
