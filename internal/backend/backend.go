@@ -42,6 +42,9 @@ type Result struct {
 	Width       int
 	Height      int
 	ModelRev    string
+	// PeakGPUMemoryBytes is the accelerator memory the job peaked at; zero
+	// when the backend does not know it.
+	PeakGPUMemoryBytes uint64
 	// Warnings are short machine-readable notes for the client, such as
 	// "mask_ignored".
 	Warnings []string

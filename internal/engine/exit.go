@@ -54,23 +54,33 @@ func sigName(s syscall.Signal) string {
 	return "signal " + strconv.Itoa(int(s))
 }
 
-// oomKills reads the oom_kill counter of this process's cgroup v2.
+// oomKills reads the OOM-kill counter of this process's memory cgroup:
+// memory.events on cgroup v2, memory.oom_control on v1 (kernels from 4.13).
+// Inside a container with its own cgroup namespace the path in
+// /proc/self/cgroup may not exist under the mount, whose root is then the
+// container's own cgroup, so the root is the fallback.
 func oomKills() (uint64, bool) {
 	data, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
 		return 0, false
 	}
-	// cgroup v2 has one line, "0::/path".
-	var rel string
+	var candidates []string
 	for _, line := range strings.Split(string(data), "\n") {
 		if p, ok := strings.CutPrefix(line, "0::"); ok {
-			rel = p
+			candidates = append(candidates,
+				filepath.Join("/sys/fs/cgroup", p, "memory.events"), "/sys/fs/cgroup/memory.events")
+		}
+		if _, p, ok := strings.Cut(line, ":memory:"); ok {
+			candidates = append(candidates,
+				filepath.Join("/sys/fs/cgroup/memory", p, "memory.oom_control"), "/sys/fs/cgroup/memory/memory.oom_control")
 		}
 	}
-	if rel == "" {
-		return 0, false
+	for _, c := range candidates {
+		if n, ok := parseOOMKills(c); ok {
+			return n, true
+		}
 	}
-	return parseOOMKills(filepath.Join("/sys/fs/cgroup", rel, "memory.events"))
+	return 0, false
 }
 
 func parseOOMKills(path string) (uint64, bool) {

@@ -1,0 +1,152 @@
+package backend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/vstage/vstage/internal/engine"
+	"github.com/vstage/vstage/internal/fault"
+	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
+)
+
+// Engine is what Self needs from the engine supervisor
+// (*engine.Supervisor implements it).
+type Engine interface {
+	// Stage runs one job; see engine.Supervisor.Stage for its errors.
+	Stage(ctx context.Context, req *enginev1.StageRequest) (*enginev1.Result, error)
+	// Info returns what the engine reported about itself, nil before it
+	// was first ready.
+	Info() *enginev1.InfoResponse
+}
+
+// SelfOptions configures Self. Zero values mean the defaults noted.
+type SelfOptions struct {
+	// Steps is the number of denoising steps [INFERENCE_STEPS]. Default 30.
+	Steps int
+	// Quality is the JPEG quality of the output, 1 to 100
+	// [OUTPUT_JPEG_QUALITY]. Default 90.
+	Quality int
+}
+
+// Self stages images with the engine the sidecar supervises.
+type Self struct {
+	engine Engine
+	opts   SelfOptions
+}
+
+// NewSelf returns a Self backend on top of e.
+func NewSelf(e Engine, opts SelfOptions) (*Self, error) {
+	if opts.Steps == 0 {
+		opts.Steps = 30
+	}
+	if opts.Quality == 0 {
+		opts.Quality = 90
+	}
+	if opts.Steps < 1 || opts.Steps > 1000 {
+		return nil, fmt.Errorf("backend: Steps must be in [1, 1000], got %d", opts.Steps)
+	}
+	if opts.Quality < 1 || opts.Quality > 100 {
+		return nil, fmt.Errorf("backend: Quality must be in [1, 100], got %d", opts.Quality)
+	}
+	return &Self{engine: e, opts: opts}, nil
+}
+
+// Name returns "self".
+func (s *Self) Name() string { return "self" }
+
+// Stage runs job on the engine. ctx's deadline and cancellation reach the
+// engine, which stops the job at its next step. Errors are from the fault
+// package, except that a job ended by ctx returns ctx's error.
+func (s *Self) Stage(ctx context.Context, job Job) (Result, error) {
+	res, err := s.engine.Stage(ctx, s.request(job))
+	if err != nil {
+		return Result{}, s.fault(ctx, err)
+	}
+	return Result{
+		Image:              res.GetImage(),
+		ContentType:        "image/jpeg",
+		Width:              int(res.GetWidth()),
+		Height:             int(res.GetHeight()),
+		ModelRev:           res.GetModelRev(),
+		PeakGPUMemoryBytes: res.GetPeakGpuMemoryBytes(),
+	}, nil
+}
+
+func (s *Self) request(job Job) *enginev1.StageRequest {
+	return &enginev1.StageRequest{
+		JobId:             job.ID,
+		Image:             job.Image,
+		Mask:              job.Mask,
+		Prompt:            job.Prompt,
+		NegativePrompt:    job.NegativePrompt,
+		Seed:              uint64(job.Seed),
+		Strength:          float32(job.Strength),
+		GuidanceScale:     float32(job.GuidanceScale),
+		Steps:             uint32(s.opts.Steps),
+		Control:           enginev1.ControlKind_CONTROL_KIND_CANNY,
+		ConditioningScale: float32(job.ControlNetConditioningScale),
+		OutputLongSide:    s.longSide(job.OutputLongSide),
+		OutputFormat:      enginev1.ImageFormat_IMAGE_FORMAT_JPEG,
+		Quality:           uint32(s.opts.Quality),
+	}
+}
+
+// longSide rounds n down to a multiple of 8, as the engine requires, and
+// clamps it to the engine's limits when they are known; 0 (or less) asks
+// for the engine's default.
+func (s *Self) longSide(n int) uint32 {
+	if n <= 0 {
+		return 0
+	}
+	v := uint32(n) &^ 7
+	if info := s.engine.Info(); info != nil && info.GetLimits() != nil {
+		l := info.GetLimits()
+		if lo := l.GetMinLongSide(); lo > 0 && v < lo {
+			v = lo
+		}
+		if hi := l.GetMaxLongSide(); hi > 0 && v > hi {
+			v = hi
+		}
+	}
+	return v
+}
+
+// fault maps an error of Engine.Stage to the error model.
+func (s *Self) fault(ctx context.Context, err error) error {
+	if errors.Is(err, engine.ErrUnavailable) {
+		return fault.Wrap(err, fault.Unavailable, "the staging engine is starting or restarting; retry shortly")
+	}
+	code := status.Code(err)
+	reason := engine.Reason(err)
+	// A cancellation or deadline of our own: the caller decides what the
+	// client sees, from ctx.
+	if ctx.Err() != nil && reason == "" {
+		return fmt.Errorf("backend: self: %w", ctx.Err())
+	}
+	msg := "the engine failed"
+	if st, ok := status.FromError(err); ok && st.Message() != "" {
+		msg = st.Message()
+	}
+	switch code {
+	case codes.InvalidArgument:
+		if reason == engine.FailureImageTooLarge {
+			return fault.Wrap(err, fault.ImageTooLarge, "%s", msg)
+		}
+		return fault.Wrap(err, fault.InvalidInput, "the engine rejected the job (%s): %s", reason, msg)
+	case codes.ResourceExhausted:
+		if reason == engine.FailureOOM {
+			return fault.Wrap(err, fault.OOM, "the GPU ran out of memory; retry, or ask for a smaller output")
+		}
+	case codes.DeadlineExceeded:
+		return fault.Wrap(err, fault.Timeout, "the engine did not finish in time")
+	case codes.Unavailable, codes.Canceled:
+		// A cancellation that is not ours is the connection closing under
+		// the call: the engine is going away.
+		return fault.Wrap(err, fault.Unavailable, "the staging engine is not available; retry shortly")
+	}
+	return fault.Wrap(err, fault.Internal, "the engine failed to stage the image")
+}
