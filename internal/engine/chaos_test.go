@@ -260,3 +260,38 @@ func TestChaosMaxJobs(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// With the cgroup's OOM-kill counter readable, a SIGKILL that did not come
+// from the kernel is counted as a signal, not as an OOM kill.
+func TestChaosSIGKILLNotFromTheKernel(t *testing.T) {
+	t.Parallel()
+	if _, ok := oomKills(); !ok {
+		t.Log("no cgroup OOM-kill counter here; the heuristic is covered by TestExitReason")
+	}
+	h := start(t, python(t))
+	h.waitReady(20 * time.Second)
+	_, err := h.s.Stage(context.Background(), stageRequest("kill", map[string]string{"crash": "kill"}))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Stage = %v", err)
+	}
+	want := ReasonSignal
+	if _, ok := oomKills(); !ok {
+		want = ReasonOOMKill
+	}
+	h.waitFor(want+" restart", 5*time.Second, func() bool { return h.restarts(want) == 1 })
+	h.waitReady(20 * time.Second)
+}
+
+// An engine that answers health but never becomes SERVING is live, not
+// ready, and is restarted after StartTimeout.
+func TestChaosNeverReady(t *testing.T) {
+	t.Parallel()
+	o := python(t, "--test-start-fault", "never-ready")
+	o.StartTimeout = time.Second
+	h := start(t, o)
+	h.waitFor("live", 10*time.Second, func() bool { return testutil.ToFloat64(h.s.m.up) == 1 })
+	if err := h.s.Ready(); !errors.Is(err, ErrUnavailable) {
+		t.Errorf("Ready = %v", err)
+	}
+	h.waitFor("start_timeout restart", 10*time.Second, func() bool { return h.restarts(ReasonStartTimeout) >= 1 })
+}

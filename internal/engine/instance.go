@@ -121,7 +121,10 @@ func (s *Supervisor) spawn() (*instance, error) {
 		acks:    make(map[string]*job),
 	}
 	i.dead, i.giveUp = context.WithCancel(context.Background())
-	args := []string{"-m", "inference", "--socket", i.socket}
+	// Info level at least: the engine's "job stopped" lines are how a
+	// cancelled job's end is acknowledged (see Stage). Args may raise it to
+	// debug; New refuses a quieter level.
+	args := []string{"-m", "inference", "--socket", i.socket, "--log-level", "info"}
 	if o.ModelDir != "" {
 		args = append(args, "--model-dir", o.ModelDir)
 	}

@@ -22,7 +22,9 @@ type Options struct {
 	// Dir is the engine's working directory; empty means the sidecar's.
 	Dir string
 	// Args are extra engine flags appended after the ones the supervisor
-	// sets, such as "--backend", "test".
+	// sets, such as "--backend", "test". The engine's log level is set to
+	// info and may only be raised to debug: quieter levels would hide the
+	// lines that acknowledge cancelled jobs.
 	Args []string
 	// ModelDir is passed as --model-dir when not empty [MODEL_DIR]; empty
 	// lets the engine load its tiny built-in model.
@@ -120,6 +122,15 @@ func (o Options) withDefaults() (Options, error) {
 		return o, errors.New("engine: MaxJobs must not be negative")
 	case o.StderrLines < 0:
 		return o, errors.New("engine: StderrLines must not be negative")
+	}
+	for k, a := range o.Args {
+		level, ok := strings.CutPrefix(a, "--log-level=")
+		if a == "--log-level" && k+1 < len(o.Args) {
+			level, ok = o.Args[k+1], true
+		}
+		if ok && !strings.EqualFold(level, "info") && !strings.EqualFold(level, "debug") {
+			return o, fmt.Errorf("engine: Args: --log-level %s would hide job acknowledgements; use info or debug", level)
+		}
 	}
 	// A socket path of 108 bytes is the kernel's limit; the engine wants
 	// under 100, and the private directory adds a random name.

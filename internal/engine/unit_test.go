@@ -30,6 +30,8 @@ func TestOptionsDefaults(t *testing.T) {
 		{HealthTimeout: -1},
 		{MaxJobs: -1},
 		{SocketDir: "/" + strings.Repeat("d", 90)},
+		{Args: []string{"--log-level", "warning"}},
+		{Args: []string{"--log-level=error"}},
 	} {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("%+v: want an error", bad)
