@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -213,8 +214,12 @@ func TestChaosCrashAtStartup(t *testing.T) {
 	o.BackoffMin, o.BackoffMax = 50*time.Millisecond, 400*time.Millisecond
 	h := start(t, o)
 	h.waitFor("4 failed starts", 20*time.Second, func() bool { return h.restarts(ReasonStartFailed) >= 4 })
-	if err := h.s.Ready(); err == nil || !errors.Is(err, ErrUnavailable) {
-		t.Errorf("Ready = %v", err)
+	for range 20 {
+		// Between attempts and during them alike, Ready names the cause.
+		if err := h.s.Ready(); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "start_failed") {
+			t.Fatalf("Ready = %v", err)
+		}
+		time.Sleep(15 * time.Millisecond)
 	}
 	if b := h.backoffs(); len(b) < 4 || b[3] <= b[0] {
 		t.Errorf("backoffs %v do not grow", b)

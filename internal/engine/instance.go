@@ -255,6 +255,7 @@ func (s *Supervisor) stop(i *instance, graceful bool) {
 		<-i.exited
 	}
 	i.stopProc()
+	s.m.rss.Set(0)
 	if i.conn != nil {
 		_ = i.conn.Close()
 	}

@@ -133,7 +133,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 // ended first.
 func (s *Supervisor) start(ctx context.Context) (*instance, restartRequest) {
 	t0 := time.Now()
-	s.setState("engine starting")
+	s.mu.Lock()
+	s.state = "engine starting"
+	if s.failures > 0 {
+		// A crash loop keeps saying why, not just "starting".
+		s.state = fmt.Sprintf("engine starting, attempt %d after %s (%s)", s.failures+1, s.last.reason, s.last.detail)
+	}
+	s.mu.Unlock()
 	i, err := s.spawn()
 	if err != nil {
 		s.log.Error("engine start failed", "error", err)
@@ -172,7 +178,9 @@ func (s *Supervisor) start(ctx context.Context) (*instance, restartRequest) {
 		if !live {
 			live = true
 			s.m.up.Set(1)
-			s.setState("engine live, loading the model")
+			s.mu.Lock()
+			s.state += "; live, loading the model"
+			s.mu.Unlock()
 		}
 		if st != healthpb.HealthCheckResponse_SERVING {
 			continue
