@@ -67,8 +67,10 @@ class DiffusersBackend:
 
     name = "diffusers"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, components: models.Components | None = None) -> None:
+        """components, when given, replace MODEL_DIR and the tiny model (benchmarks)."""
         self._settings = settings
+        self._given = components
         self._device = torch.device("cpu")
         self._dtype = torch.float32
         self._c: models.Components | None = None
@@ -80,8 +82,13 @@ class DiffusersBackend:
     def load(self) -> None:
         s = self._settings
         self._device = pick_device(s.device)
-        if s.model_dir:
-            # Load in fp32 first only when we must inspect the VAE to choose a dtype.
+        if self._given is not None:
+            c = self._given
+            self._dtype = pick_dtype(
+                s.dtype, self._device, fp16_safe_vae=not c.vae.config.force_upcast
+            )
+        elif s.model_dir:
+            # The VAE config decides between fp16 and bf16 before anything loads.
             probe = self._probe_vae_fp16_safe(s.model_dir)
             self._dtype = pick_dtype(s.dtype, self._device, probe)
             c = models.load_dir(s.model_dir, self._dtype, self._device)
