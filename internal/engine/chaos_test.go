@@ -300,3 +300,49 @@ func TestChaosNeverReady(t *testing.T) {
 	}
 	h.waitFor("start_timeout restart", 10*time.Second, func() bool { return h.restarts(ReasonStartTimeout) >= 1 })
 }
+
+// A slot is held until the engine acknowledges the job's end, or is given
+// up: the next job waits for it and never reaches a wedged engine.
+func TestSlotHeldUntilTheEngineLetsGo(t *testing.T) {
+	t.Parallel()
+	o := python(t)
+	o.Slots = 1
+	o.WedgeGrace = time.Second
+	h := start(t, o)
+	h.waitReady(20 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := h.s.Stage(ctx, stageRequest("hung", map[string]string{"hang": "job"})); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("Stage = %v", err)
+	}
+	t0 := time.Now()
+	_, err := h.s.Stage(context.Background(), stageRequest("next", nil))
+	waited := time.Since(t0)
+	if !errors.Is(err, ErrUnavailable) || waited < 500*time.Millisecond {
+		t.Errorf("next job: %v after %v; want ErrUnavailable once the wedged engine is given up", err, waited)
+	}
+	if hasLine(h.logs.String(), `"job_id":"next~`) {
+		t.Error("the next job reached the wedged engine")
+	}
+	h.waitReady(20 * time.Second)
+	if _, err := h.s.Stage(context.Background(), stageRequest("after", nil)); err != nil {
+		t.Errorf("after the restart: %v", err)
+	}
+	// A caller that gives up waiting for a slot gets its context's error.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Second)
+	defer cancel2()
+	long := make(chan error, 1)
+	go func() {
+		_, err := h.s.Stage(ctx2, stageRequest("long", map[string]string{"sleep": "0.5"}))
+		long <- err
+	}()
+	h.waitFor("long job in flight", 5*time.Second, func() bool { return h.s.Status().InFlight == 1 })
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel3()
+	if _, err := h.s.Stage(ctx3, stageRequest("impatient", nil)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("impatient job: %v", err)
+	}
+	if err := <-long; err != nil {
+		t.Errorf("long job: %v", err)
+	}
+}

@@ -70,6 +70,12 @@ type Options struct {
 	// [ENGINE_BACKOFF_MIN, ENGINE_BACKOFF_MAX]. Defaults 500ms and 30s.
 	BackoffMin time.Duration
 	BackoffMax time.Duration
+	// Slots caps the jobs in flight: Stage waits (until its context ends)
+	// for one of them to end before it sends another. A job holds its slot
+	// until the engine acknowledges its end or is given up, so a cancelled
+	// job the engine is still stopping keeps its slot. Zero means no limit;
+	// set it to the sidecar's admission slots per engine.
+	Slots int
 	// StderrLines is the number of engine log lines buffered on their way
 	// to Logger; more are dropped and counted. Default 1024.
 	StderrLines int
@@ -120,6 +126,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("engine: BackoffMax (%v) is below BackoffMin (%v)", o.BackoffMax, o.BackoffMin)
 	case o.MaxJobs < 0:
 		return o, errors.New("engine: MaxJobs must not be negative")
+	case o.Slots < 0:
+		return o, errors.New("engine: Slots must not be negative")
 	case o.StderrLines < 0:
 		return o, errors.New("engine: StderrLines must not be negative")
 	}

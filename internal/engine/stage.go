@@ -71,8 +71,8 @@ type job struct {
 // whose reason Reason returns; a job cancelled by ctx returns the gRPC
 // status of the cancellation.
 //
-// A job counts as in flight, for the jobs_in_flight metric and for
-// restarts that wait for jobs to end, until the engine acknowledges its end
+// A job counts as in flight, for the jobs_in_flight metric, for
+// Options.Slots and for restarts that wait for jobs to end, until the engine acknowledges its end
 // (the stream ends with a status, or after a cancellation the engine logs
 // that the job stopped) or the engine is given up. An engine that
 // acknowledges no end for WedgeGrace after one was due, while no other job
@@ -81,8 +81,16 @@ func (s *Supervisor) Stage(ctx context.Context, req *enginev1.StageRequest) (*en
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if s.slots != nil {
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	i, j, err := s.begin(req.GetJobId())
 	if err != nil {
+		s.releaseSlot()
 		return nil, err
 	}
 	wire := proto.Clone(req).(*enginev1.StageRequest)
@@ -179,6 +187,7 @@ func (s *Supervisor) end(i *instance, j *job) {
 		idle, req := i.inFlight == 0, i.pending
 		s.mu.Unlock()
 		s.m.inFlight.Dec()
+		s.releaseSlot()
 		if idle && req.reason != "" {
 			i.requestRestart(req.reason, req.detail)
 		} else if idle {
@@ -186,6 +195,12 @@ func (s *Supervisor) end(i *instance, j *job) {
 			s.checkRSS(i)
 		}
 	})
+}
+
+func (s *Supervisor) releaseSlot() {
+	if s.slots != nil {
+		<-s.slots
+	}
 }
 
 // acknowledge records that the engine logged the end of job id.

@@ -44,6 +44,8 @@ type Supervisor struct {
 	wg   sync.WaitGroup
 
 	running atomic.Bool
+	// slots holds a token per job in flight when Options.Slots is set.
+	slots chan struct{}
 
 	// Test hooks.
 	oomKills  func() (uint64, bool)
@@ -81,13 +83,17 @@ func New(opts Options) (*Supervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Supervisor{
+	s := &Supervisor{
 		opts:     o,
 		log:      o.Logger,
 		m:        newMetrics(o.Registerer),
 		oomKills: oomKills,
 		state:    "engine not started",
-	}, nil
+	}
+	if o.Slots > 0 {
+		s.slots = make(chan struct{}, o.Slots)
+	}
+	return s, nil
 }
 
 // Run starts the engine and keeps it running until ctx is done, then stops
