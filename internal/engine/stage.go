@@ -72,11 +72,12 @@ type job struct {
 // status of the cancellation.
 //
 // A job counts as in flight, for the jobs_in_flight metric, for
-// Options.Slots and for restarts that wait for jobs to end, until the engine acknowledges its end
-// (the stream ends with a status, or after a cancellation the engine logs
-// that the job stopped) or the engine is given up. An engine that
-// acknowledges no end for WedgeGrace after one was due, while no other job
-// progresses, is restarted as wedged.
+// Options.Slots and for restarts that wait for jobs to end, until the
+// engine acknowledges its end (the stream ends with a status, or after a
+// cancellation the engine logs that the job stopped) or the engine is given
+// up. An engine that acknowledges no end for WedgeGrace after one was due,
+// while no other job progresses, is restarted as wedged. A job without a
+// deadline that is never cancelled is never judged wedged.
 func (s *Supervisor) Stage(ctx context.Context, req *enginev1.StageRequest) (*enginev1.Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
