@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -97,8 +99,8 @@ func (f *forwarder) emit(line string) {
 			fields["engine_time"] = t
 			delete(fields, "time")
 		}
-		for k, v := range fields {
-			attrs = append(attrs, slog.Any(k, v))
+		for _, k := range slices.Sorted(maps.Keys(fields)) {
+			attrs = append(attrs, slog.Any(k, fields[k]))
 		}
 	} else {
 		level = slog.LevelWarn
