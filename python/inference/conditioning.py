@@ -21,28 +21,39 @@ def canny(img: Image.Image) -> Image.Image:
 
 
 class DepthEstimator:
-    """DepthEstimator wraps a transformers depth model loaded from a local folder.
+    """DepthEstimator wraps a transformers depth model and its image processor.
 
     The map is min-max normalised per image (near = bright), the convention of
     the SDXL depth ControlNets.
     """
 
-    def __init__(self, folder: str, device: Any, dtype: Any) -> None:
+    def __init__(self, model: Any, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+
+    @classmethod
+    def from_folder(cls, folder: str, dtype: Any) -> DepthEstimator:
+        """Loads a save_pretrained folder with local_files_only."""
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        self.processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
-        self.model = AutoModelForDepthEstimation.from_pretrained(
-            folder, local_files_only=True, torch_dtype=dtype
-        ).to(device)
+        processor = AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForDepthEstimation.from_pretrained(
+            folder, local_files_only=True, dtype=dtype
+        )
+        return cls(model, processor)
+
+    def prepare(self, device: Any, dtype: Any) -> None:
+        """Moves the model to where the pipeline runs."""
+        self.model.to(device)
+        if self.model.dtype != dtype:
+            self.model.to(dtype)
         self.model.eval().requires_grad_(False)
-        self.device = device
-        self.dtype = dtype
 
     def __call__(self, img: Image.Image) -> Image.Image:
         import torch
 
         inputs = self.processor(images=img.convert("RGB"), return_tensors="pt")
-        pixels = inputs["pixel_values"].to(self.device, self.dtype)
+        pixels = inputs["pixel_values"].to(self.model.device, self.model.dtype)
         with torch.inference_mode():
             depth = self.model(pixel_values=pixels).predicted_depth
         depth = torch.nn.functional.interpolate(

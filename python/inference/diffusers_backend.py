@@ -91,7 +91,7 @@ class DiffusersBackend:
             # The VAE config decides between fp16 and bf16 before anything loads.
             probe = self._probe_vae_fp16_safe(s.model_dir)
             self._dtype = pick_dtype(s.dtype, self._device, probe)
-            c = models.load_dir(s.model_dir, self._dtype, self._device)
+            c = models.load_dir(s.model_dir, self._dtype)
         else:
             c = tiny.build()
             self._dtype = pick_dtype(s.dtype, self._device, fp16_safe_vae=True)
@@ -106,6 +106,8 @@ class DiffusersBackend:
                 m.to(self._dtype)
             m.eval()
             m.requires_grad_(False)
+        if c.depth_estimator is not None:
+            c.depth_estimator.prepare(self._device, self._dtype)
         if s.channels_last:
             for m in (c.unet, c.vae, *c.controlnets.values()):
                 m.to(memory_format=torch.channels_last)

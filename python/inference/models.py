@@ -16,10 +16,9 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from typing import Any
 
-from PIL import Image
+from .conditioning import DepthEstimator
 
 CONFIG_SUFFIXES = (".json", ".txt", ".model")
 
@@ -37,7 +36,7 @@ class Components:
     controlnets: dict[str, Any]
     scheduler: Any
     model_rev: str
-    depth_estimator: Callable[[Image.Image], Image.Image] | None = None
+    depth_estimator: DepthEstimator | None = None
 
 
 def dir_rev(folder: str) -> str:
@@ -62,16 +61,16 @@ def dir_rev(folder: str) -> str:
     return "dir-" + digest.hexdigest()[:16]
 
 
-def load_dir(folder: str, dtype: Any, device: Any) -> Components:
+def load_dir(folder: str, dtype: Any) -> Components:
     """Loads every component from folder with local_files_only; raises on anything missing."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from diffusers import schedulers as diffusers_schedulers
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from .conditioning import DepthEstimator
-
     base = os.path.join(folder, "base")
     opts: dict[str, Any] = {"local_files_only": True, "torch_dtype": dtype}
+    # transformers renamed torch_dtype to dtype; diffusers still takes torch_dtype.
+    topts: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
     vae_dir = os.path.join(folder, "vae")
     if os.path.isdir(vae_dir):
         vae = AutoencoderKL.from_pretrained(vae_dir, **opts)
@@ -88,12 +87,12 @@ def load_dir(folder: str, dtype: Any, device: Any) -> Components:
     depth_model = os.path.join(folder, "depth-estimator")
     if os.path.isdir(depth_cn) and os.path.isdir(depth_model):
         controlnets["depth"] = ControlNetModel.from_pretrained(depth_cn, **opts)
-        depth_estimator = DepthEstimator(depth_model, device, dtype)
+        depth_estimator = DepthEstimator.from_folder(depth_model, dtype)
     return Components(
         vae=vae,
-        text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **opts),
+        text_encoder=CLIPTextModel.from_pretrained(base, subfolder="text_encoder", **topts),
         text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
-            base, subfolder="text_encoder_2", **opts
+            base, subfolder="text_encoder_2", **topts
         ),
         tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", local_files_only=True),
         tokenizer_2=CLIPTokenizer.from_pretrained(
@@ -122,3 +121,7 @@ def save_dir(components: Components, folder: str) -> None:
         getattr(components, name).save_pretrained(os.path.join(base, name))
     for kind, model in components.controlnets.items():
         model.save_pretrained(os.path.join(folder, f"controlnet-{kind}"))
+    if components.depth_estimator is not None:
+        out = os.path.join(folder, "depth-estimator")
+        components.depth_estimator.model.save_pretrained(out)
+        components.depth_estimator.processor.save_pretrained(out)

@@ -14,8 +14,17 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    DPTConfig,
+    DPTForDepthEstimation,
+    DPTImageProcessor,
+)
 
+from .conditioning import DepthEstimator
 from .models import Components
 
 # Bump when a size or a seed below changes: it is part of model_rev.
@@ -83,6 +92,8 @@ CONTROLNET_CONFIG: dict[str, Any] = {
 # down 8x, to the latent size of the 8x VAE below.
 CONTROLNET_CONFIG["conditioning_embedding_out_channels"] = (16, 16, 32, 32)
 
+ZERO_CONV_STD = 0.05
+
 # Four blocks give SDXL's 8x downscale; 32 channels is GroupNorm's minimum.
 VAE_CONFIG: dict[str, Any] = {
     "block_out_channels": (32, 32, 64, 64),
@@ -94,6 +105,23 @@ VAE_CONFIG: dict[str, Any] = {
     "sample_size": 128,
     "scaling_factor": 0.13025,
     "force_upcast": False,
+}
+
+# DPT with four ViT layers feeding its four reassemble stages.
+DEPTH_INPUT = 64
+DEPTH_CONFIG: dict[str, Any] = {
+    "image_size": DEPTH_INPUT,
+    "patch_size": 16,
+    "num_channels": 3,
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "backbone_out_indices": (0, 1, 2, 3),
+    "neck_hidden_sizes": (16, 16, 32, 32),
+    "fusion_hidden_size": 16,
+    "reassemble_factors": (4, 2, 1, 0.5),
+    "is_hybrid": False,
 }
 
 SCHEDULER_CONFIG: dict[str, Any] = {
@@ -148,7 +176,15 @@ def build_tokenizer() -> CLIPTokenizer:
 def model_rev() -> str:
     """Returns the tiny model's revision: a hash of every size and seed above."""
     blob = json.dumps(
-        [TINY_VERSION, TEXT_CONFIG, UNET_CONFIG, CONTROLNET_CONFIG, VAE_CONFIG, SCHEDULER_CONFIG],
+        [
+            TINY_VERSION,
+            TEXT_CONFIG,
+            UNET_CONFIG,
+            CONTROLNET_CONFIG,
+            VAE_CONFIG,
+            DEPTH_CONFIG,
+            SCHEDULER_CONFIG,
+        ],
         sort_keys=True,
         default=list,
     )
@@ -157,14 +193,15 @@ def model_rev() -> str:
 
 def build() -> Components:
     """Builds every component in float32 on the CPU; the weights depend only
-    on the seeds here. There is no depth estimator: depth control is offered
-    only with a model folder that has one."""
+    on the seeds here."""
     # A fixed seed before each component, so adding or reordering one does not
     # change the others' weights.
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**UNET_CONFIG)
     torch.manual_seed(0)
-    canny = ControlNetModel(**CONTROLNET_CONFIG)
+    canny = _controlnet()
+    torch.manual_seed(1)
+    depth = _controlnet()
     torch.manual_seed(0)
     vae = AutoencoderKL(**VAE_CONFIG)
     text_config = CLIPTextConfig(**TEXT_CONFIG)
@@ -179,7 +216,33 @@ def build() -> Components:
         tokenizer=build_tokenizer(),
         tokenizer_2=build_tokenizer(),
         unet=unet,
-        controlnets={"canny": canny},
+        controlnets={"canny": canny, "depth": depth},
         scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
         model_rev=model_rev(),
+        depth_estimator=build_depth_estimator(),
     )
+
+
+def _controlnet() -> ControlNetModel:
+    """A ControlNet whose output convolutions are not zero.
+
+    A new ControlNet starts with zero output convolutions, so it adds nothing
+    until trained; random ones make the control image and conditioning scale
+    change the tiny model's output, which the tests rely on.
+    """
+    model = ControlNetModel(**CONTROLNET_CONFIG)
+    with torch.no_grad():
+        for conv in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
+            torch.nn.init.normal_(conv.weight, std=ZERO_CONV_STD)
+    return model
+
+
+def build_depth_estimator() -> DepthEstimator:
+    """A tiny DPT depth model; its maps are noise, but they flow through the
+    same code as a real estimator's."""
+    torch.manual_seed(0)
+    model = DPTForDepthEstimation(DPTConfig(**DEPTH_CONFIG))
+    processor = DPTImageProcessor(
+        size={"height": DEPTH_INPUT, "width": DEPTH_INPUT}, keep_aspect_ratio=False
+    )
+    return DepthEstimator(model, processor)

@@ -39,7 +39,7 @@ def test_info_describes_tiny_model(tiny_engine: Engine) -> None:
     assert info.model_rev.startswith("tiny-random-")
     assert (info.device, info.dtype) == ("cpu", "float32")
     assert {"torch", "diffusers", "transformers"} <= set(info.versions)
-    assert list(info.control_kinds) == [pb.CONTROL_KIND_CANNY]
+    assert list(info.control_kinds) == [pb.CONTROL_KIND_CANNY, pb.CONTROL_KIND_DEPTH]
     assert info.limits.max_message_bytes >= 64 << 20
 
 
@@ -54,6 +54,18 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tiny_engine: Engine) -> Non
     t = a.timings
     assert t.denoise_ms > 0 and t.vae_decode_ms > 0 and t.total_ms >= t.denoise_ms
     assert a.peak_gpu_memory_bytes == 0
+
+
+def test_depth_control_runs_and_differs_from_canny(tiny_engine: Engine) -> None:
+    canny = tiny_engine.result(request(IMAGE, control=pb.CONTROL_KIND_CANNY, steps=3))
+    depth = tiny_engine.result(request(IMAGE, control=pb.CONTROL_KIND_DEPTH, steps=3))
+    again = tiny_engine.result(request(IMAGE, control=pb.CONTROL_KIND_DEPTH, steps=3))
+    assert depth.image == again.image
+    assert depth.image != canny.image
+    # A scale of 0 switches the ControlNet off, which also changes the result.
+    off = tiny_engine.result(request(IMAGE, conditioning_scale=0.0, steps=3))
+    assert off.image != canny.image
+    assert (depth.width, depth.height) == (canny.width, canny.height)
 
 
 def test_progress_in_order_with_strength(tiny_engine: Engine) -> None:
@@ -127,7 +139,7 @@ def test_inpaint_keeps_pixels_outside_mask(tiny_engine: Engine) -> None:
         ({"steps": 0}, "out_of_range"),
         ({"guidance_scale": math.nan}, "out_of_range"),
         ({"output_format": pb.IMAGE_FORMAT_UNSPECIFIED}, "unsupported_format"),
-        ({"control": pb.CONTROL_KIND_DEPTH}, "control_unavailable"),
+        ({"control": 7}, "control_unavailable"),
     ],
 )
 def test_bad_input(tiny_engine: Engine, change: dict, reason: str) -> None:
@@ -202,6 +214,7 @@ def test_model_dir_loads_offline_and_matches_tiny(tiny_engine: Engine) -> None:
         info = engine.stub.Info(pb.InfoRequest())
         assert info.model_rev.startswith("dir-")
         assert info.model_rev == models.dir_rev(folder)
+        assert pb.CONTROL_KIND_DEPTH in info.control_kinds
         req = request(IMAGE, seed=3, output_long_side=96)
         loaded = np.asarray(decode(engine.result(req).image)).astype(int)
         built = np.asarray(decode(tiny_engine.result(req).image)).astype(int)
