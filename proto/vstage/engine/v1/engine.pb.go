@@ -166,10 +166,11 @@ type StageRequest struct {
 	JobId string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	// image holds the encoded input (JPEG, PNG or WebP). EXIF orientation is applied.
 	Image []byte `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
-	// mask, when not empty, switches to inpainting: white repaints, black keeps.
-	// It must have the same dimensions as image (before orientation is applied
-	// to either, both are treated alike). Pixels well outside the mask equal
-	// the resized input in the output.
+	// mask, when not empty, switches to inpainting: white repaints, black keeps
+	// (grey is thresholded at 128). Both files have their own EXIF orientation
+	// applied, and then must have the same dimensions. Output pixels more than
+	// about twice the engine's mask feather outside the mask equal the resized
+	// input exactly.
 	Mask []byte `protobuf:"bytes,3,opt,name=mask,proto3" json:"mask,omitempty"`
 	// prompt and negative_prompt are passed to the text encoders as written.
 	Prompt         string `protobuf:"bytes,4,opt,name=prompt,proto3" json:"prompt,omitempty"`
