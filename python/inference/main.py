@@ -145,6 +145,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         os.unlink(settings.socket)
     server = Server(settings, backend)
     server.start()
+    # Only our own user may connect: the socket carries no authentication.
+    os.chmod(settings.socket, 0o600)
     inode = os.stat(settings.socket).st_ino
 
     stop = _Stop()

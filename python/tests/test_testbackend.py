@@ -340,6 +340,10 @@ def _alive(pid: int) -> bool:
     return _state(pid) not in ("Z", "gone")
 
 
+def test_socket_is_private(test_engine: Engine) -> None:
+    assert os.stat(test_engine.socket).st_mode & 0o777 == 0o600
+
+
 def test_test_backend_loads_no_torch(test_engine: Engine) -> None:
     with open(f"/proc/{test_engine.proc.pid}/maps") as f:
         maps = f.read()
