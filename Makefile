@@ -5,10 +5,17 @@ FUZZTIME ?= 30s
 
 .PHONY: run build test test-go lint-go fuzz bench-go clean
 
-## run: build the sidecar and start it on 127.0.0.1:8080 with a local store
-## under ./var/storage seeded with the sample photo; prints a curl to try.
-run: build
-	SEED_DEMO=true ./bin/sidecar
+## run: build the sidecar and start it on 127.0.0.1:8080 in self mode, with a
+## local store under ./var/storage seeded with the sample photo; prints a curl
+## to try. Without MODEL_DIR the engine runs its tiny random model on the CPU,
+## so the demo uses smaller images and fewer steps unless told otherwise.
+run: build venv
+	SEED_DEMO=true $(RUN_DEFAULTS) ./bin/sidecar
+
+ifeq ($(strip $(MODEL_DIR)),)
+RUN_DEFAULTS = ENGINE_MIN_LONG_SIDE=$${ENGINE_MIN_LONG_SIDE:-256} \
+	OUTPUT_LONG_SIDE=$${OUTPUT_LONG_SIDE:-512} INFERENCE_STEPS=$${INFERENCE_STEPS:-12}
+endif
 
 ## build: compile the sidecar into ./bin.
 build:
@@ -22,7 +29,8 @@ lint-go:
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
 
-test-go:
+# The Go tests drive the real engine process, so they need the venv.
+test-go: venv
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora already run in test-go).

@@ -51,29 +51,70 @@ func sidecar(t *testing.T, env ...string) (*exec.Cmd, *bytes.Buffer, io.Reader) 
 	return cmd, stdout, stderr
 }
 
-func TestServesTheDemoAndExitsZeroOnSIGTERM(t *testing.T) {
-	dir := t.TempDir()
-	cmd, stdout, stderr := sidecar(t, "LISTEN_ADDR=127.0.0.1:0", "STORAGE_URL=file://"+dir, "SEED_DEMO=true", "SHUTDOWN_TIMEOUT=5s")
+// enginePython returns the project's Python, failing (never skipping) when
+// the virtual environment is missing.
+func enginePython(t *testing.T) string {
+	t.Helper()
+	py, err := filepath.Abs(filepath.Join("..", "..", ".venv", "bin", "python"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(py, "-c", "import inference, grpc").CombinedOutput(); err != nil {
+		t.Fatalf("the engine's Python cannot run (%v): run `make venv` at the repository root\n%s", err, out)
+	}
+	return py
+}
 
+// selfMode starts the sidecar in self mode on the torch-free test engine
+// and waits until it is ready. It returns the address, the engine's pid and
+// a channel with the rest of the log once the process ends.
+func selfMode(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer, addr string, enginePID int, rest <-chan string) {
+	t.Helper()
+	env = append([]string{"LISTEN_ADDR=127.0.0.1:0", "INFERENCE_MODE=self", "ENGINE_PYTHON=" + enginePython(t),
+		"ENGINE_BACKEND=test", "SHUTDOWN_TIMEOUT=5s"}, env...)
+	cmd, stdout, stderr := sidecar(t, env...)
 	logs := bufio.NewScanner(stderr)
-	var addr string
-	for addr == "" && logs.Scan() {
-		var line struct{ Msg, Addr string }
-		if json.Unmarshal(logs.Bytes(), &line) == nil && line.Msg == "listening" {
+	for (addr == "" || enginePID == 0) && logs.Scan() {
+		var line struct {
+			Msg, Addr, Source string
+			EnginePID         int `json:"engine_pid"`
+		}
+		if json.Unmarshal(logs.Bytes(), &line) != nil {
+			continue
+		}
+		switch line.Msg {
+		case "listening":
 			addr = line.Addr
+		case "engine ready":
+			// The supervisor's line, not the engine's own one of that name.
+			if line.Source == "" {
+				enginePID = line.EnginePID
+			}
 		}
 	}
-	if addr == "" {
-		t.Fatalf("no listening line: %v", logs.Err())
+	if addr == "" || enginePID == 0 {
+		t.Fatalf("no listening or engine ready line: %v", logs.Err())
 	}
-	rest := make(chan string, 1)
+	ch := make(chan string, 1)
 	go func() {
 		var b strings.Builder
 		for logs.Scan() {
 			b.WriteString(logs.Text() + "\n")
 		}
-		rest <- b.String()
+		ch <- b.String()
 	}()
+	return cmd, stdout, addr, enginePID, ch
+}
+
+func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+func TestServesTheDemoAndExitsZeroOnSIGTERM(t *testing.T) {
+	dir := t.TempDir()
+	cmd, stdout, addr, enginePID, rest := selfMode(t, "STORAGE_URL=file://"+dir, "SEED_DEMO=true")
+	if resp, err := http.Get("http://" + addr + "/readyz"); err != nil || resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("/readyz after engine ready: %v %s", err, b)
+	}
 
 	body := `{"image_id":"demo-1","original_key":"demo/empty_living_room.jpg","room_type":"living_room","style":"scandinavian"}`
 	resp, err := http.Post("http://"+addr+"/infer", "application/json", strings.NewReader(body))
@@ -82,7 +123,8 @@ func TestServesTheDemoAndExitsZeroOnSIGTERM(t *testing.T) {
 	}
 	answer, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(answer), `"staged_key":"demo/staged/demo-1.jpg"`) {
+	if resp.StatusCode != 200 || !strings.Contains(string(answer), `"staged_key":"demo/staged/demo-1.jpg"`) ||
+		!strings.Contains(string(answer), `"model_rev":"test-`) {
 		t.Fatalf("demo job: %d %s", resp.StatusCode, answer)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "demo", "staged", "demo-1.jpg")); err != nil {
@@ -100,6 +142,27 @@ func TestServesTheDemoAndExitsZeroOnSIGTERM(t *testing.T) {
 	}
 	if tail := <-rest; !strings.Contains(tail, `"msg":"stopped"`) {
 		t.Errorf("no clean stop in the log:\n%s", tail)
+	}
+	if alive(enginePID) {
+		t.Errorf("engine %d outlived the sidecar", enginePID)
+	}
+}
+
+// TestSIGKILLedSidecarLeavesNoEngine kills the sidecar without a chance to
+// clean up: the kernel's parent-death signal still takes the engine down.
+func TestSIGKILLedSidecarLeavesNoEngine(t *testing.T) {
+	cmd, _, _, enginePID, _ := selfMode(t, "STORAGE_URL=file://"+t.TempDir())
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(enginePID) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if alive(enginePID) {
+		_ = syscall.Kill(enginePID, syscall.SIGKILL)
+		t.Fatalf("engine %d survived its sidecar's SIGKILL", enginePID)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/config"
+	"github.com/vstage/vstage/internal/engine"
 	"github.com/vstage/vstage/internal/sample"
 	"github.com/vstage/vstage/internal/staging"
 	"github.com/vstage/vstage/internal/storage"
@@ -30,6 +31,8 @@ type App struct {
 	store   storage.Store
 	api     *api.Server
 	handler http.Handler
+	// engine is the supervised engine of self mode; nil in mock mode.
+	engine *engine.Supervisor
 }
 
 // New builds the sidecar's parts from cfg: it opens the store (and seeds
@@ -50,7 +53,38 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 	}
 	reg := telemetry.NewRegistry()
 	cat := catalog.Default()
-	be := &backend.Mock{MaxPixels: cfg.MaxInputPixels, Quality: cfg.OutputJPEGQuality}
+	a := &App{cfg: cfg, log: log, store: store}
+	var be backend.Backend = &backend.Mock{MaxPixels: cfg.MaxInputPixels, Quality: cfg.OutputJPEGQuality}
+	var ready func(context.Context) error
+	if cfg.Mode == config.ModeSelf {
+		sup, err := engine.New(engine.Options{
+			Python:        cfg.Engine.Python,
+			ModelDir:      cfg.Engine.ModelDir,
+			Device:        cfg.Engine.Device,
+			StartTimeout:  cfg.Engine.StartTimeout,
+			HealthTimeout: cfg.Engine.HealthTimeout,
+			StopGrace:     cfg.Engine.StopGrace,
+			WedgeGrace:    cfg.Engine.WedgeGrace,
+			MaxRSS:        uint64(cfg.Engine.MaxRSS),
+			MaxJobs:       cfg.Engine.MaxJobs,
+			BackoffMin:    cfg.Engine.BackoffMin,
+			BackoffMax:    cfg.Engine.BackoffMax,
+			Logger:        log.With("component", "engine"),
+			Registerer:    reg,
+		})
+		if err != nil {
+			_ = store.Close()
+			return nil, fmt.Errorf("engine: %w", err)
+		}
+		self, err := backend.NewSelf(sup, backend.SelfOptions{Steps: cfg.Engine.Steps, Quality: cfg.OutputJPEGQuality})
+		if err != nil {
+			_ = store.Close()
+			return nil, fmt.Errorf("self backend: %w", err)
+		}
+		a.engine, be = sup, self
+		// Readiness is the engine's live state, asked afresh every time.
+		ready = func(context.Context) error { return sup.Ready() }
+	}
 	svc := staging.New(store, be, cat, staging.Options{
 		AllowedPrefixes:    cfg.AllowedPrefixes,
 		StagedKey:          cfg.StagedKey,
@@ -63,8 +97,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		RequestTimeout: cfg.RequestTimeout,
 		Mode:           string(cfg.Mode),
+		Ready:          ready,
 	})
-	return &App{cfg: cfg, log: log, store: store, api: srv, handler: srv.Handler()}, nil
+	a.api, a.handler = srv, srv.Handler()
+	return a, nil
 }
 
 // Handler returns the HTTP routes.
@@ -72,7 +108,9 @@ func (a *App) Handler() http.Handler { return a.handler }
 
 // Serve answers on ln until ctx is done, then drains: readiness turns off,
 // new jobs get 503, and requests in flight get cfg.ShutdownTimeout to
-// finish. It closes ln and the store, and returns nil after a clean drain.
+// finish. In self mode it runs the engine's supervisor for as long and
+// stops the engine after the drain, so jobs in flight keep their engine. It
+// closes ln and the store, and returns nil after a clean drain.
 // banner, when not nil, receives a human-readable hint with the address and
 // a curl command.
 func (a *App) Serve(ctx context.Context, ln net.Listener, banner io.Writer) error {
@@ -90,6 +128,19 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, banner io.Writer) erro
 		WriteTimeout: cfg.RequestTimeout + 10*time.Second,
 		IdleTimeout:  2 * time.Minute,
 		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	engineDone := make(chan error, 1)
+	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
+	defer func() {
+		stopEngine()
+		if err := <-engineDone; err != nil {
+			log.Error("engine supervisor", "error", err)
+		}
+	}()
+	if a.engine != nil {
+		go func() { engineDone <- a.engine.Run(engineCtx) }()
+	} else {
+		engineDone <- nil
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
@@ -137,6 +188,10 @@ func seedDemo(ctx context.Context, store storage.Store) error {
 
 func printBanner(w io.Writer, addr string, cfg config.Config) {
 	fmt.Fprintf(w, "\nvstage is listening on http://%s (mode %s, storage %s)\n", addr, cfg.Mode, redactURL(cfg.StorageURL))
+	if cfg.Mode == config.ModeSelf {
+		fmt.Fprintf(w, "The engine is loading; /readyz answers 200 once it is warm:\n\n")
+		fmt.Fprintf(w, "  curl -sS http://%s/readyz\n\n", addr)
+	}
 	fmt.Fprintf(w, "Stage the bundled sample photo:\n\n")
 	fmt.Fprintf(w, "  curl -sS -X POST http://%s/infer -H 'Content-Type: application/json' \\\n", addr)
 	fmt.Fprintf(w, "    -d '{\"image_id\":\"demo-1\",\"original_key\":\"%s\",\"room_type\":\"living_room\",\"style\":\"scandinavian\"}'\n\n", sample.Key)

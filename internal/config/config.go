@@ -11,6 +11,7 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -52,6 +53,27 @@ type Config struct {
 	ShutdownTimeout    time.Duration
 	DrainDelay         time.Duration
 	LogLevel           slog.Level
+
+	// Engine is the self mode's engine and its supervision.
+	Engine Engine
+}
+
+// Engine configures the engine process of self mode. The engine reads its
+// own ENGINE_* variables (sizes, dtype, concurrency) from the environment it
+// inherits; these are the ones the sidecar acts on.
+type Engine struct {
+	Python        string
+	ModelDir      string
+	Device        string
+	Steps         int
+	StartTimeout  time.Duration
+	HealthTimeout time.Duration
+	StopGrace     time.Duration
+	WedgeGrace    time.Duration
+	MaxRSS        int64
+	MaxJobs       int
+	BackoffMin    time.Duration
+	BackoffMax    time.Duration
 }
 
 // Setting documents one environment variable. Settings lists them all, in
@@ -65,7 +87,7 @@ type Setting struct {
 // Settings is every variable Load reads, with its default.
 var Settings = []Setting{
 	{"LISTEN_ADDR", "127.0.0.1:8080", "HTTP listen address (host:port)."},
-	{"INFERENCE_MODE", "mock", "Backend: mock (re-encodes the original)."},
+	{"INFERENCE_MODE", "self", "Backend: self (the supervised engine) or mock (re-encodes the original, no GPU)."},
 	{"STORAGE_URL", "file://<working dir>/var/storage", "file:///abs/dir or s3://bucket[/prefix]."},
 	{"S3_ENDPOINT", "", "Endpoint of an S3-compatible server (empty: AWS)."},
 	{"S3_FORCE_PATH_STYLE", "false", "Path-style S3 addressing, for S3-compatible servers."},
@@ -82,6 +104,18 @@ var Settings = []Setting{
 	{"SHUTDOWN_TIMEOUT", "30s", "How long requests in flight may take to finish after SIGTERM."},
 	{"DRAIN_DELAY", "0s", "After SIGTERM, how long /readyz answers 503 before the listener closes (lets load balancers notice)."},
 	{"LOG_LEVEL", "info", "debug, info, warn or error."},
+	{"ENGINE_PYTHON", ".venv/bin/python if present, else python3", "Interpreter that runs the engine (python -m inference)."},
+	{"MODEL_DIR", "", "Folder of diffusers-format models for the engine; empty: the engine's tiny random model (tests, demos)."},
+	{"ENGINE_DEVICE", "auto", "auto, cpu or cuda."},
+	{"INFERENCE_STEPS", "30", "Denoising steps per job."},
+	{"ENGINE_START_TIMEOUT", "10m", "Longest time from spawn to ready (model load and warm-up included) before the engine is restarted."},
+	{"ENGINE_HEALTH_TIMEOUT", "10s", "How long health checks may fail before the engine is restarted."},
+	{"ENGINE_STOP_GRACE", "10s", "Time between SIGTERM and SIGKILL when the engine is stopped."},
+	{"ENGINE_WEDGE_GRACE", "10s", "How long a job may outlive its deadline unacknowledged before the engine is declared wedged and restarted."},
+	{"ENGINE_MAX_RSS", "0", "Engine resident memory that triggers a restart between jobs (e.g. 24GiB); 0: no limit."},
+	{"ENGINE_MAX_JOBS", "0", "Restart the engine after this many jobs; 0: never."},
+	{"ENGINE_BACKOFF_MIN", "500ms", "First wait between restart attempts; doubles per consecutive failure, with jitter."},
+	{"ENGINE_BACKOFF_MAX", "30s", "Longest wait between restart attempts."},
 }
 
 // Load reads the configuration through getenv (os.Getenv in production) and
@@ -118,12 +152,13 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		p.fail("LISTEN_ADDR", "must be host:port, e.g. 127.0.0.1:8080 or :8080")
 	}
 	switch c.Mode {
-	case ModeMock:
-	case ModeManaged, ModeSelf:
-		p.fail("INFERENCE_MODE", "%q is not available in this build; use mock", c.Mode)
+	case ModeMock, ModeSelf:
+	case ModeManaged:
+		p.fail("INFERENCE_MODE", "%q is not available in this build; use self or mock", c.Mode)
 	default:
-		p.fail("INFERENCE_MODE", "must be mock, managed or self")
+		p.fail("INFERENCE_MODE", "must be self, mock or managed")
 	}
+	c.Engine = p.engine(wd)
 	// The documented default names the working directory, which only Load
 	// knows.
 	c.StorageURL, _ = p.lookup("STORAGE_URL")
@@ -137,6 +172,49 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		p.fail("STAGED_KEY_TEMPLATE", "%v", err)
 	}
 	return c, errors.Join(p.errs...)
+}
+
+func (p *parser) engine(wd string) Engine {
+	e := Engine{
+		Device:        strings.ToLower(p.str("ENGINE_DEVICE")),
+		Steps:         int(p.integer("INFERENCE_STEPS", 1, 200)),
+		StartTimeout:  p.duration("ENGINE_START_TIMEOUT", time.Second),
+		HealthTimeout: p.duration("ENGINE_HEALTH_TIMEOUT", 100*time.Millisecond),
+		StopGrace:     p.duration("ENGINE_STOP_GRACE", 0),
+		WedgeGrace:    p.duration("ENGINE_WEDGE_GRACE", 0),
+		MaxRSS:        p.bytes("ENGINE_MAX_RSS", 0, 1<<50),
+		MaxJobs:       int(p.integer("ENGINE_MAX_JOBS", 0, 1<<31)),
+		BackoffMin:    p.duration("ENGINE_BACKOFF_MIN", time.Millisecond),
+		BackoffMax:    p.duration("ENGINE_BACKOFF_MAX", time.Millisecond),
+	}
+	switch e.Device {
+	case "auto", "cpu", "cuda":
+	default:
+		p.fail("ENGINE_DEVICE", "must be auto, cpu or cuda, got %q", e.Device)
+	}
+	if e.BackoffMax < e.BackoffMin {
+		p.fail("ENGINE_BACKOFF_MAX", "must not be below ENGINE_BACKOFF_MIN (%s)", e.BackoffMin)
+	}
+	if dir, ok := p.lookup("MODEL_DIR"); ok {
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			p.fail("MODEL_DIR", "%q is not a folder", dir)
+		}
+		e.ModelDir = dir
+	}
+	// The documented default depends on the working directory.
+	if py, ok := p.lookup("ENGINE_PYTHON"); ok {
+		e.Python = py
+	} else if venv := filepath.Join(wd, ".venv", "bin", "python"); isFile(venv) {
+		e.Python = venv
+	} else {
+		e.Python = "python3"
+	}
+	return e
+}
+
+func isFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && !fi.IsDir()
 }
 
 func checkStorageURL(raw string) error {

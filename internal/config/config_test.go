@@ -3,6 +3,7 @@ package config
 import (
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ListenAddr != "127.0.0.1:8080" || c.Mode != ModeMock || c.StorageURL != "file:///srv/app/var/storage" {
+	if c.ListenAddr != "127.0.0.1:8080" || c.Mode != ModeSelf || c.StorageURL != "file:///srv/app/var/storage" {
 		t.Errorf("defaults: %+v", c)
 	}
 	if c.MaxBodyBytes != 64<<10 || c.MaxInputBytes != 25<<20 || c.MaxInputPixels != 40_000_000 || c.OutputLongSide != 1024 {
@@ -81,9 +82,42 @@ func TestBadValuesAreAllReported(t *testing.T) {
 }
 
 func TestModesNotBuiltYetAreRefused(t *testing.T) {
-	for _, m := range []string{"self", "managed"} {
+	for _, m := range []string{"managed"} {
 		if _, err := Load(env(map[string]string{"INFERENCE_MODE": m}), "/"); err == nil || !strings.Contains(err.Error(), "not available") {
 			t.Errorf("%s: %v", m, err)
+		}
+	}
+}
+
+func TestEngineSettings(t *testing.T) {
+	wd := t.TempDir()
+	c, err := Load(env(nil), wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.Engine
+	if e.Python != "python3" || e.Device != "auto" || e.Steps != 30 || e.HealthTimeout != 10*time.Second || e.MaxRSS != 0 || e.BackoffMax != 30*time.Second {
+		t.Errorf("engine defaults: %+v", e)
+	}
+	venv := filepath.Join(wd, ".venv", "bin", "python")
+	if err := os.MkdirAll(filepath.Dir(venv), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(venv, nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c, err = Load(env(map[string]string{"ENGINE_MAX_RSS": "24GiB", "MODEL_DIR": wd, "ENGINE_DEVICE": "CUDA", "INFERENCE_STEPS": "8"}), wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := c.Engine; e.Python != venv || e.MaxRSS != 24<<30 || e.ModelDir != wd || e.Device != "cuda" || e.Steps != 8 {
+		t.Errorf("engine settings: %+v", e)
+	}
+	_, err = Load(env(map[string]string{"MODEL_DIR": filepath.Join(wd, "nope"), "ENGINE_DEVICE": "tpu", "INFERENCE_STEPS": "0",
+		"ENGINE_BACKOFF_MIN": "1m", "ENGINE_BACKOFF_MAX": "1s"}), wd)
+	for _, name := range []string{"MODEL_DIR", "ENGINE_DEVICE", "INFERENCE_STEPS", "ENGINE_BACKOFF_MAX"} {
+		if err == nil || !strings.Contains(err.Error(), name+":") {
+			t.Errorf("error does not mention %s: %v", name, err)
 		}
 	}
 }

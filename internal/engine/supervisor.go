@@ -204,7 +204,7 @@ func (s *Supervisor) start(ctx context.Context) (*instance, restartRequest) {
 		i.ready, i.lastOK = true, time.Now()
 		s.mu.Unlock()
 		s.publish()
-		s.log.Info("engine ready", "engine_pid", i.pid, "start_duration", took,
+		s.log.Info("engine ready", "engine_pid", i.pid, "start_seconds", took.Seconds(),
 			"model_rev", info.GetModelRev(), "backend", info.GetBackend(), "device", info.GetDevice())
 		s.wg.Add(1)
 		go s.watchHealth(i)

@@ -1,0 +1,130 @@
+package app_test
+
+import (
+	"bytes"
+	"fmt"
+	"image/jpeg"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// enginePython returns the project's Python, failing (never skipping) when
+// the virtual environment is missing.
+func enginePython(t *testing.T) string {
+	t.Helper()
+	py, err := filepath.Abs(filepath.Join("..", "..", ".venv", "bin", "python"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(py, "-c", "import inference, grpc").CombinedOutput(); err != nil {
+		t.Fatalf("the engine's Python cannot run (%v): run `make venv` at the repository root\n%s", err, out)
+	}
+	return py
+}
+
+func waitReady(t *testing.T, svc *service, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		a := get(t, svc.url+"/readyz")
+		if a.status == 200 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after %s: %s\n%s", within, a.body, svc.logs.String())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestSelfModeEndToEnd stages through the real engine (the tiny random
+// SDXL-shaped Diffusers model on the CPU) with an S3-compatible store over
+// HTTP.
+func TestSelfModeEndToEnd(t *testing.T) {
+	py := enginePython(t)
+	s3b := newS3(t, "", nil)
+	// The engine reads its own ENGINE_* settings from the environment it
+	// inherits: small sizes keep the CPU run short.
+	t.Setenv("ENGINE_MIN_LONG_SIDE", "64")
+	t.Setenv("ENGINE_WARMUP_STEPS", "1")
+	svc := start(t, map[string]string{
+		"INFERENCE_MODE": "self", "ENGINE_PYTHON": py, "ENGINE_DEVICE": "cpu", "INFERENCE_STEPS": "2",
+		"OUTPUT_LONG_SIDE": "64", "STORAGE_URL": s3b.url(), "S3_ENDPOINT": s3b.srv.URL, "S3_FORCE_PATH_STYLE": "true",
+	})
+	if a := get(t, svc.url+"/readyz"); a.status != 503 {
+		t.Errorf("/readyz before the engine is warm = %d %s, want 503", a.status, a.body)
+	}
+	waitReady(t, svc, 3*time.Minute)
+	s3b.put(t, "listings/42/empty.jpg", photo(t, 320, 240))
+
+	withSeed := func(id string) map[string]any {
+		m := job(id)
+		m["seed"] = 7
+		return m
+	}
+	first := decodeStaged(t, infer(t, svc, withSeed("a")))
+	if first.Width != 64 || first.Height != 48 || !strings.HasPrefix(first.ModelRev, "tiny-random") || *first.Seed != 7 {
+		t.Errorf("answer = %+v, want 64x48 from the tiny model with seed 7", first)
+	}
+	a, _ := s3b.get(t, first.StagedKey)
+	if cfg, err := jpeg.DecodeConfig(bytes.NewReader(a)); err != nil || cfg.Width != 64 || cfg.Height != 48 {
+		t.Errorf("staged object: %v %dx%d, want a 64x48 JPEG", err, cfg.Width, cfg.Height)
+	}
+	if ct := s3b.head(t, first.StagedKey).ContentType; ct == nil || *ct != "image/jpeg" {
+		t.Errorf("staged Content-Type = %v", ct)
+	}
+
+	second := decodeStaged(t, infer(t, svc, withSeed("b")))
+	b, _ := s3b.get(t, second.StagedKey)
+	if second.StagedKey == first.StagedKey || !bytes.Equal(a, b) {
+		t.Errorf("same request and seed under another image_id gave other bytes (%s vs %s)", first.StagedKey, second.StagedKey)
+	}
+
+	replay := infer(t, svc, withSeed("a"))
+	if replay.header.Get("Idempotent-Replay") != "true" {
+		t.Errorf("replay: %d %s", replay.status, replay.body)
+	}
+	metrics := string(get(t, svc.url+"/metrics").body)
+	if n := metricValue(t, metrics, `vstage_staging_job_duration_seconds_count{backend="self"}`); n != "2" {
+		t.Errorf("engine jobs = %s, want 2: the replay must not reach the engine", n)
+	}
+	if n := metricValue(t, metrics, `vstage_engine_ready`); n != "1" {
+		t.Errorf("vstage_engine_ready = %s", n)
+	}
+
+	pid := enginePID(t, svc.logs.String())
+	if err := svc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+		t.Errorf("engine %d outlived the sidecar", pid)
+	}
+}
+
+func metricValue(t *testing.T, exposition, series string) string {
+	t.Helper()
+	for _, line := range strings.Split(exposition, "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			return rest
+		}
+	}
+	return "(absent)"
+}
+
+var pidPattern = regexp.MustCompile(`"msg":"engine started"[^\n]*"engine_pid":(\d+)`)
+
+func enginePID(t *testing.T, logs string) int {
+	t.Helper()
+	m := pidPattern.FindAllStringSubmatch(logs, -1)
+	if m == nil {
+		t.Fatalf("no engine started line in the log:\n%s", logs)
+	}
+	var pid int
+	fmt.Sscan(m[len(m)-1][1], &pid)
+	return pid
+}
