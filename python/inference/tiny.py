@@ -230,7 +230,7 @@ def _controlnet() -> ControlNetModel:
     until trained; random ones make the control image and conditioning scale
     change the tiny model's output, which the tests rely on.
     """
-    model = ControlNetModel(**CONTROLNET_CONFIG)
+    model: Any = ControlNetModel(**CONTROLNET_CONFIG)
     with torch.no_grad():
         for conv in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
             torch.nn.init.normal_(conv.weight, std=ZERO_CONV_STD)
