@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
+import os
 import platform
 import threading
 import time
@@ -117,9 +119,6 @@ class DiffusersBackend:
         self._c = c
 
     def _probe_vae_fp16_safe(self, folder: str) -> bool:
-        import json
-        import os
-
         for path in (
             os.path.join(folder, "vae", "config.json"),
             os.path.join(folder, "base", "vae", "config.json"),

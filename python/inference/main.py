@@ -159,10 +159,10 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     threading.Thread(
         target=_watch, args=(settings, parent, inode, stop), name="watch", daemon=True
     ).start()
+    log.info("engine listening", extra=logs.fields(socket=settings.socket))
     threading.Thread(
         target=_load, args=(server, backend, settings, stop), name="load", daemon=True
     ).start()
-    log.info("engine listening", extra=logs.fields(socket=settings.socket))
 
     # A bounded wait keeps the main thread able to run signal handlers.
     while not stop.event.wait(1.0):
