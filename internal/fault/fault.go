@@ -36,6 +36,9 @@ const (
 	// logs and metrics count it.
 	Canceled      Code = "canceled"
 	RouteNotFound Code = "route_not_found"
+	// Unauthorized means a protected endpoint, such as the admin listener,
+	// was called without the right bearer token.
+	Unauthorized Code = "unauthorized"
 )
 
 // Error is a failure with a code. Message is safe to show to a client; Err,
