@@ -37,4 +37,4 @@ fi
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
-exec timeout 470 "$python" bench/gpu_bench.py --budget-s 330 "${out_args[@]}" "$@"
+exec timeout --signal=INT --kill-after=20 460 "$python" bench/gpu_bench.py --budget-s 330 "${out_args[@]}" "$@"

@@ -292,42 +292,60 @@ def main(argv: list[str]) -> int:
     )
     rows: list[Row] = []
     skipped: list[str] = []
-    for variant in variants:
-        apply_variant(components, variant, compile_backend)
-        backend = DiffusersBackend(settings, components)
-        backend.load()
-        bench = Bench(backend, cuda, steps)
-        for size in compile_sizes if variant == "compile" else sizes:
-            elapsed = time.perf_counter() - started
-            if elapsed > args.budget_s:
-                skipped.append(f"{variant}@{size}")
-                continue
-            row = bench.measure(variant, size, runs)
-            rows.append(row)
-            print(json.dumps({"row": dataclasses.asdict(row)}), flush=True)
+    interrupted = ""
+    try:
+        for variant in variants:
+            apply_variant(components, variant, compile_backend)
+            backend = DiffusersBackend(settings, components)
+            backend.load()
+            bench = Bench(backend, cuda, steps)
+            for size in compile_sizes if variant == "compile" else sizes:
+                elapsed = time.perf_counter() - started
+                if elapsed > args.budget_s:
+                    skipped.append(f"{variant}@{size}")
+                    continue
+                row = bench.measure(variant, size, runs)
+                rows.append(row)
+                print(json.dumps({"row": dataclasses.asdict(row)}), flush=True)
+    except KeyboardInterrupt:
+        # gpu.sh's timeout sends SIGINT first: report what was measured.
+        interrupted = "interrupted by the time limit; later rows are missing"
 
     device_name = torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu"
-    info = backend.info()
+    import diffusers
+    import transformers
+
+    dtype_name = settings.dtype
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": str(torch.version.cuda or ""),
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
     summary = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": device_name,
-        "dtype": info.dtype,
-        "versions": info.versions,
+        "dtype": dtype_name,
+        "versions": versions,
         "steps": steps,
         "tiny": dry,
         "build_s": round(build_s, 1),
         "total_s": round(time.perf_counter() - started, 1),
         "skipped": skipped,
+        "interrupted": interrupted,
         "rows": [dataclasses.asdict(r) for r in rows],
     }
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
     print()
-    print(f"{device_name}, {info.dtype}, {steps} steps, img2img strength 1.0 + ControlNet (canny)")
+    print(f"{device_name}, {dtype_name}, {steps} steps, img2img strength 1.0 + ControlNet (canny)")
     print(table(rows))
     if skipped:
         print(f"skipped (time budget): {', '.join(skipped)}")
+    if interrupted:
+        print(interrupted)
     return 0
 
 
