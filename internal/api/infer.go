@@ -27,9 +27,11 @@ type inferRequest struct {
 	Seed          json.RawMessage `json:"seed"`
 	Strength      *float64        `json:"strength"`
 	GuidanceScale *float64        `json:"guidance_scale"`
+	// Tier orders admission: business, pro or free (the default).
+	Tier string `json:"tier"`
 }
 
-const requestFields = "image_id, original_key, room_type, style, mask_key, seed, strength, guidance_scale"
+const requestFields = "image_id, original_key, room_type, style, mask_key, seed, strength, guidance_scale, tier"
 
 // decodeInfer reads one JSON object from body, strictly: no unknown fields,
 // no trailing data, numbers of the right kind and range. It does not check
@@ -50,7 +52,7 @@ func decodeInfer(body io.Reader) (staging.Request, error) {
 	}
 	req := staging.Request{
 		ImageID: in.ImageID, OriginalKey: in.OriginalKey, RoomType: in.RoomType, Style: in.Style,
-		Strength: in.Strength, GuidanceScale: in.GuidanceScale,
+		Strength: in.Strength, GuidanceScale: in.GuidanceScale, Tier: in.Tier,
 	}
 	if in.MaskKey != nil {
 		if *in.MaskKey == "" {

@@ -85,7 +85,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 		// Readiness is the engine's live state, asked afresh every time.
 		ready = func(context.Context) error { return sup.Ready() }
 	}
-	svc := staging.New(store, be, cat, staging.Options{
+	svc := staging.New(store, staging.NewSingle(be), cat, staging.Options{
 		AllowedPrefixes:    cfg.AllowedPrefixes,
 		StagedKey:          cfg.StagedKey,
 		StagedCacheControl: cfg.StagedCacheControl,

@@ -33,6 +33,7 @@ type stagedBody struct {
 	Seed       *uint32  `json:"seed"`
 	DurationMS *int64   `json:"duration_ms"`
 	Warnings   []string `json:"warnings"`
+	Backend    string   `json:"backend"`
 }
 
 func decodeStaged(t *testing.T, a answer) stagedBody {
@@ -83,7 +84,7 @@ func checkEndToEnd(t *testing.T, svc *service, store blobs) {
 	t.Helper()
 	store.put(t, "listings/42/empty.jpg", photo(t, 1600, 1200))
 	b := decodeStaged(t, infer(t, svc, job("img-1")))
-	if b.StagedKey != "listings/42/staged/img-1.jpg" || b.Width != 1024 || b.Height != 768 || b.ModelRev != "mock" {
+	if b.StagedKey != "listings/42/staged/img-1.jpg" || b.Width != 1024 || b.Height != 768 || b.ModelRev != "mock" || b.Backend != "mock" {
 		t.Errorf("answer = %+v", b)
 	}
 	data, ok := store.get(t, b.StagedKey)
@@ -241,6 +242,7 @@ func TestBadInputsWriteNothing(t *testing.T) {
 		{"seed negative", with("seed", -1), "", 400, "invalid_input"},
 		{"seed 2^32", with("seed", 1<<32), "", 400, "invalid_input"},
 		{"seed fraction", with("seed", 0.5), "", 400, "invalid_input"},
+		{"unknown tier", with("tier", "gold"), "", 400, "invalid_input"},
 		{"original missing", with("original_key", "listings/1/nope.jpg"), "", 404, "not_found"},
 		{"mask missing", with("mask_key", "listings/1/nope.png"), "", 404, "not_found"},
 		{"original over MAX_INPUT_BYTES", with("original_key", "listings/1/big.jpg"), "", 413, "payload_too_large"},

@@ -68,7 +68,7 @@ func TestSelfModeEndToEnd(t *testing.T) {
 		return m
 	}
 	first := decodeStaged(t, infer(t, svc, withSeed("a")))
-	if first.Width != 64 || first.Height != 48 || !strings.HasPrefix(first.ModelRev, "tiny-random") || *first.Seed != 7 {
+	if first.Width != 64 || first.Height != 48 || !strings.HasPrefix(first.ModelRev, "tiny-random") || *first.Seed != 7 || first.Backend != "self" {
 		t.Errorf("answer = %+v, want 64x48 from the tiny model with seed 7", first)
 	}
 	a, _ := s3b.get(t, first.StagedKey)

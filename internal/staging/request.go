@@ -22,6 +22,10 @@ type Request struct {
 	Seed          *uint32
 	Strength      *float64
 	GuidanceScale *float64
+	// Tier orders admission (business, pro, free); empty means free. It
+	// does not change the result, so it is not part of the idempotency
+	// parameters.
+	Tier string
 }
 
 // Response is the answer to a finished job. A replay returns the recorded
@@ -34,6 +38,9 @@ type Response struct {
 	Seed       uint32   `json:"seed"`
 	DurationMS int64    `json:"duration_ms"`
 	Warnings   []string `json:"warnings,omitempty"`
+	// Backend names the backend that produced the image: mock, self or
+	// managed.
+	Backend string `json:"backend"`
 }
 
 // params are the request's parameters with defaults resolved, except the
@@ -51,6 +58,7 @@ type params struct {
 // plan is a validated request with everything derived from it.
 type plan struct {
 	imageID   string
+	tier      string
 	params    params
 	seed      *uint32
 	stagedKey string
@@ -102,6 +110,14 @@ func (v validator) plan(r Request) (plan, error) {
 		return plan{}, fault.New(fault.InvalidInput, "style %s is not in the catalogue; allowed: %s",
 			quote(r.Style), strings.Join(v.catalog.StyleIDs(), ", "))
 	}
+	tier := r.Tier
+	switch tier {
+	case "":
+		tier = "free"
+	case "free", "pro", "business":
+	default:
+		return plan{}, fault.New(fault.InvalidInput, "tier must be free, pro or business, got %s", quote(r.Tier))
+	}
 	d := v.catalog.Defaults
 	p := params{
 		OriginalKey: r.OriginalKey, MaskKey: r.MaskKey, RoomType: r.RoomType, Style: r.Style,
@@ -129,7 +145,7 @@ func (v validator) plan(r Request) (plan, error) {
 	if staged == r.OriginalKey || staged == r.MaskKey {
 		return plan{}, fault.New(fault.InvalidInput, "the staged key %s would overwrite an input; choose another image_id", quote(staged))
 	}
-	return plan{imageID: r.ImageID, params: p, seed: r.Seed, stagedKey: staged, recordKey: staged + ".json"}, nil
+	return plan{imageID: r.ImageID, tier: tier, params: p, seed: r.Seed, stagedKey: staged, recordKey: staged + ".json"}, nil
 }
 
 func (v validator) checkKey(field, key string) error {

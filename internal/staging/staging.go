@@ -45,10 +45,47 @@ type Options struct {
 	OutputLongSide int
 }
 
+// Backends are the backends a Service routes jobs to.
+type Backends struct {
+	// ByName holds every configured backend by its Name.
+	ByName map[string]backend.Backend
+	// Route picks the backend for an image_id; it must name one in ByName.
+	// Nil always picks Default.
+	Route func(imageID string) string
+	// Default is the backend when Route is nil.
+	Default string
+	// Admit, when not nil, admits a job on the named backend before any
+	// storage is touched, or refuses it with a fault (overloaded,
+	// unavailable). release is called once the backend is done with the
+	// job, with what the job cost.
+	Admit func(ctx context.Context, backendName, tier string, megapixels float64) (release func(Cost), err error)
+}
+
+// Cost is what a finished (or failed) job took, reported to admission.
+type Cost struct {
+	Duration     time.Duration
+	PeakGPUBytes uint64
+	// Megapixels is the output size when the job produced one, else the
+	// estimate it was admitted with.
+	Megapixels float64
+}
+
+// NewSingle returns Backends that send every job to b.
+func NewSingle(b backend.Backend) Backends {
+	return Backends{ByName: map[string]backend.Backend{b.Name(): b}, Default: b.Name()}
+}
+
+func (b Backends) route(imageID string) string {
+	if b.Route == nil {
+		return b.Default
+	}
+	return b.Route(imageID)
+}
+
 // Service runs staging jobs. It is safe for concurrent use.
 type Service struct {
 	store    Store
-	backend  backend.Backend
+	backends Backends
 	catalog  *catalog.Catalog
 	opts     Options
 	validate validator
@@ -81,12 +118,12 @@ type Outcome struct {
 
 // New returns a Service. metrics must not be nil; log may be nil to
 // discard the service's own log lines.
-func New(store Store, b backend.Backend, cat *catalog.Catalog, opts Options, metrics *telemetry.StagingMetrics, log *slog.Logger) *Service {
+func New(store Store, b Backends, cat *catalog.Catalog, opts Options, metrics *telemetry.StagingMetrics, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Service{
-		store: store, backend: b, catalog: cat, opts: opts, metrics: metrics, log: log,
+		store: store, backends: b, catalog: cat, opts: opts, metrics: metrics, log: log,
 		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey},
 		drawSeed: rand.Uint32,
 		calls:    map[string]*call{},
@@ -104,7 +141,12 @@ func (s *Service) Stage(ctx context.Context, req Request) (Outcome, error) {
 	case out.Replay:
 		outcome = "replay"
 	}
-	s.metrics.Jobs.WithLabelValues(s.backend.Name(), outcome).Inc()
+	name := out.Backend
+	if name == "" {
+		// Failed before a backend answered: count it where it was routed.
+		name = s.backends.route(req.ImageID)
+	}
+	s.metrics.Jobs.WithLabelValues(name, outcome).Inc()
 	return out, err
 }
 
@@ -121,7 +163,7 @@ func (s *Service) stage(ctx context.Context, req Request) (Outcome, error) {
 			if err != nil {
 				return Outcome{}, err
 			}
-			return Outcome{Response: rec.Response, Replay: !fresh, Backend: rec.Backend}, nil
+			return Outcome{Response: rec.Response, Replay: !fresh, Backend: rec.Response.Backend}, nil
 		}
 		select {
 		case <-c.done:
@@ -131,7 +173,7 @@ func (s *Service) stage(ctx context.Context, req Request) (Outcome, error) {
 		switch {
 		case c.err == nil && p.matches(c.rec):
 			s.metrics.Shared.Inc()
-			return Outcome{Response: c.rec.Response, Replay: true, Backend: c.rec.Backend}, nil
+			return Outcome{Response: c.rec.Response, Replay: true, Backend: c.rec.Response.Backend}, nil
 		case c.err == nil:
 			return Outcome{}, conflict(p)
 		case c.plan.sameJob(p) && !isContextFault(c.err):
@@ -170,6 +212,29 @@ func (s *Service) leave(p plan, c *call, rec record, err error) {
 // whether the backend ran.
 func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, err error) {
 	start := time.Now()
+	// Admission comes first, so that a refusal costs no storage read; the
+	// route is asked again once admitted, since a rollout change while the
+	// job waited decides where it goes.
+	name := s.backends.route(p.imageID)
+	release := func(Cost) {}
+	if s.backends.Admit != nil {
+		// The output's exact size is known only after reading the
+		// original; a square is the upper bound.
+		estimate := float64(s.opts.OutputLongSide*s.opts.OutputLongSide) / 1e6
+		rel, err := s.backends.Admit(ctx, name, p.tier, estimate)
+		if err != nil {
+			if ctx.Err() != nil {
+				return record{}, false, contextFault(ctx)
+			}
+			return record{}, false, err
+		}
+		var once sync.Once
+		release = func(c Cost) { once.Do(func() { rel(c) }) }
+		// Paths that end before the backend ran free the place unused.
+		defer release(Cost{Megapixels: estimate})
+		name = s.backends.route(p.imageID)
+	}
+
 	if rec, found, err := s.readRecord(ctx, p); err != nil {
 		return record{}, false, err
 	} else if found {
@@ -179,11 +244,17 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 		return rec, false, nil
 	}
 
+	be, ok := s.backends.ByName[name]
+	if !ok {
+		return record{}, false, fault.New(fault.Unavailable, "backend %q is not configured", name)
+	}
 	job, err := s.prepare(ctx, p)
 	if err != nil {
 		return record{}, false, err
 	}
-	res, err := s.backend.Stage(ctx, job)
+	ran := time.Now()
+	res, err := be.Stage(ctx, job)
+	release(Cost{Duration: time.Since(ran), PeakGPUBytes: res.PeakGPUMemoryBytes, Megapixels: float64(res.Width*res.Height) / 1e6})
 	if err != nil {
 		if ctx.Err() != nil {
 			return record{}, false, contextFault(ctx)
@@ -196,11 +267,12 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 		return record{}, false, err
 	}
 	rec = record{
-		Version: recordVersion, ImageID: p.imageID, Params: p.params, Backend: s.backend.Name(),
+		Version: recordVersion, ImageID: p.imageID, Params: p.params,
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
 		Response: Response{
 			StagedKey: p.stagedKey, Width: res.Width, Height: res.Height, ModelRev: res.ModelRev,
 			Seed: job.Seed, DurationMS: time.Since(start).Milliseconds(), Warnings: res.Warnings,
+			Backend: be.Name(),
 		},
 	}
 	data, err := json.Marshal(rec)
@@ -214,7 +286,7 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 	}); err != nil {
 		return record{}, false, err
 	}
-	s.metrics.Duration.WithLabelValues(s.backend.Name()).Observe(time.Since(start).Seconds())
+	s.metrics.Duration.WithLabelValues(be.Name()).Observe(time.Since(start).Seconds())
 	return rec, true, nil
 }
 
@@ -366,7 +438,6 @@ type record struct {
 	Version   int       `json:"version"`
 	ImageID   string    `json:"image_id"`
 	Params    params    `json:"params"`
-	Backend   string    `json:"backend"`
 	CreatedAt time.Time `json:"created_at"`
 	Response  Response  `json:"response"`
 }

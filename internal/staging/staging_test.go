@@ -71,7 +71,7 @@ func newFixture(t *testing.T, delay time.Duration) fixture {
 	}
 	be := &countingBackend{mock: backend.Mock{Quality: 90}, delay: delay}
 	m := telemetry.NewStagingMetrics(prometheus.NewRegistry())
-	svc := New(store, be, catalog.Default(), Options{
+	svc := New(store, NewSingle(be), catalog.Default(), Options{
 		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
 		MaxInputBytes:  1 << 20,
 		MaxInputPixels: 1 << 20,

@@ -58,6 +58,9 @@ func newS3Client(ctx context.Context, opts Options) (*s3.Client, error) {
 			o.BaseEndpoint = aws.String(opts.S3Endpoint)
 		}
 		o.UsePathStyle = opts.S3ForcePathStyle
+		// S3-compatible servers often send no checksum; the SDK would log a
+		// line to stderr, outside our logger, on every such read.
+		o.DisableLogOutputChecksumValidationSkipped = true
 	}), nil
 }
 
