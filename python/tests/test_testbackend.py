@@ -349,3 +349,26 @@ def test_test_backend_loads_no_torch(test_engine: Engine) -> None:
         maps = f.read()
     assert "libtorch" not in maps
     assert "libc" in maps  # the check reads a real map
+
+
+def test_queued_job_whose_deadline_passes_never_runs(test_engine: Engine) -> None:
+    first = test_engine.stub.Stage(
+        request(IMAGE, job_id="long", steps=2, test_faults={"sleep": "1.5"}), timeout=20
+    )
+    assert next(first).WhichOneof("event") == "accepted"
+    with pytest.raises(grpc.RpcError) as info:
+        test_engine.stage(request(IMAGE, job_id="queued"), timeout=0.5)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert kinds(list(first))[-1] == "result"
+    assert test_engine.result(request(IMAGE, job_id="next")).width == 64
+    log = test_engine.logs()
+    assert '"job_id": "queued", "reason": "deadline"' in log
+    assert '"msg": "job done", "logger": "inference", "job_id": "queued"' not in log
+
+
+def test_messages_larger_than_grpc_default(test_engine: Engine) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 2000, 3), dtype=np.uint8)
+    data = png(Image.fromarray(noise, "RGB"))
+    assert len(data) > 8 << 20  # twice gRPC's default 4 MiB limit
+    result = test_engine.result(request(data, output_long_side=256))
+    assert (result.width, result.height) == (256, 192)
