@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -140,11 +141,17 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
 
     parent = settings.parent_pid or os.getppid()
     backend = make_backend(settings)
-    # A socket file left by a dead engine would make the bind fail; the path is ours.
+    # A socket left by a dead engine would make the bind fail; anything else
+    # at the path is not ours to delete, and the bind reports it.
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(settings.socket)
+        if stat.S_ISSOCK(os.lstat(settings.socket).st_mode):
+            os.unlink(settings.socket)
     server = Server(settings, backend)
-    server.start()
+    try:
+        server.start()
+    except (OSError, RuntimeError) as err:  # grpc reports a failed bind as RuntimeError
+        log.error("cannot listen", extra=logs.fields(socket=settings.socket, error=str(err)))
+        return EXIT_CONFIG
     # Only our own user may connect: the socket carries no authentication.
     os.chmod(settings.socket, 0o600)
     inode = os.stat(settings.socket).st_ino

@@ -372,3 +372,41 @@ def test_messages_larger_than_grpc_default(test_engine: Engine) -> None:
     assert len(data) > 8 << 20  # twice gRPC's default 4 MiB limit
     result = test_engine.result(request(data, output_long_side=256))
     assert (result.width, result.height) == (256, 192)
+
+
+def test_refuses_to_replace_a_regular_file() -> None:
+    workdir = tempfile.mkdtemp(prefix="vse")
+    path = os.path.join(workdir, "engine.sock")
+    with open(path, "w") as f:
+        f.write("keep me")
+    proc = subprocess.run(
+        [sys.executable, "-m", "inference", "--socket", path, "--backend", "test"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert b'"msg": "cannot listen"' in proc.stderr
+    with open(path) as f:
+        assert f.read() == "keep me"
+
+
+def test_replaces_a_stale_socket() -> None:
+    import socket
+
+    workdir = tempfile.mkdtemp(prefix="vse")
+    path = os.path.join(workdir, "engine.sock")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # the file stays, as after a killed engine
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inference", "--socket", path, "--backend", "test"],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        engine = Engine(proc=proc, socket=path, workdir=workdir, stderr_path=os.devnull)
+        engine.wait_for(SERVING, 30)
+        engine.channel.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
