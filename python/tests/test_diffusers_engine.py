@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import tempfile
 import threading
 import time
@@ -223,6 +224,7 @@ def test_model_dir_loads_offline_and_matches_tiny(tiny_engine: Engine) -> None:
         assert np.abs(loaded - built).max() <= 2
     finally:
         engine.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_concurrent_jobs_match_sequential(tiny_engine: Engine) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,6 +326,7 @@ def test_exits_when_parent_dies() -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _state(pid: int) -> str:
@@ -385,10 +387,13 @@ def test_refuses_to_replace_a_regular_file() -> None:
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 2
-    assert b'"msg": "cannot listen"' in proc.stderr
-    with open(path) as f:
-        assert f.read() == "keep me"
+    try:
+        assert proc.returncode == 2
+        assert b'"msg": "cannot listen"' in proc.stderr
+        with open(path) as f:
+            assert f.read() == "keep me"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_replaces_a_stale_socket() -> None:
@@ -410,3 +415,4 @@ def test_replaces_a_stale_socket() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=15)
+        shutil.rmtree(workdir, ignore_errors=True)
