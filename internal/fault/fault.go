@@ -10,6 +10,7 @@ package fault
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Code is a stable, machine-readable error code. Clients switch on it; it
@@ -47,7 +48,10 @@ type Error struct {
 	Code      Code
 	Message   string
 	Retryable bool
-	Err       error
+	// RetryAfter, when positive, is how long the client should wait before
+	// retrying; the api package sends it as a Retry-After header.
+	RetryAfter time.Duration
+	Err        error
 }
 
 // Error returns the message, followed by the cause when there is one.

@@ -1,0 +1,86 @@
+package admission
+
+import (
+	"math"
+	"strconv"
+	"time"
+)
+
+// sizeStep is the granularity of size buckets, in pixels of side.
+const sizeStep = 256
+
+// maxSizeBucket caps the buckets so that the size label stays bounded.
+const maxSizeBucket = 16
+
+// sizeBucket returns the bucket of a job of mp megapixels: the side of a
+// square with as many pixels, rounded up to a multiple of 256, in units of
+// 256 (so 3 is "768", 4 is "1024"). A 1024×768 job lands in 1024, with the
+// square 1024 ones whose time and memory it shares closely.
+func sizeBucket(mp float64) int {
+	side := math.Sqrt(mp * 1e6)
+	b := int(math.Ceil(side/sizeStep - 1e-9))
+	return min(max(b, 1), maxSizeBucket)
+}
+
+func sizeLabel(bucket int) string {
+	return strconv.Itoa(bucket * sizeStep)
+}
+
+// durationAlpha weighs a new measurement in the per-megapixel duration
+// average: recent enough to follow a slower model or a hotter GPU within a
+// few jobs, smooth enough that one odd job does not swing Retry-After.
+const durationAlpha = 0.2
+
+// estimator learns how long a megapixel takes and how much accelerator
+// memory a job of each size peaks at. It is guarded by the Controller's
+// mutex.
+type estimator struct {
+	perMP    float64 // seconds per megapixel
+	measured bool
+
+	vramBase, vramPerMP uint64
+	vram                [maxSizeBucket + 1]uint64 // learned peaks, 0 = none yet
+}
+
+// duration is the expected time of a job of mp megapixels.
+func (e *estimator) duration(mp float64) time.Duration {
+	return time.Duration(mp * e.perMP * float64(time.Second))
+}
+
+// observeDuration folds in a finished job. The first measurement replaces
+// the seed, which is a guess.
+func (e *estimator) observeDuration(mp float64, d time.Duration) {
+	v := d.Seconds() / mp
+	if !e.measured {
+		e.perMP, e.measured = v, true
+		return
+	}
+	e.perMP += durationAlpha * (v - e.perMP)
+}
+
+// need is the memory a job of mp megapixels is expected to peak at: the
+// learned peak of its size, or the seed until one is known.
+func (e *estimator) need(mp float64) uint64 {
+	if v := e.vram[sizeBucket(mp)]; v > 0 {
+		return v
+	}
+	return e.vramBase + uint64(mp*float64(e.vramPerMP))
+}
+
+// observePeak folds in a job's peak and returns the new estimate of its
+// size. A larger peak is taken at once; a smaller one pulls the estimate
+// down by an eighth of the gap, so that one light job does not invite an
+// out-of-memory error on the next heavy one. The first peak of a size
+// replaces the seed.
+func (e *estimator) observePeak(mp float64, peak uint64) uint64 {
+	b := sizeBucket(mp)
+	cur := e.vram[b]
+	switch {
+	case cur == 0 || peak >= cur:
+		cur = peak
+	default:
+		cur -= (cur - peak) / 8
+	}
+	e.vram[b] = cur
+	return cur
+}
