@@ -33,7 +33,3 @@ lint-py: venv
 
 proto: venv
 	proto/generate.sh .
-
-# The Go engine tests start the real engine with .venv/bin/python, so on a
-# fresh machine the environment must exist before they run.
-test-go: venv
