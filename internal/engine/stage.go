@@ -251,7 +251,7 @@ func (s *Supervisor) awaitEnd(i *instance, j *job) {
 			timer = time.AfterFunc(grace-idle, check)
 			return
 		}
-		s.log.Error("engine wedged", "job_id", j.wire, "grace", grace)
+		s.log.Error("engine wedged", "job_id", j.wire, "grace_seconds", grace.Seconds())
 		i.requestRestart(ReasonWedged, fmt.Sprintf(
 			"job %s did not end within %v of its cancellation or deadline, and no job progressed", j.wire, grace))
 	}

@@ -110,7 +110,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		if i != nil {
 			up := time.Now()
 			req = s.watch(ctx, i)
-			graceful := ctx.Err() != nil || req.reason == ReasonCUDAOOM || req.reason == ReasonRSS || req.reason == ReasonMaxJobs
+			graceful := ctx.Err() != nil || s.drained(i, req)
 			s.stop(i, graceful)
 			if time.Since(up) >= s.opts.BackoffMax {
 				s.mu.Lock()
@@ -246,7 +246,7 @@ func (s *Supervisor) recordRestart(req restartRequest) time.Duration {
 	s.m.restarts.WithLabelValues(req.reason).Inc()
 	s.publish()
 	s.log.Warn("engine restart", "reason", req.reason, "detail", req.detail,
-		"consecutive_failures", n, "backoff", d)
+		"consecutive_failures", n, "backoff_seconds", d.Seconds())
 	if s.onBackoff != nil {
 		s.onBackoff(d)
 	}
@@ -390,4 +390,28 @@ func (s *Supervisor) drainAndRestart(i *instance, reason, detail string) {
 	if idle {
 		i.requestRestart(req.reason, req.detail)
 	}
+}
+
+// drained reports whether req is the restart that drainAndRestart asked
+// for: the engine finished its jobs and may stop in its own time. Any
+// other request (a health failure meanwhile, a wedge) is not.
+func (s *Supervisor) drained(i *instance, req restartRequest) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return req.reason != "" && i.pending == req
+}
+
+// Recycle restarts the engine gracefully: new jobs are refused while the
+// jobs in flight finish, then the engine is stopped, started again and
+// the restart counted under reason (such as ReasonGPUMemory). It does
+// nothing when no engine runs, and a restart already pending keeps its
+// own reason.
+func (s *Supervisor) Recycle(reason, detail string) {
+	s.mu.Lock()
+	i := s.cur
+	s.mu.Unlock()
+	if i == nil || i.hasExited() || i.dead.Err() != nil {
+		return
+	}
+	s.drainAndRestart(i, reason, detail)
 }
