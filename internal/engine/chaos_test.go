@@ -266,6 +266,28 @@ func TestChaosMaxJobs(t *testing.T) {
 	}
 }
 
+// Recycle drains the engine and restarts it under the given reason; a
+// second call while the restart is pending changes nothing.
+func TestChaosRecycle(t *testing.T) {
+	t.Parallel()
+	h := start(t, python(t))
+	h.waitReady(20 * time.Second)
+	pid := h.s.Status().PID
+	h.s.Recycle(ReasonGPUMemory, "engine GPU memory over the limit")
+	h.s.Recycle(ReasonRSS, "a later reason")
+	h.waitFor("gpu_memory restart", 10*time.Second, func() bool { return h.restarts(ReasonGPUMemory) == 1 })
+	h.waitReady(20 * time.Second)
+	if st := h.s.Status(); st.PID == pid || st.LastReason != ReasonGPUMemory {
+		t.Errorf("status %+v", st)
+	}
+	if n := h.restarts(ReasonRSS); n != 0 {
+		t.Errorf("rss restarts = %v", n)
+	}
+	if _, err := h.s.Stage(context.Background(), stageRequest("after", nil)); err != nil {
+		t.Error(err)
+	}
+}
+
 // With the cgroup's OOM-kill counter readable, a SIGKILL that did not come
 // from the kernel is counted as a signal, not as an OOM kill.
 func TestChaosSIGKILLNotFromTheKernel(t *testing.T) {

@@ -25,6 +25,10 @@ const (
 	ReasonRSS = "rss"
 	// ReasonMaxJobs: the engine ran MaxJobs jobs.
 	ReasonMaxJobs = "max_jobs"
+	// ReasonGPUMemory: the engine's accelerator memory kept growing past a
+	// limit between jobs, a leak; the gpu package's monitor asks for it
+	// through Recycle.
+	ReasonGPUMemory = "gpu_memory"
 	// ReasonStartFailed: the engine exited before it was SERVING.
 	ReasonStartFailed = "start_failed"
 	// ReasonStartTimeout: the engine was not SERVING within StartTimeout.
@@ -33,7 +37,7 @@ const (
 
 var reasons = []string{
 	ReasonExit, ReasonSignal, ReasonOOMKill, ReasonCUDAOOM, ReasonHealth, ReasonWedged,
-	ReasonRSS, ReasonMaxJobs, ReasonStartFailed, ReasonStartTimeout,
+	ReasonRSS, ReasonMaxJobs, ReasonGPUMemory, ReasonStartFailed, ReasonStartTimeout,
 }
 
 type metrics struct {
@@ -52,7 +56,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		restarts: f.NewCounterVec(prometheus.CounterOpts{
 			Name: name("restarts_total"),
-			Help: "Engine restarts, by reason (exit, signal, oom_kill, cuda_oom, health, wedged, rss, max_jobs, start_failed, start_timeout).",
+			Help: "Engine restarts, by reason (exit, signal, oom_kill, cuda_oom, health, wedged, rss, max_jobs, gpu_memory, start_failed, start_timeout).",
 		}, []string{"reason"}),
 		up: f.NewGauge(prometheus.GaugeOpts{
 			Name: name("up"),
