@@ -34,6 +34,9 @@ const (
 	TierFree     Tier = "free"
 )
 
+// minRetryAfter is the shortest Retry-After of a rejection.
+const minRetryAfter = time.Second
+
 // tiers is the serving order; a tier's index is its rank.
 var tiers = [...]Tier{TierBusiness, TierPro, TierFree}
 
@@ -472,8 +475,11 @@ func (c *Controller) drainingRejection() *Rejection {
 		Message: "the service is shutting down; retry on another replica"}
 }
 
-// reject counts r and returns it in the error model.
+// reject counts r and returns it in the error model. A rejection always
+// asks for a pause: with nothing measurable ahead (memory another process
+// holds), a second still spreads the retries.
 func (c *Controller) reject(r *Rejection) error {
+	r.RetryAfter = max(r.RetryAfter, minRetryAfter)
 	c.m.rejections.WithLabelValues(string(r.Reason)).Inc()
 	return r.fault()
 }

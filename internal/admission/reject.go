@@ -35,7 +35,8 @@ var reasons = []Reason{ReasonQueueFull, ReasonQueueTimeout, ReasonVRAM, ReasonDr
 type Rejection struct {
 	Reason Reason
 	// RetryAfter is the estimated time until the job could start: the
-	// work ahead of it divided among the slots, from recent job durations.
+	// work ahead of it divided among the slots, from recent job durations;
+	// at least a second.
 	RetryAfter time.Duration
 	Message    string
 }
