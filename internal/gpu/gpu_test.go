@@ -3,7 +3,6 @@ package gpu
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
 	"os"
 	"strings"
@@ -20,7 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"go.uber.org/goleak"
 
-	"github.com/vstage/vstage/internal/admission"
 	"github.com/vstage/vstage/internal/engine"
 )
 
@@ -451,35 +449,4 @@ func (m *Monitor) sampled() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return !m.snap.at.IsZero()
-}
-
-// The monitor is the admission controller's VRAM guard: the memory
-// PyTorch keeps cached in the engine counts as usable.
-func TestGuardWithAdmission(t *testing.T) {
-	s, f := newServer(t)
-	f[0].engineThere.Store(true)
-	f[0].engineUsed.Store(14 * gib)
-	f[0].otherUsed.Store(64 * gib) // 2 GiB free on the device
-	h := run(t, Options{Library: s})
-	waitFor(t, "a sample", func() bool { _, ok := h.m.Available(); return ok })
-	c, err := admission.New(admission.Options{
-		VRAM: h.m, VRAMHeadroom: gib, VRAMBase: 10 * gib, VRAMPerMegapixel: gib,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tk, err := c.Acquire(context.Background(), admission.Request{Megapixels: 1})
-	if err != nil {
-		t.Fatalf("a job that fits in the engine's cache plus free memory: %v", err)
-	}
-	tk.Release(admission.Report{})
-
-	f[0].otherUsed.Store(70 * gib)
-	f[0].engineUsed.Store(8 * gib) // 8 + 2 GiB for an 11 GiB need
-	waitFor(t, "the new sample", func() bool { v, _ := h.m.Available(); return v == 10*gib })
-	_, err = c.Acquire(context.Background(), admission.Request{Megapixels: 1})
-	var rej *admission.Rejection
-	if !errors.As(err, &rej) || rej.Reason != admission.ReasonVRAM {
-		t.Fatalf("err = %v, want a vram rejection", err)
-	}
 }
