@@ -1,0 +1,343 @@
+// Package client calls the vstage staging service from another Go program,
+// such as a job worker.
+//
+// Infer sends POST /infer and retries only what the service marks as
+// retryable (and transport failures), with exponential backoff and jitter,
+// honouring Retry-After, within the caller's context. Retrying is safe
+// because the service deduplicates by image_id: a repeated request with the
+// same parameters replays the first result instead of staging twice. A
+// circuit breaker stops calling a service that keeps failing.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+)
+
+// Request is the body of POST /infer. Optional fields are left out of the
+// JSON when nil or empty, so the service applies its defaults.
+type Request struct {
+	ImageID       string   `json:"image_id"`
+	OriginalKey   string   `json:"original_key"`
+	RoomType      string   `json:"room_type"`
+	Style         string   `json:"style"`
+	MaskKey       string   `json:"mask_key,omitempty"`
+	Seed          *uint32  `json:"seed,omitempty"`
+	Strength      *float64 `json:"strength,omitempty"`
+	GuidanceScale *float64 `json:"guidance_scale,omitempty"`
+	// Tier is sent only when set; a service that does not know tiers
+	// refuses a request that names one.
+	Tier string `json:"tier,omitempty"`
+}
+
+// Response is a successful answer of POST /infer.
+type Response struct {
+	StagedKey  string   `json:"staged_key"`
+	Width      int      `json:"width"`
+	Height     int      `json:"height"`
+	ModelRev   string   `json:"model_rev"`
+	Seed       uint32   `json:"seed"`
+	DurationMS int64    `json:"duration_ms"`
+	Warnings   []string `json:"warnings,omitempty"`
+	// Backend is the backend that produced the image: mock, managed or self.
+	Backend string `json:"backend,omitempty"`
+	// Replay is true when the service answered from an earlier run of the
+	// same image_id (the Idempotent-Replay header) and did no new work.
+	Replay bool `json:"-"`
+}
+
+// The service's error codes; see Error.Code.
+const (
+	CodeInvalidInput         = "invalid_input"
+	CodeForbidden            = "forbidden"
+	CodeNotFound             = "not_found"
+	CodeIdempotencyConflict  = "idempotency_conflict"
+	CodePayloadTooLarge      = "payload_too_large"
+	CodeUnsupportedMediaType = "unsupported_media_type"
+	CodeImageTooLarge        = "image_too_large"
+	CodeOverloaded           = "overloaded"
+	CodeUnavailable          = "unavailable"
+	CodeOOM                  = "oom"
+	CodeTimeout              = "timeout"
+	CodeProviderError        = "provider_error"
+	CodeInternal             = "internal"
+	CodeUnauthorized         = "unauthorized"
+)
+
+// Error is an error answer of the service. Use errors.As to get it from an
+// error returned by Infer.
+type Error struct {
+	// StatusCode is the HTTP status.
+	StatusCode int
+	// Code is the service's error code, one of the Code constants, or empty
+	// when the answer did not carry the service's error body (a proxy's
+	// error page, say).
+	Code    string
+	Message string
+	// Retryable says whether the same request may succeed later. Without
+	// an error body it is true for 429, 502, 503 and 504.
+	Retryable bool
+	// RetryAfter is the service's Retry-After, zero when absent.
+	RetryAfter time.Duration
+}
+
+func (e *Error) Error() string {
+	code := e.Code
+	if code == "" {
+		code = "http_" + strconv.Itoa(e.StatusCode)
+	}
+	if e.Message == "" {
+		return fmt.Sprintf("vstage: %s (HTTP %d)", code, e.StatusCode)
+	}
+	return fmt.Sprintf("vstage: %s (HTTP %d): %s", code, e.StatusCode, e.Message)
+}
+
+// ErrCircuitOpen is returned, wrapped, while the circuit breaker refuses
+// calls after repeated failures; retry after the breaker's timeout.
+var ErrCircuitOpen = errors.New("vstage: circuit open: the service keeps failing, calls are paused")
+
+// Client calls the service. It is safe for concurrent use; share one per
+// service.
+type Client struct {
+	endpoint string
+	http     *http.Client
+	cfg      config
+	breaker  *gobreaker.CircuitBreaker[*Response]
+	// wait pauses between attempts; tests replace it.
+	wait func(ctx context.Context, d time.Duration) error
+}
+
+type config struct {
+	httpClient      *http.Client
+	maxAttempts     int
+	backoffBase     time.Duration
+	backoffMax      time.Duration
+	attemptTimeout  time.Duration
+	breakerFailures uint32
+	breakerTimeout  time.Duration
+	userAgent       string
+	maxBodyBytes    int64
+}
+
+// Option configures a Client.
+type Option func(*config)
+
+// WithHTTPClient sets the HTTP client; the default has its own transport
+// and no overall timeout, since ctx bounds each call.
+func WithHTTPClient(c *http.Client) Option { return func(o *config) { o.httpClient = c } }
+
+// WithMaxAttempts bounds the tries of one Infer, the first included;
+// default 4. 1 turns retries off.
+func WithMaxAttempts(n int) Option { return func(o *config) { o.maxAttempts = n } }
+
+// WithBackoff sets the first retry's wait ceiling and the largest;
+// defaults 200ms and 10s. Each wait is random in the upper half of its
+// ceiling, and never shorter than the service's Retry-After.
+func WithBackoff(base, maxWait time.Duration) Option {
+	return func(o *config) { o.backoffBase, o.backoffMax = base, maxWait }
+}
+
+// WithAttemptTimeout bounds each attempt, inside ctx's deadline; default 0,
+// no bound but ctx's.
+func WithAttemptTimeout(d time.Duration) Option { return func(o *config) { o.attemptTimeout = d } }
+
+// WithBreaker sets the consecutive failed attempts that open the circuit
+// and how long it stays open before a trial call; defaults 5 and 30s.
+// Only failures that say the service is unwell count: transport errors and
+// retryable answers, not the caller's own bad requests or cancellations.
+func WithBreaker(failures uint32, openFor time.Duration) Option {
+	return func(o *config) { o.breakerFailures, o.breakerTimeout = failures, openFor }
+}
+
+// WithUserAgent sets the User-Agent header.
+func WithUserAgent(ua string) Option { return func(o *config) { o.userAgent = ua } }
+
+// New returns a Client for the service at baseURL, such as
+// "http://vstage.staging.svc:8080".
+func New(baseURL string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(strings.TrimRight(baseURL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("vstage: base URL must be an http(s) URL, got %q", baseURL)
+	}
+	cfg := config{
+		maxAttempts: 4, backoffBase: 200 * time.Millisecond, backoffMax: 10 * time.Second,
+		breakerFailures: 5, breakerTimeout: 30 * time.Second,
+		userAgent: "vstage-go-client", maxBodyBytes: 1 << 20,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.maxAttempts < 1 || cfg.backoffBase <= 0 || cfg.backoffMax < cfg.backoffBase || cfg.breakerFailures == 0 || cfg.breakerTimeout <= 0 {
+		return nil, errors.New("vstage: attempts, backoff and breaker settings must be positive, and the largest backoff at least the first")
+	}
+	if cfg.httpClient == nil {
+		cfg.httpClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	}
+	c := &Client{endpoint: u.String() + "/infer", http: cfg.httpClient, cfg: cfg, wait: sleep}
+	c.breaker = gobreaker.NewCircuitBreaker[*Response](gobreaker.Settings{
+		Name:         "vstage",
+		Timeout:      cfg.breakerTimeout,
+		ReadyToTrip:  func(n gobreaker.Counts) bool { return n.ConsecutiveFailures >= cfg.breakerFailures },
+		IsSuccessful: healthy,
+		IsExcluded:   func(err error) bool { return errors.Is(err, context.Canceled) },
+	})
+	return c, nil
+}
+
+// healthy reports whether an attempt's outcome says the service works: a
+// success, or an answer that blames the request rather than the service.
+func healthy(err error) bool {
+	var e *Error
+	return err == nil || (errors.As(err, &e) && !e.Retryable)
+}
+
+// Infer stages one image. It retries retryable failures until it succeeds,
+// runs out of attempts, or the next wait would pass ctx's deadline; it then
+// returns the last failure: an *Error for an answer of the service, an
+// error wrapping ErrCircuitOpen, or a transport or context error.
+func (c *Client) Infer(ctx context.Context, req Request) (*Response, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("vstage: encoding the request: %w", err)
+	}
+	for attempt := 1; ; attempt++ {
+		resp, err := c.breaker.Execute(func() (*Response, error) { return c.attempt(ctx, body) })
+		if err == nil {
+			return resp, nil
+		}
+		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+			return nil, fmt.Errorf("%w (%w)", ErrCircuitOpen, err)
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		retry, after := retryable(err)
+		if !retry || attempt >= c.cfg.maxAttempts {
+			return nil, err
+		}
+		d := max(c.backoff(attempt), after)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
+			return nil, err
+		}
+		if werr := c.wait(ctx, d); werr != nil {
+			return nil, err
+		}
+	}
+}
+
+// retryable says whether err is worth another attempt, and the service's
+// minimum wait.
+func retryable(err error) (bool, time.Duration) {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Retryable, e.RetryAfter
+	}
+	// No answer: a refused connection, a reset, an attempt timeout. The
+	// service deduplicates by image_id, so a request that did arrive is
+	// replayed, not run twice.
+	return true, 0
+}
+
+func (c *Client) attempt(ctx context.Context, body []byte) (*Response, error) {
+	if c.cfg.attemptTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.cfg.attemptTimeout)
+		defer cancel()
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("vstage: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.cfg.userAgent)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("vstage: %w", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, c.cfg.maxBodyBytes))
+	if err != nil {
+		return nil, fmt.Errorf("vstage: reading the answer: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, errorFrom(resp, data)
+	}
+	var out Response
+	if err := json.Unmarshal(data, &out); err != nil {
+		return nil, &Error{StatusCode: resp.StatusCode, Message: "the answer is not the expected JSON", Retryable: false}
+	}
+	out.Replay = resp.Header.Get("Idempotent-Replay") == "true"
+	return &out, nil
+}
+
+func errorFrom(resp *http.Response, data []byte) *Error {
+	e := &Error{StatusCode: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+	var body struct {
+		Error *struct {
+			Code      string `json:"code"`
+			Message   string `json:"message"`
+			Retryable bool   `json:"retryable"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(data, &body) == nil && body.Error != nil && body.Error.Code != "" {
+		e.Code, e.Message, e.Retryable = body.Error.Code, body.Error.Message, body.Error.Retryable
+		return e
+	}
+	switch resp.StatusCode {
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		e.Retryable = true
+	}
+	e.Message = http.StatusText(resp.StatusCode)
+	return e
+}
+
+// backoff returns the wait before retry number attempt: an exponential
+// ceiling, half of it fixed and half random, so that workers that failed
+// together do not come back together.
+func (c *Client) backoff(attempt int) time.Duration {
+	d := c.cfg.backoffBase << (attempt - 1)
+	if d <= 0 || d > c.cfg.backoffMax {
+		d = c.cfg.backoffMax
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// parseRetryAfter reads Retry-After in seconds or as an HTTP date; zero when
+// absent or unreadable.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.Atoi(v); err == nil {
+		return time.Duration(max(s, 0)) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
