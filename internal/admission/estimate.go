@@ -42,9 +42,15 @@ type estimator struct {
 	vram                [maxSizeBucket + 1]uint64 // learned peaks, 0 = none yet
 }
 
+// Caps that keep absurd sizes from overflowing the sums of a few jobs.
+const (
+	maxDuration = float64(100 * 24 * time.Hour)
+	maxNeed     = float64(1 << 56)
+)
+
 // duration is the expected time of a job of mp megapixels.
 func (e *estimator) duration(mp float64) time.Duration {
-	return time.Duration(mp * e.perMP * float64(time.Second))
+	return time.Duration(min(mp*e.perMP*float64(time.Second), maxDuration))
 }
 
 // observeDuration folds in a finished job. The first measurement replaces
@@ -64,7 +70,7 @@ func (e *estimator) need(mp float64) uint64 {
 	if v := e.vram[sizeBucket(mp)]; v > 0 {
 		return v
 	}
-	return e.vramBase + uint64(mp*float64(e.vramPerMP))
+	return uint64(min(float64(e.vramBase)+mp*float64(e.vramPerMP), maxNeed))
 }
 
 // observePeak folds in a job's peak and returns the new estimate of its

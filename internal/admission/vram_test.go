@@ -192,3 +192,15 @@ func BenchmarkRejectSaturated(b *testing.B) {
 		<-done
 	}
 }
+
+func TestHugeJobsDoNotOverflow(t *testing.T) {
+	v := &fakeVRAM{}
+	v.avail.Store(80 * gib)
+	c, _ := newController(t, vramOptions(v))
+	if _, err := c.Acquire(context.Background(), Request{Megapixels: 1e12}); err == nil {
+		t.Fatal("a terapixel job fits in 80 GiB")
+	}
+	if d := c.est.duration(1e12); d <= 0 {
+		t.Fatalf("duration = %v", d)
+	}
+}
