@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -247,4 +248,24 @@ func (r *Router) ReloadFile(path string) (old, updated State, err error) {
 		return cur, cur, err
 	}
 	return r.Update(func(State) State { return s })
+}
+
+// ReloadOn re-reads path with ReloadFile each time a value arrives on sig,
+// typically a channel given to signal.Notify for SIGHUP, until ctx is done
+// or sig is closed. A bad file is logged and leaves the state as it was;
+// the router itself logs every change it applies.
+func (r *Router) ReloadOn(ctx context.Context, sig <-chan os.Signal, path string) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-sig:
+			if !ok {
+				return
+			}
+			if _, _, err := r.ReloadFile(path); err != nil {
+				r.log.Error("rollout reload failed; keeping the current state", slog.String("file", path), slog.String("error", err.Error()))
+			}
+		}
+	}
 }
