@@ -21,6 +21,8 @@ import (
 	"math"
 	"sync"
 	"time"
+
+	"github.com/vstage/vstage/internal/fault"
 )
 
 // Tier orders the queue. The zero value is not a tier; ParseTier maps ""
@@ -168,7 +170,7 @@ func New(opts Options) (*Controller, error) {
 func (c *Controller) Acquire(ctx context.Context, req Request) (*Ticket, error) {
 	tier, err := ParseTier(string(req.Tier))
 	if err != nil {
-		return nil, err
+		return nil, fault.Wrap(err, fault.InvalidInput, "tier must be free, pro or business")
 	}
 	if !(req.Megapixels > 0) || math.IsInf(req.Megapixels, 0) {
 		return nil, fmt.Errorf("admission: megapixels must be positive and finite, got %v", req.Megapixels)
@@ -180,7 +182,7 @@ func (c *Controller) Acquire(ctx context.Context, req Request) (*Ticket, error) 
 		if err := c.opts.Ready(); err != nil {
 			return nil, c.reject(&Rejection{
 				Reason: ReasonNotReady, RetryAfter: c.opts.UnavailableRetryAfter,
-				Message: "the GPU engine is not ready; retry later",
+				Message: "the GPU engine is not ready; retry later", Err: err,
 			})
 		}
 	}

@@ -351,6 +351,9 @@ func TestDrainAndNotReady(t *testing.T) {
 	if rej := rejection(t, err, fault.Unavailable); rej.Reason != ReasonNotReady || rej.RetryAfter != 5*time.Second {
 		t.Fatalf("not ready: %+v", rej)
 	}
+	if !strings.Contains(err.Error(), "engine restarting") {
+		t.Errorf("the cause is lost: %v", err)
+	}
 	ready.Store(true)
 	out := make(chan result, 1)
 	enqueue(t, context.Background(), c, "queued", Request{Megapixels: 1}, out)
@@ -375,6 +378,9 @@ func TestBadInput(t *testing.T) {
 		if _, err := c.Acquire(context.Background(), req); err == nil {
 			t.Errorf("Acquire(%+v) succeeded", req)
 		}
+	}
+	if _, err := c.Acquire(context.Background(), Request{Tier: "gold", Megapixels: 1}); fault.CodeOf(err) != fault.InvalidInput {
+		t.Errorf("unknown tier: %v", err)
 	}
 	for _, o := range []Options{{Concurrency: -1}, {QueueDepth: -1}, {FreeQueueShare: 1.5}, {QueueTimeout: -time.Second}} {
 		if _, err := New(o); err == nil {

@@ -39,12 +39,21 @@ type Rejection struct {
 	// at least a second.
 	RetryAfter time.Duration
 	Message    string
+	// Err is the cause when there is one, such as the engine's readiness
+	// error behind ReasonNotReady; it is for logs and errors.Is.
+	Err error
 }
 
-// Error returns the reason and the message.
+// Error returns the reason and the message, and the cause if any.
 func (r *Rejection) Error() string {
+	if r.Err != nil {
+		return fmt.Sprintf("admission: %s: %s: %v", r.Reason, r.Message, r.Err)
+	}
 	return fmt.Sprintf("admission: %s: %s", r.Reason, r.Message)
 }
+
+// Unwrap returns the cause.
+func (r *Rejection) Unwrap() error { return r.Err }
 
 // Code is the fault code a rejection maps to: Unavailable when the
 // service cannot take jobs at all (draining, not ready), Overloaded when
