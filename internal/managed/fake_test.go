@@ -38,6 +38,9 @@ type fakeProvider struct {
 	image        []byte
 	inline       bool // output as a data URI instead of a URL
 	echoToken    bool // 5xx bodies repeat the Authorization header
+	// linkBase, when set, is the origin of the prediction's links and
+	// output instead of the fake's own.
+	linkBase string
 
 	total, creates, polls, downloads atomic.Int32
 	inflight                         atomic.Int32
@@ -144,7 +147,7 @@ func (f *fakeProvider) create(w http.ResponseWriter, r *http.Request) {
 	}
 	id := "p" + strconv.Itoa(len(f.preds)+1)
 	p := &prediction{ID: id, Status: statusStarting}
-	p.URLs.Get = f.srv.URL + "/v1/predictions/" + id
+	p.URLs.Get = f.links() + "/v1/predictions/" + id
 	f.preds[id], f.byKey[f.last.key] = p, id
 	if f.last.prefer != "" || f.pollsToEnd == 0 {
 		f.finish(p)
@@ -177,7 +180,7 @@ func (f *fakeProvider) finish(p *prediction) {
 	}
 	switch p.Status {
 	case statusSucceeded:
-		out := f.srv.URL + "/files/out.png"
+		out := f.links() + "/files/out.png"
 		if f.inline {
 			out = dataURI(f.image)
 		}
@@ -185,6 +188,13 @@ func (f *fakeProvider) finish(p *prediction) {
 	case statusFailed:
 		p.Error, _ = json.Marshal(f.errText)
 	}
+}
+
+func (f *fakeProvider) links() string {
+	if f.linkBase != "" {
+		return f.linkBase
+	}
+	return f.srv.URL
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

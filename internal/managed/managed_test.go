@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,6 +96,37 @@ func TestHappyPath(t *testing.T) {
 		if s, _ := in[k].(string); !strings.HasPrefix(s, "data:image/png;base64,") {
 			t.Fatalf("input %s = %.40q, want a PNG data URI", k, s)
 		}
+	}
+}
+
+// TestTokenStaysOnItsOrigin gives links to another host: polls go to the
+// configured base instead, and the output is fetched without the token.
+func TestTokenStaysOnItsOrigin(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		auths []string
+	)
+	img := testPNG(t, 32, 24)
+	cdn := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		auths = append(auths, r.URL.Path+" "+r.Header.Get("Authorization"))
+		mu.Unlock()
+		_, _ = w.Write(img)
+	}))
+	t.Cleanup(cdn.Close)
+	f := newFake(t)
+	f.pollsToEnd = 1
+	f.linkBase = cdn.URL
+	if _, err := stage(t, newBackend(t, quick(f)), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(auths) != 1 || auths[0] != "/files/out.png " {
+		t.Fatalf("the other host saw %q; want one download without a token", auths)
+	}
+	if f.polls.Load() != 1 {
+		t.Fatalf("calls: %s", f)
 	}
 }
 
