@@ -87,6 +87,10 @@ type Options struct {
 
 	// Logger receives retries and circuit changes; default discards them.
 	Logger *slog.Logger
+	// OnCircuitChange, when set, is called with the old and new breaker
+	// states ("closed", "half-open", "open") on every change, for a metric.
+	// It runs while the breaker holds its lock and must not call Stage.
+	OnCircuitChange func(from, to string)
 }
 
 func (o *Options) setDefaults() {
@@ -164,6 +168,9 @@ func New(opts Options) (*Backend, error) {
 		IsExcluded:  excluded,
 		OnStateChange: func(_ string, from, to gobreaker.State) {
 			b.log.Warn("managed provider circuit changed", slog.String("from", from.String()), slog.String("to", to.String()))
+			if opts.OnCircuitChange != nil {
+				opts.OnCircuitChange(from.String(), to.String())
+			}
 		},
 	})
 	return b, nil

@@ -316,6 +316,8 @@ func TestBreakerOpensFailsFastAndHalfOpens(t *testing.T) {
 	o := quick(f)
 	o.MaxAttempts = 1
 	o.BreakerFailures = 3
+	var changes []string // appended under the breaker's lock; read after
+	o.OnCircuitChange = func(from, to string) { changes = append(changes, from+">"+to) }
 	b := newBackend(t, o)
 	for range 3 {
 		_, err := stage(t, b, time.Second)
@@ -345,6 +347,9 @@ func TestBreakerOpensFailsFastAndHalfOpens(t *testing.T) {
 	}
 	if b.CircuitState() != "closed" {
 		t.Fatalf("circuit %s after a successful trial", b.CircuitState())
+	}
+	if got := strings.Join(changes, " "); got != "closed>open open>half-open half-open>closed" {
+		t.Fatalf("circuit changes %q", got)
 	}
 }
 
