@@ -42,12 +42,24 @@ func run() int {
 		log.Error("start failed", "error", err)
 		return 1
 	}
-	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.ListenAddr)
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", cfg.ListenAddr)
 	if err != nil {
 		log.Error("start failed", "error", err)
 		return 1
 	}
-	if err := a.Serve(ctx, ln, banner); err != nil {
+	opts := app.ServeOptions{Banner: banner}
+	if cfg.Rollout.AdminAddr != "" {
+		if opts.Admin, err = lc.Listen(ctx, "tcp", cfg.Rollout.AdminAddr); err != nil {
+			log.Error("start failed", "error", err)
+			return 1
+		}
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	opts.Reload = hup
+	if err := a.Serve(ctx, ln, opts); err != nil {
 		log.Error("sidecar stopped", "error", err)
 		return 1
 	}

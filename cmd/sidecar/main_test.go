@@ -70,7 +70,7 @@ func enginePython(t *testing.T) string {
 // a channel with the rest of the log once the process ends.
 func selfMode(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer, addr string, enginePID int, rest <-chan string) {
 	t.Helper()
-	env = append([]string{"LISTEN_ADDR=127.0.0.1:0", "INFERENCE_MODE=self", "ENGINE_PYTHON=" + enginePython(t),
+	env = append([]string{"LISTEN_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "INFERENCE_MODE=self", "ENGINE_PYTHON=" + enginePython(t),
 		"ENGINE_BACKEND=test", "SHUTDOWN_TIMEOUT=5s"}, env...)
 	cmd, stdout, stderr := sidecar(t, env...)
 	logs := bufio.NewScanner(stderr)

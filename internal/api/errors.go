@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/vstage/vstage/internal/fault"
 )
@@ -17,6 +18,8 @@ func statusOf(c fault.Code) int {
 	switch c {
 	case fault.InvalidInput:
 		return http.StatusBadRequest
+	case fault.Unauthorized:
+		return http.StatusUnauthorized
 	case fault.Forbidden:
 		return http.StatusForbidden
 	case fault.NotFound, fault.RouteNotFound:
@@ -62,13 +65,19 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if f := fieldsFrom(r.Context()); f != nil {
 		f.code, f.err = e.Code, err
 	}
-	if e.Code == fault.Unavailable || e.Code == fault.Overloaded || e.Code == fault.OOM {
+	switch {
+	case e.RetryAfter > 0:
+		// Whole seconds, rounded up: a client that waits less than
+		// estimated would only be refused again.
+		w.Header().Set("Retry-After", strconv.FormatInt(int64((e.RetryAfter+time.Second-1)/time.Second), 10))
+	case e.Code == fault.Unavailable || e.Code == fault.Overloaded || e.Code == fault.OOM:
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds))
 	}
 	writeJSON(w, statusOf(e.Code), errorBody{Error: errorDetail{Code: e.Code, Message: e.Message, Retryable: e.Retryable}})
 }
 
-// retryAfterSeconds is the hint sent with retryable refusals.
+// retryAfterSeconds is the hint sent with retryable refusals that carry no
+// estimate of their own.
 const retryAfterSeconds = 1
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -1,6 +1,7 @@
 // Package app wires the sidecar's parts together and runs them until the
-// context ends: the store, the backend, the staging service, the HTTP API,
-// and the graceful drain on shutdown.
+// context ends: the store, the backends and the router between them, the
+// engine's supervisor, GPU monitoring and admission, the staging service,
+// the HTTP and admin APIs, and the graceful drain on shutdown.
 package app
 
 import (
@@ -11,13 +12,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"sync"
 	"time"
 
 	"github.com/vstage/vstage/internal/api"
-	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/config"
-	"github.com/vstage/vstage/internal/engine"
+	"github.com/vstage/vstage/internal/rollout"
 	"github.com/vstage/vstage/internal/sample"
 	"github.com/vstage/vstage/internal/staging"
 	"github.com/vstage/vstage/internal/storage"
@@ -26,66 +28,52 @@ import (
 
 // App is the wired sidecar.
 type App struct {
-	cfg     config.Config
-	log     *slog.Logger
-	store   storage.Store
-	api     *api.Server
-	handler http.Handler
-	// engine is the supervised engine of self mode; nil in mock mode.
-	engine *engine.Supervisor
+	cfg      config.Config
+	log      *slog.Logger
+	store    storage.Store
+	api      *api.Server
+	handler  http.Handler
+	backends *backends
+	admin    http.Handler // nil without an admin listener
 }
 
 // New builds the sidecar's parts from cfg: it opens the store (and seeds
-// the demo photo when cfg.SeedDemo is set), the backend, the staging service
-// and the API.
+// the demo photo when cfg.SeedDemo is set), the backends and the router
+// between them, the staging service, the API and the admin API. Nothing
+// runs until Serve.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error) {
+	if cfg.Rollout.AdminAddr != "" {
+		if err := rollout.CheckAdminAddr(cfg.Rollout.AdminAddr, cfg.Rollout.AdminToken); err != nil {
+			return nil, err
+		}
+	}
 	store, err := storage.Open(ctx, cfg.StorageURL, storage.Options{
 		S3Endpoint: cfg.S3Endpoint, S3ForcePathStyle: cfg.S3ForcePathStyle,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open storage: %w", err)
 	}
+	a, err := build(ctx, cfg, log, store)
+	if err != nil {
+		_ = store.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+func build(ctx context.Context, cfg config.Config, log *slog.Logger, store storage.Store) (*App, error) {
 	if cfg.SeedDemo {
 		if err := seedDemo(ctx, store); err != nil {
-			_ = store.Close()
 			return nil, fmt.Errorf("seed the demo photo: %w", err)
 		}
 	}
 	reg := telemetry.NewRegistry()
 	cat := catalog.Default()
-	a := &App{cfg: cfg, log: log, store: store}
-	var be backend.Backend = &backend.Mock{MaxPixels: cfg.MaxInputPixels, Quality: cfg.OutputJPEGQuality}
-	var ready func(context.Context) error
-	if cfg.Mode == config.ModeSelf {
-		sup, err := engine.New(engine.Options{
-			Python:        cfg.Engine.Python,
-			ModelDir:      cfg.Engine.ModelDir,
-			Device:        cfg.Engine.Device,
-			StartTimeout:  cfg.Engine.StartTimeout,
-			HealthTimeout: cfg.Engine.HealthTimeout,
-			StopGrace:     cfg.Engine.StopGrace,
-			WedgeGrace:    cfg.Engine.WedgeGrace,
-			MaxRSS:        uint64(cfg.Engine.MaxRSS),
-			MaxJobs:       cfg.Engine.MaxJobs,
-			BackoffMin:    cfg.Engine.BackoffMin,
-			BackoffMax:    cfg.Engine.BackoffMax,
-			Logger:        log.With("component", "engine"),
-			Registerer:    reg,
-		})
-		if err != nil {
-			_ = store.Close()
-			return nil, fmt.Errorf("engine: %w", err)
-		}
-		self, err := backend.NewSelf(sup, backend.SelfOptions{Steps: cfg.Engine.Steps, Quality: cfg.OutputJPEGQuality})
-		if err != nil {
-			_ = store.Close()
-			return nil, fmt.Errorf("self backend: %w", err)
-		}
-		a.engine, be = sup, self
-		// Readiness is the engine's live state, asked afresh every time.
-		ready = func(context.Context) error { return sup.Ready() }
+	bs, err := buildBackends(cfg, log, reg)
+	if err != nil {
+		return nil, err
 	}
-	svc := staging.New(store, staging.NewSingle(be), cat, staging.Options{
+	svc := staging.New(store, bs.staging, cat, staging.Options{
 		AllowedPrefixes:    cfg.AllowedPrefixes,
 		StagedKey:          cfg.StagedKey,
 		StagedCacheControl: cfg.StagedCacheControl,
@@ -97,29 +85,48 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		RequestTimeout: cfg.RequestTimeout,
 		Mode:           string(cfg.Mode),
-		Ready:          ready,
+		Ready:          bs.ready,
 	})
-	a.api, a.handler = srv, srv.Handler()
+	a := &App{cfg: cfg, log: log, store: store, api: srv, handler: srv.Handler(), backends: bs}
+	if cfg.Rollout.AdminAddr != "" {
+		a.admin = rollout.NewAdminHandler(bs.router, cfg.Rollout.AdminToken, log.With("component", "admin"))
+	}
 	return a, nil
 }
 
 // Handler returns the HTTP routes.
 func (a *App) Handler() http.Handler { return a.handler }
 
+// ServeOptions are the optional parts of Serve.
+type ServeOptions struct {
+	// Admin listens for the admin API; it must be set when the
+	// configuration has an admin address, and is closed by Serve.
+	Admin net.Listener
+	// Reload receives a value (SIGHUP) each time the rollout file must be
+	// read again; nil means never.
+	Reload <-chan os.Signal
+	// Banner, when not nil, receives a human-readable hint with the address
+	// and a curl command once the listener is up.
+	Banner io.Writer
+}
+
 // Serve answers on ln until ctx is done, then drains: readiness turns off,
 // new jobs get 503, and requests in flight get cfg.ShutdownTimeout to
-// finish. In self mode it runs the engine's supervisor for as long and
-// stops the engine after the drain, so jobs in flight keep their engine. It
-// closes ln and the store, and returns nil after a clean drain.
-// banner, when not nil, receives a human-readable hint with the address and
-// a curl command.
-func (a *App) Serve(ctx context.Context, ln net.Listener, banner io.Writer) error {
+// finish. It runs, for as long, the engine's supervisor and the GPU
+// monitor (self mode), the admin API and the rollout reloads, and stops the
+// engine only after the drain, so jobs in flight keep their engine. It
+// closes the listeners and the store, and returns nil after a clean drain.
+func (a *App) Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
 	cfg, log := a.cfg, a.log
 	defer func() {
 		if err := a.store.Close(); err != nil {
 			log.Warn("closing storage", "error", err)
 		}
 	}()
+	if a.admin != nil && opts.Admin == nil {
+		_ = ln.Close()
+		return errors.New("serve: the admin API is configured but has no listener")
+	}
 	hs := &http.Server{
 		Handler:           a.handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -129,24 +136,60 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, banner io.Writer) erro
 		IdleTimeout:  2 * time.Minute,
 		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	engineDone := make(chan error, 1)
-	engineCtx, stopEngine := context.WithCancel(context.WithoutCancel(ctx))
+
+	// The background parts live until the drain is over, not until ctx
+	// ends, so they get a context of their own.
+	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
+	var bg sync.WaitGroup
 	defer func() {
-		stopEngine()
-		if err := <-engineDone; err != nil {
-			log.Error("engine supervisor", "error", err)
-		}
+		stopBackground()
+		bg.Wait()
 	}()
-	if a.engine != nil {
-		go func() { engineDone <- a.engine.Run(engineCtx) }()
-	} else {
-		engineDone <- nil
+	goBackground := func(name string, run func(context.Context) error) {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			if err := run(bgCtx); err != nil {
+				log.Error("background part stopped", "part", name, "error", err)
+			}
+		}()
 	}
+	if b := a.backends; b.engine != nil {
+		goBackground("engine", b.engine.Run)
+		goBackground("gpu", b.gpu.Run)
+	}
+	if opts.Reload != nil {
+		goBackground("rollout reload", func(ctx context.Context) error {
+			if cfg.Rollout.File == "" {
+				drainSignals(ctx, opts.Reload, func() { log.Warn("SIGHUP ignored: no ROLLOUT_FILE is configured") })
+				return nil
+			}
+			a.backends.router.ReloadOn(ctx, opts.Reload, cfg.Rollout.File)
+			return nil
+		})
+	}
+	var admin *http.Server
+	if a.admin != nil {
+		admin = &http.Server{Handler: a.admin, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
+		goBackground("admin", func(context.Context) error {
+			if err := admin.Serve(opts.Admin); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		defer func() { _ = admin.Close() }()
+	}
+
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String(), "mode", cfg.Mode, "storage", redactURL(cfg.StorageURL))
-	if banner != nil {
-		printBanner(banner, ln.Addr().String(), cfg)
+	attrs := []any{"addr", ln.Addr().String(), "mode", cfg.Mode, "storage", redactURL(cfg.StorageURL),
+		"rollout", a.backends.router.Get(), "upscale_enabled", cfg.Rollout.UpscaleEnabled}
+	if opts.Admin != nil {
+		attrs = append(attrs, "admin_addr", opts.Admin.Addr().String())
+	}
+	log.Info("listening", attrs...)
+	if opts.Banner != nil {
+		printBanner(opts.Banner, ln.Addr().String(), cfg)
 	}
 
 	select {
@@ -155,6 +198,9 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, banner io.Writer) erro
 	case <-ctx.Done():
 	}
 	a.api.Drain()
+	if ctrl := a.backends.admission; ctrl != nil {
+		ctrl.Drain()
+	}
 	log.Info("draining", "drain_delay", cfg.DrainDelay.String(), "shutdown_timeout", cfg.ShutdownTimeout.String())
 	if cfg.DrainDelay > 0 {
 		time.Sleep(cfg.DrainDelay)
@@ -171,6 +217,18 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, banner io.Writer) erro
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// drainSignals calls f for each value on sig until ctx is done.
+func drainSignals(ctx context.Context, sig <-chan os.Signal, f func()) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sig:
+			f()
+		}
+	}
 }
 
 // seedDemo writes the bundled sample photo unless something is already

@@ -12,7 +12,8 @@ import (
 )
 
 // TestEngineKilledDuringJobs SIGKILLs the engine (the torch-free test
-// backend, slowed down) while 8 /infer requests are in flight: every client
+// backend, slowed down) while 8 /infer requests are in flight (two on the
+// engine, six queued for a place): every client
 // gets 503 unavailable, retryable, within 2 s; nothing is recorded; the
 // restart is counted; the service is ready again and the retries succeed.
 func TestEngineKilledDuringJobs(t *testing.T) {
@@ -22,9 +23,9 @@ func TestEngineKilledDuringJobs(t *testing.T) {
 	store.put(t, "listings/42/empty.jpg", photo(t, 320, 240))
 	t.Setenv("ENGINE_BACKEND", "test")
 	t.Setenv("ENGINE_TEST_STEP_DELAY", "0.2") // 30 steps: a 6 s job
-	t.Setenv("ENGINE_CONCURRENCY", "2")
 	svc := start(t, map[string]string{
 		"INFERENCE_MODE": "self", "ENGINE_PYTHON": py, "STORAGE_URL": "file://" + dir,
+		"CONCURRENCY": "2", "QUEUE_DEPTH": "6", "QUEUE_TIMEOUT": "60s", "FREE_QUEUE_SHARE": "1",
 		"ENGINE_BACKOFF_MIN": "100ms", "ENGINE_BACKOFF_MAX": "1s",
 	})
 	waitReady(t, svc, time.Minute)
@@ -61,7 +62,7 @@ func TestEngineKilledDuringJobs(t *testing.T) {
 			results[i] = result{resp.StatusCode, e.Error.Code, e.Error.Retryable, time.Now()}
 		}()
 	}
-	time.Sleep(700 * time.Millisecond) // two jobs running, six waiting in the engine
+	time.Sleep(700 * time.Millisecond) // two jobs on the engine, six waiting in admission
 	killedAt := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)

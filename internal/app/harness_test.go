@@ -194,14 +194,21 @@ func digest(b []byte) string {
 
 // service is a running sidecar.
 type service struct {
-	url  string
-	stop func() error
-	logs *syncBuffer
+	url      string
+	adminURL string
+	stop     func() error
+	logs     *syncBuffer
 }
 
 // start runs the sidecar with the given settings on a loopback port and
 // stops it when the test ends.
 func start(t *testing.T, env map[string]string) *service {
+	t.Helper()
+	return startWithReload(t, env, nil)
+}
+
+// startWithReload is start with a channel standing for SIGHUP.
+func startWithReload(t *testing.T, env map[string]string, reload <-chan os.Signal) *service {
 	t.Helper()
 	cfg, err := config.Load(func(k string) string {
 		if v, ok := env[k]; ok || k != "INFERENCE_MODE" {
@@ -222,9 +229,17 @@ func start(t *testing.T, env map[string]string) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
+	opts := app.ServeOptions{Reload: reload}
+	adminURL := ""
+	if cfg.Rollout.AdminAddr != "" {
+		if opts.Admin, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		adminURL = "http://" + opts.Admin.Addr().String()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- a.Serve(ctx, ln, nil) }()
+	go func() { done <- a.Serve(ctx, ln, opts) }()
 	var once sync.Once
 	var stopErr error
 	stop := func() error {
@@ -239,7 +254,7 @@ func start(t *testing.T, env map[string]string) *service {
 			t.Errorf("serve: %v", err)
 		}
 	})
-	return &service{url: "http://" + ln.Addr().String(), stop: stop, logs: logs}
+	return &service{url: "http://" + ln.Addr().String(), adminURL: adminURL, stop: stop, logs: logs}
 }
 
 type syncBuffer struct {

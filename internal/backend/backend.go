@@ -45,6 +45,9 @@ type Result struct {
 	// PeakGPUMemoryBytes is the accelerator memory the job peaked at; zero
 	// when the backend does not know it.
 	PeakGPUMemoryBytes uint64
+	// Backend names the backend that produced the image when it is not
+	// the one called, as when a failing provider's fallback answered.
+	Backend string
 	// Warnings are short machine-readable notes for the client, such as
 	// "mask_ignored".
 	Warnings []string

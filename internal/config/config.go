@@ -56,6 +56,59 @@ type Config struct {
 
 	// Engine is the self mode's engine and its supervision.
 	Engine Engine
+	// Admission limits the jobs on the local GPU (self mode).
+	Admission Admission
+	// GPU configures NVML monitoring and the memory guard.
+	GPU GPU
+	// Rollout is the initial routing and its controls.
+	Rollout Rollout
+	// Managed configures the hosted provider backend.
+	Managed Managed
+}
+
+// Rollout configures the routing between mock and the real backend.
+type Rollout struct {
+	Enabled        bool
+	CanaryPercent  int
+	UpscaleEnabled bool
+	AdminAddr      string
+	AdminToken     string
+	File           string
+}
+
+// Managed configures the hosted provider. It is built when Version is set.
+type Managed struct {
+	BaseURL            string
+	Version            string
+	Token              string
+	TokenFile          string
+	CallTimeout        time.Duration
+	Wait               time.Duration
+	PollInterval       time.Duration
+	MaxAttempts        int
+	BreakerFailures    int
+	BreakerOpenTimeout time.Duration
+	FallbackToMock     bool
+}
+
+// Admission configures admission control of self-mode jobs.
+type Admission struct {
+	Concurrency          int
+	QueueDepth           int
+	QueueTimeout         time.Duration
+	FreeQueueShare       float64
+	DurationPerMegapixel time.Duration
+	VRAMHeadroom         int64
+	VRAMBase             int64
+	VRAMPerMegapixel     int64
+}
+
+// GPU configures NVML monitoring.
+type GPU struct {
+	SampleInterval  time.Duration
+	Device          int
+	Dedicated       bool
+	MaxEngineMemory int64
 }
 
 // Engine configures the engine process of self mode. The engine reads its
@@ -87,7 +140,13 @@ type Setting struct {
 // Settings is every variable Load reads, with its default.
 var Settings = []Setting{
 	{"LISTEN_ADDR", "127.0.0.1:8080", "HTTP listen address (host:port)."},
-	{"INFERENCE_MODE", "self", "Backend: self (the supervised engine) or mock (re-encodes the original, no GPU)."},
+	{"INFERENCE_MODE", "self", "Real backend: self (the supervised engine), managed (a hosted provider) or mock (re-encodes the original, no GPU)."},
+	{"INFERENCE_ENABLED", "true", "false is the kill switch: every job goes to mock."},
+	{"INFERENCE_CANARY_PERCENT", "100", "Share of image_ids (a stable hash) that go to the real backend; the rest go to mock."},
+	{"UPSCALE_ENABLED", "false", "Accepted and logged; the upscaler is not built yet."},
+	{"ADMIN_ADDR", "127.0.0.1:9091", "Admin listener (GET/PUT /admin/rollout); empty: none. A non-loopback address needs ADMIN_TOKEN."},
+	{"ADMIN_TOKEN", "", "Bearer token of the admin listener."},
+	{"ROLLOUT_FILE", "", "JSON file with enabled, mode and canary_percent: read at start (over the variables) and again on SIGHUP."},
 	{"STORAGE_URL", "file://<working dir>/var/storage", "file:///abs/dir or s3://bucket[/prefix]."},
 	{"S3_ENDPOINT", "", "Endpoint of an S3-compatible server (empty: AWS)."},
 	{"S3_FORCE_PATH_STYLE", "false", "Path-style S3 addressing, for S3-compatible servers."},
@@ -116,6 +175,29 @@ var Settings = []Setting{
 	{"ENGINE_MAX_JOBS", "0", "Restart the engine after this many jobs; 0: never."},
 	{"ENGINE_BACKOFF_MIN", "500ms", "First wait between restart attempts; doubles per consecutive failure, with jitter."},
 	{"ENGINE_BACKOFF_MAX", "30s", "Longest wait between restart attempts."},
+	{"CONCURRENCY", "1", "Jobs on the GPU at once (also the engine's ENGINE_CONCURRENCY)."},
+	{"QUEUE_DEPTH", "0", "Jobs that may wait for a place; 0: a busy service answers 429 at once."},
+	{"QUEUE_TIMEOUT", "15s", "Longest wait in the queue; a job expected to wait longer is refused at once."},
+	{"FREE_QUEUE_SHARE", "0.5", "Largest share of the queue free-tier jobs may hold (at least one place)."},
+	{"JOB_DURATION_PER_MEGAPIXEL", "8s", "Job time per output megapixel assumed until jobs have been measured (for Retry-After and queue estimates)."},
+	{"VRAM_HEADROOM_MB", "1024", "GPU memory kept free beside the jobs' estimated peaks."},
+	{"VRAM_ESTIMATE_BASE_MB", "10240", "Seed of a job's peak GPU memory: base, until the engine reports real peaks."},
+	{"VRAM_ESTIMATE_MB_PER_MEGAPIXEL", "4096", "Seed of a job's peak GPU memory: per output megapixel."},
+	{"GPU_SAMPLE_INTERVAL", "1s", "Period of NVML samples."},
+	{"ENGINE_GPU", "0", "Index of the engine's GPU while its process is not found in NVML's list."},
+	{"GPU_DEDICATED", "false", "The GPUs serve this pod alone (needed in containers, where NVML reports host process ids)."},
+	{"MANAGED_BASE_URL", "https://api.replicate.com", "Hosted provider's API root (a predictions API shaped like Replicate's)."},
+	{"MANAGED_MODEL_VERSION", "", "Model version the provider runs; setting it builds the managed backend."},
+	{"MANAGED_API_TOKEN", "", "Provider token (or MANAGED_API_TOKEN_FILE; never logged)."},
+	{"MANAGED_API_TOKEN_FILE", "", "File holding the provider token."},
+	{"MANAGED_TIMEOUT", "30s", "Bound of one provider HTTP call, inside the request deadline."},
+	{"MANAGED_WAIT", "0s", "Ask the provider to hold the create call up to this long (Prefer: wait); 0: poll."},
+	{"MANAGED_POLL_INTERVAL", "1s", "Pause between polls of a prediction."},
+	{"MANAGED_MAX_ATTEMPTS", "4", "Tries of one provider call on 429, 5xx and timeouts (backoff with jitter, Retry-After honoured)."},
+	{"MANAGED_BREAKER_FAILURES", "5", "Consecutive failed jobs that open the provider circuit."},
+	{"MANAGED_BREAKER_OPEN_TIMEOUT", "30s", "How long the circuit stays open before a trial job."},
+	{"FALLBACK_TO_MOCK", "false", "While the provider circuit is open, answer from mock with warning fallback_mock instead of 502."},
+	{"ENGINE_MAX_GPU_MEMORY", "0", "Engine GPU memory, measured between jobs, that triggers a graceful recycle (a leak), e.g. 30GiB; 0: off."},
 }
 
 // Load reads the configuration through getenv (os.Getenv in production) and
@@ -152,13 +234,59 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		p.fail("LISTEN_ADDR", "must be host:port, e.g. 127.0.0.1:8080 or :8080")
 	}
 	switch c.Mode {
-	case ModeMock, ModeSelf:
-	case ModeManaged:
-		p.fail("INFERENCE_MODE", "%q is not available in this build; use self or mock", c.Mode)
+	case ModeMock, ModeSelf, ModeManaged:
 	default:
-		p.fail("INFERENCE_MODE", "must be self, mock or managed")
+		p.fail("INFERENCE_MODE", "must be self, managed or mock")
+	}
+	c.Rollout = Rollout{
+		Enabled:        p.boolean("INFERENCE_ENABLED"),
+		CanaryPercent:  int(p.integer("INFERENCE_CANARY_PERCENT", 0, 100)),
+		UpscaleEnabled: p.boolean("UPSCALE_ENABLED"),
+		AdminAddr:      p.str("ADMIN_ADDR"),
+		AdminToken:     p.str("ADMIN_TOKEN"),
+		File:           p.str("ROLLOUT_FILE"),
+	}
+	c.Managed = Managed{
+		BaseURL:            p.str("MANAGED_BASE_URL"),
+		Version:            p.str("MANAGED_MODEL_VERSION"),
+		Token:              p.str("MANAGED_API_TOKEN"),
+		TokenFile:          p.str("MANAGED_API_TOKEN_FILE"),
+		CallTimeout:        p.duration("MANAGED_TIMEOUT", 10*time.Millisecond),
+		Wait:               p.duration("MANAGED_WAIT", 0),
+		PollInterval:       p.duration("MANAGED_POLL_INTERVAL", time.Millisecond),
+		MaxAttempts:        int(p.integer("MANAGED_MAX_ATTEMPTS", 1, 20)),
+		BreakerFailures:    int(p.integer("MANAGED_BREAKER_FAILURES", 1, 1000)),
+		BreakerOpenTimeout: p.duration("MANAGED_BREAKER_OPEN_TIMEOUT", time.Millisecond),
+		FallbackToMock:     p.boolean("FALLBACK_TO_MOCK"),
+	}
+	if c.Mode == ModeManaged && c.Managed.Version == "" {
+		p.fail("MANAGED_MODEL_VERSION", "is required with INFERENCE_MODE=managed")
+	}
+	if c.Managed.Version != "" && (c.Managed.Token == "") == (c.Managed.TokenFile == "") {
+		p.fail("MANAGED_API_TOKEN", "set exactly one of MANAGED_API_TOKEN and MANAGED_API_TOKEN_FILE with the managed backend")
+	}
+	if a := c.Rollout.AdminAddr; a != "" {
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			p.fail("ADMIN_ADDR", "must be host:port or empty, got %q", a)
+		}
 	}
 	c.Engine = p.engine(wd)
+	c.Admission = Admission{
+		Concurrency:          int(p.integer("CONCURRENCY", 1, 64)),
+		QueueDepth:           int(p.integer("QUEUE_DEPTH", 0, 10000)),
+		QueueTimeout:         p.duration("QUEUE_TIMEOUT", 0),
+		FreeQueueShare:       p.fraction("FREE_QUEUE_SHARE"),
+		DurationPerMegapixel: p.duration("JOB_DURATION_PER_MEGAPIXEL", time.Millisecond),
+		VRAMHeadroom:         p.integer("VRAM_HEADROOM_MB", 0, 1<<20) << 20,
+		VRAMBase:             p.integer("VRAM_ESTIMATE_BASE_MB", 0, 1<<20) << 20,
+		VRAMPerMegapixel:     p.integer("VRAM_ESTIMATE_MB_PER_MEGAPIXEL", 0, 1<<20) << 20,
+	}
+	c.GPU = GPU{
+		SampleInterval:  p.duration("GPU_SAMPLE_INTERVAL", 10*time.Millisecond),
+		Device:          int(p.integer("ENGINE_GPU", 0, 64)),
+		Dedicated:       p.boolean("GPU_DEDICATED"),
+		MaxEngineMemory: p.bytes("ENGINE_MAX_GPU_MEMORY", 0, 1<<50),
+	}
 	// The documented default names the working directory, which only Load
 	// knows.
 	c.StorageURL, _ = p.lookup("STORAGE_URL")
@@ -315,6 +443,15 @@ func (p *parser) duration(name string, lo time.Duration) time.Duration {
 	v, err := time.ParseDuration(p.str(name))
 	if err != nil || v < lo {
 		p.fail(name, "must be a duration of at least %s such as 30s or 2m, got %q", lo, p.str(name))
+	}
+	return v
+}
+
+// fraction accepts a number in (0, 1].
+func (p *parser) fraction(name string) float64 {
+	v, err := strconv.ParseFloat(p.str(name), 64)
+	if err != nil || !(v > 0 && v <= 1) {
+		p.fail(name, "must be a number in (0, 1], got %q", p.str(name))
 	}
 	return v
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -81,10 +82,48 @@ func TestBadValuesAreAllReported(t *testing.T) {
 	}
 }
 
-func TestModesNotBuiltYetAreRefused(t *testing.T) {
-	for _, m := range []string{"managed"} {
-		if _, err := Load(env(map[string]string{"INFERENCE_MODE": m}), "/"); err == nil || !strings.Contains(err.Error(), "not available") {
-			t.Errorf("%s: %v", m, err)
+func TestManagedNeedsAVersionAndOneToken(t *testing.T) {
+	for name, kv := range map[string]map[string]string{
+		"no version":  {"INFERENCE_MODE": "managed", "MANAGED_API_TOKEN": "t"},
+		"no token":    {"INFERENCE_MODE": "managed", "MANAGED_MODEL_VERSION": "v"},
+		"two tokens":  {"MANAGED_MODEL_VERSION": "v", "MANAGED_API_TOKEN": "t", "MANAGED_API_TOKEN_FILE": "/f"},
+		"bad mode":    {"INFERENCE_MODE": "gpu"},
+		"bad canary":  {"INFERENCE_CANARY_PERCENT": "101"},
+		"bad admin":   {"ADMIN_ADDR": "localhost"},
+		"bad enabled": {"INFERENCE_ENABLED": "maybe"},
+	} {
+		if _, err := Load(env(kv), "/"); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	c, err := Load(env(map[string]string{"INFERENCE_MODE": "managed", "MANAGED_MODEL_VERSION": "v1", "MANAGED_API_TOKEN": "secret",
+		"INFERENCE_CANARY_PERCENT": "10", "INFERENCE_ENABLED": "false", "FALLBACK_TO_MOCK": "true"}), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mode != ModeManaged || c.Managed.Version != "v1" || c.Rollout.CanaryPercent != 10 || c.Rollout.Enabled || !c.Managed.FallbackToMock ||
+		c.Rollout.AdminAddr != "127.0.0.1:9091" || c.Managed.BaseURL != "https://api.replicate.com" {
+		t.Errorf("managed config: %+v %+v %+v", c.Mode, c.Managed, c.Rollout)
+	}
+	if strings.Contains(fmt.Sprint(err), "secret") {
+		t.Error("token in an error")
+	}
+}
+
+func TestAdmissionAndGPUSettings(t *testing.T) {
+	c, err := Load(env(map[string]string{"CONCURRENCY": "2", "QUEUE_DEPTH": "4", "QUEUE_TIMEOUT": "5s", "FREE_QUEUE_SHARE": "0.25",
+		"VRAM_HEADROOM_MB": "512", "ENGINE_MAX_GPU_MEMORY": "30GiB", "GPU_DEDICATED": "true"}), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, g := c.Admission, c.GPU
+	if a.Concurrency != 2 || a.QueueDepth != 4 || a.QueueTimeout != 5*time.Second || a.FreeQueueShare != 0.25 || a.VRAMHeadroom != 512<<20 ||
+		a.VRAMBase != 10240<<20 || g.MaxEngineMemory != 30<<30 || !g.Dedicated || g.SampleInterval != time.Second {
+		t.Errorf("admission %+v gpu %+v", a, g)
+	}
+	for _, kv := range []map[string]string{{"CONCURRENCY": "0"}, {"FREE_QUEUE_SHARE": "0"}, {"FREE_QUEUE_SHARE": "1.5"}, {"QUEUE_DEPTH": "-1"}} {
+		if _, err := Load(env(kv), "/"); err == nil {
+			t.Errorf("%v accepted", kv)
 		}
 	}
 }

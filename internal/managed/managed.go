@@ -199,6 +199,7 @@ func (b *Backend) Stage(ctx context.Context, job backend.Job) (backend.Result, e
 				return backend.Result{}, err
 			}
 			res.Warnings = append(res.Warnings, WarningFallback)
+			res.Backend = b.opts.Fallback.Name()
 			return res, nil
 		}
 		return backend.Result{}, fault.Wrap(err, fault.ProviderError, "the managed provider is failing and calls to it are paused; retry later")

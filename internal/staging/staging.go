@@ -230,8 +230,9 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 		}
 		var once sync.Once
 		release = func(c Cost) { once.Do(func() { rel(c) }) }
-		// Paths that end before the backend ran free the place unused.
-		defer release(Cost{Megapixels: estimate})
+		// Paths that end before the backend ran free the place unused; no
+		// megapixels means there is no duration to learn from.
+		defer release(Cost{})
 		name = s.backends.route(p.imageID)
 	}
 
@@ -266,13 +267,17 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 	}); err != nil {
 		return record{}, false, err
 	}
+	producer := be.Name()
+	if res.Backend != "" {
+		producer = res.Backend
+	}
 	rec = record{
 		Version: recordVersion, ImageID: p.imageID, Params: p.params,
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
 		Response: Response{
 			StagedKey: p.stagedKey, Width: res.Width, Height: res.Height, ModelRev: res.ModelRev,
 			Seed: job.Seed, DurationMS: time.Since(start).Milliseconds(), Warnings: res.Warnings,
-			Backend: be.Name(),
+			Backend: producer,
 		},
 	}
 	data, err := json.Marshal(rec)
@@ -286,7 +291,7 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 	}); err != nil {
 		return record{}, false, err
 	}
-	s.metrics.Duration.WithLabelValues(be.Name()).Observe(time.Since(start).Seconds())
+	s.metrics.Duration.WithLabelValues(producer).Observe(time.Since(start).Seconds())
 	return rec, true, nil
 }
 

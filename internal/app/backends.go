@@ -1,0 +1,198 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/vstage/vstage/internal/admission"
+	"github.com/vstage/vstage/internal/backend"
+	"github.com/vstage/vstage/internal/config"
+	"github.com/vstage/vstage/internal/engine"
+	"github.com/vstage/vstage/internal/gpu"
+	"github.com/vstage/vstage/internal/managed"
+	"github.com/vstage/vstage/internal/rollout"
+	"github.com/vstage/vstage/internal/staging"
+	"github.com/vstage/vstage/internal/telemetry"
+)
+
+// backends are the backends built from the configuration, with what runs
+// beside them.
+type backends struct {
+	staging staging.Backends
+	router  *rollout.Router
+	// engine, gpu and admission exist in self mode only.
+	engine    *engine.Supervisor
+	gpu       *gpu.Monitor
+	admission *admission.Controller
+}
+
+// buildBackends builds mock (always), self (when INFERENCE_MODE is self)
+// and managed (when a model version is configured), and the router between
+// them. Only self jobs pass admission: they are the ones on this pod's GPU.
+func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (*backends, error) {
+	mock := &backend.Mock{MaxPixels: cfg.MaxInputPixels, Quality: cfg.OutputJPEGQuality}
+	b := &backends{}
+	byName := map[string]backend.Backend{mock.Name(): mock}
+	var available []string
+
+	if cfg.Mode == config.ModeSelf {
+		if err := b.buildSelf(cfg, log, reg, byName); err != nil {
+			return nil, err
+		}
+		available = append(available, rollout.ModeSelf)
+	}
+	if cfg.Managed.Version != "" {
+		mb, err := buildManaged(cfg, log, reg, mock)
+		if err != nil {
+			return nil, err
+		}
+		byName[mb.Name()] = mb
+		available = append(available, rollout.ModeManaged)
+	}
+
+	initial := rollout.State{Enabled: cfg.Rollout.Enabled, Mode: string(cfg.Mode), CanaryPercent: cfg.Rollout.CanaryPercent}
+	if cfg.Rollout.File != "" {
+		// The file wins over the variables, so a restart keeps the last
+		// change an operator made there.
+		s, err := rollout.LoadFile(cfg.Rollout.File)
+		if err != nil {
+			return nil, fmt.Errorf("ROLLOUT_FILE: %w", err)
+		}
+		initial = s
+	}
+	router, err := rollout.NewRouter(initial, rollout.WithAvailable(available...), rollout.WithLogger(log.With("component", "rollout")))
+	if err != nil {
+		return nil, fmt.Errorf("rollout: %w", err)
+	}
+	b.router = router
+	b.staging = staging.Backends{ByName: byName, Route: router.Route, Admit: b.admit}
+	return b, nil
+}
+
+func (b *backends) buildSelf(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, byName map[string]backend.Backend) error {
+	n := cfg.Admission.Concurrency
+	sup, err := engine.New(engine.Options{
+		Python:   cfg.Engine.Python,
+		ModelDir: cfg.Engine.ModelDir,
+		Device:   cfg.Engine.Device,
+		// The engine runs as many jobs as admission lets through, and a
+		// place is held until the engine acknowledges a job's end.
+		Args:          []string{"--concurrency", strconv.Itoa(n)},
+		Slots:         n,
+		StartTimeout:  cfg.Engine.StartTimeout,
+		HealthTimeout: cfg.Engine.HealthTimeout,
+		StopGrace:     cfg.Engine.StopGrace,
+		WedgeGrace:    cfg.Engine.WedgeGrace,
+		MaxRSS:        uint64(cfg.Engine.MaxRSS),
+		MaxJobs:       cfg.Engine.MaxJobs,
+		BackoffMin:    cfg.Engine.BackoffMin,
+		BackoffMax:    cfg.Engine.BackoffMax,
+		Logger:        log.With("component", "engine"),
+		Registerer:    reg,
+	})
+	if err != nil {
+		return fmt.Errorf("engine: %w", err)
+	}
+	self, err := backend.NewSelf(sup, backend.SelfOptions{Steps: cfg.Engine.Steps, Quality: cfg.OutputJPEGQuality})
+	if err != nil {
+		return fmt.Errorf("self backend: %w", err)
+	}
+	mon, err := gpu.New(gpu.Options{
+		Interval:        cfg.GPU.SampleInterval,
+		EnginePID:       func() int { return sup.Status().PID },
+		Device:          cfg.GPU.Device,
+		Dedicated:       cfg.GPU.Dedicated,
+		MaxEngineMemory: uint64(cfg.GPU.MaxEngineMemory),
+		Idle:            func() bool { return sup.Status().InFlight == 0 },
+		Recycler:        sup,
+		Logger:          log.With("component", "gpu"),
+		Registerer:      reg,
+	})
+	if err != nil {
+		return fmt.Errorf("gpu: %w", err)
+	}
+	ctrl, err := admission.New(admission.Options{
+		Concurrency:          n,
+		QueueDepth:           cfg.Admission.QueueDepth,
+		QueueTimeout:         cfg.Admission.QueueTimeout,
+		FreeQueueShare:       cfg.Admission.FreeQueueShare,
+		DurationPerMegapixel: cfg.Admission.DurationPerMegapixel,
+		VRAM:                 mon,
+		VRAMHeadroom:         uint64(cfg.Admission.VRAMHeadroom),
+		VRAMBase:             uint64(cfg.Admission.VRAMBase),
+		VRAMPerMegapixel:     uint64(cfg.Admission.VRAMPerMegapixel),
+		Ready:                sup.Ready,
+		Registerer:           reg,
+	})
+	if err != nil {
+		return fmt.Errorf("admission: %w", err)
+	}
+	b.engine, b.gpu, b.admission = sup, mon, ctrl
+	byName[self.Name()] = self
+	return nil
+}
+
+func buildManaged(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, mock backend.Backend) (*managed.Backend, error) {
+	m := cfg.Managed
+	token, err := managed.ReadToken(m.Token, m.TokenFile)
+	if err != nil {
+		return nil, fmt.Errorf("managed provider token: %w", err)
+	}
+	open := promauto.With(reg).NewGauge(prometheus.GaugeOpts{
+		Name: prometheus.BuildFQName(telemetry.Namespace, "managed", "circuit_open"),
+		Help: "1 while the managed provider's circuit breaker is open (calls paused), 0.5 while half-open, 0 while closed.",
+	})
+	mb, err := managed.New(managed.Options{
+		BaseURL: m.BaseURL, Version: m.Version, Token: token,
+		CallTimeout: m.CallTimeout, Wait: m.Wait, PollInterval: m.PollInterval, MaxAttempts: m.MaxAttempts,
+		BreakerFailures: uint32(m.BreakerFailures), BreakerOpenTimeout: m.BreakerOpenTimeout,
+		FallbackToMock: m.FallbackToMock, Fallback: mock,
+		Logger: log.With("component", "managed"),
+		OnCircuitChange: func(_, to string) {
+			switch to {
+			case "open":
+				open.Set(1)
+			case "half-open":
+				open.Set(0.5)
+			default:
+				open.Set(0)
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("managed backend: %w", err)
+	}
+	return mb, nil
+}
+
+// admit is the staging admission hook: self jobs take a place on the GPU;
+// jobs for mock and the hosted provider need none.
+func (b *backends) admit(ctx context.Context, name, tier string, megapixels float64) (func(staging.Cost), error) {
+	if name != rollout.ModeSelf || b.admission == nil {
+		return func(staging.Cost) {}, nil
+	}
+	t, err := b.admission.Acquire(ctx, admission.Request{Tier: admission.Tier(tier), Megapixels: megapixels})
+	if err != nil {
+		return nil, err
+	}
+	return func(c staging.Cost) {
+		t.Release(admission.Report{Duration: c.Duration, PeakGPUBytes: c.PeakGPUBytes, Megapixels: c.Megapixels})
+	}, nil
+}
+
+// ready says whether the backend the current rollout sends real jobs to can
+// take them: the engine's live state when that is self, otherwise yes (mock
+// needs nothing, and one provider's trouble must not pull every pod out of
+// service).
+func (b *backends) ready(context.Context) error {
+	s := b.router.Get()
+	if b.engine != nil && s.Enabled && s.Mode == rollout.ModeSelf && s.CanaryPercent > 0 {
+		return b.engine.Ready()
+	}
+	return nil
+}
