@@ -69,6 +69,12 @@ func enginePython(t *testing.T) string {
 // and waits until it is ready. It returns the address, the engine's pid and
 // a channel with the rest of the log once the process ends.
 func selfMode(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer, addr string, enginePID int, rest <-chan string) {
+	cmd, stdout, addr, _, enginePID, rest = selfModeAdmin(t, env...)
+	return cmd, stdout, addr, enginePID, rest
+}
+
+// selfModeAdmin is selfMode that also returns the admin listener's address.
+func selfModeAdmin(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer, addr, adminAddr string, enginePID int, rest <-chan string) {
 	t.Helper()
 	env = append([]string{"LISTEN_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "INFERENCE_MODE=self", "ENGINE_PYTHON=" + enginePython(t),
 		"ENGINE_BACKEND=test", "SHUTDOWN_TIMEOUT=5s"}, env...)
@@ -77,14 +83,15 @@ func selfMode(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer,
 	for (addr == "" || enginePID == 0) && logs.Scan() {
 		var line struct {
 			Msg, Addr, Source string
-			EnginePID         int `json:"engine_pid"`
+			AdminAddr         string `json:"admin_addr"`
+			EnginePID         int    `json:"engine_pid"`
 		}
 		if json.Unmarshal(logs.Bytes(), &line) != nil {
 			continue
 		}
 		switch line.Msg {
 		case "listening":
-			addr = line.Addr
+			addr, adminAddr = line.Addr, line.AdminAddr
 		case "engine ready":
 			// The supervisor's line, not the engine's own one of that name.
 			if line.Source == "" {
@@ -103,7 +110,7 @@ func selfMode(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer,
 		}
 		ch <- b.String()
 	}()
-	return cmd, stdout, addr, enginePID, ch
+	return cmd, stdout, addr, adminAddr, enginePID, ch
 }
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
@@ -178,5 +185,47 @@ func TestBadConfigurationExitsTwo(t *testing.T) {
 		if !strings.Contains(string(msg), want) {
 			t.Errorf("message lacks %s:\n%s", want, msg)
 		}
+	}
+}
+
+// TestSIGHUPReloadsTheRolloutFile edits the rollout file and sends the
+// process a real SIGHUP: the kill switch takes effect without a restart.
+func TestSIGHUPReloadsTheRolloutFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "rollout.json")
+	write := func(s string) {
+		if err := os.WriteFile(file, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"enabled":true,"mode":"self","canary_percent":100}`)
+	cmd, _, _, admin, _, _ := selfModeAdmin(t, "STORAGE_URL=file://"+t.TempDir(), "ROLLOUT_FILE="+file)
+	state := func() string {
+		resp, err := http.Get("http://" + admin + "/admin/rollout")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if s := state(); !strings.Contains(s, `"enabled":true`) {
+		t.Fatalf("start state %s", s)
+	}
+	write(`{"enabled":false,"mode":"self","canary_percent":100}`)
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(state(), `"enabled":false`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGHUP did not apply the file: %s", state())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("exit after SIGTERM: %v", err)
 	}
 }
