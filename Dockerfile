@@ -1,5 +1,6 @@
-# The sidecar image. The engine (python/inference) joins it in the self-mode
-# image; this one serves mock mode.
+# The sidecar image. It serves mock and managed mode on its own; for self
+# mode, build FROM a CUDA image with the engine's environment
+# (pip install . from this repository) and set ENGINE_PYTHON.
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -7,11 +8,15 @@ RUN go mod download
 COPY cmd ./cmd
 COPY internal ./internal
 COPY proto ./proto
-RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/sidecar ./cmd/sidecar
+COPY client ./client
+# cgo: go-nvml loads the NVIDIA driver's library at run time with dlopen.
+ENV CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations"
+RUN CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o /out/sidecar ./cmd/sidecar
 
-FROM gcr.io/distroless/static-debian12:nonroot
+# glibc, for dlopen; no shell, no package manager.
+FROM gcr.io/distroless/base-debian12:nonroot
 COPY --from=build /out/sidecar /usr/local/bin/sidecar
-ENV LISTEN_ADDR=:8080
+ENV LISTEN_ADDR=:8080 INFERENCE_MODE=mock
 EXPOSE 8080
 USER nonroot:nonroot
 ENTRYPOINT ["/usr/local/bin/sidecar"]
