@@ -13,7 +13,7 @@ trap 'kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "
 go build -o "$tmp/sidecar" ./cmd/sidecar
 go build -o "$tmp/loadgen" ./bench/loadgen
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-INFERENCE_MODE=mock LISTEN_ADDR=127.0.0.1:$port STORAGE_URL=file://$tmp/store SEED_DEMO=true LOG_LEVEL=warn "$tmp/sidecar" >/dev/null &
+INFERENCE_MODE=mock ADMIN_ADDR=off LISTEN_ADDR=127.0.0.1:$port STORAGE_URL=file://$tmp/store SEED_DEMO=true LOG_LEVEL=warn "$tmp/sidecar" >/dev/null &
 pid=$!
 for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 echo "fresh jobs (1536x1024 JPEG in, 1024x683 JPEG out):"

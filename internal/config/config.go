@@ -144,7 +144,7 @@ var Settings = []Setting{
 	{"INFERENCE_ENABLED", "true", "false is the kill switch: every job goes to mock."},
 	{"INFERENCE_CANARY_PERCENT", "100", "Share of image_ids (a stable hash) that go to the real backend; the rest go to mock."},
 	{"UPSCALE_ENABLED", "false", "Accepted and logged; the upscaler is not built yet."},
-	{"ADMIN_ADDR", "127.0.0.1:9091", "Admin listener (GET/PUT /admin/rollout); empty: none. A non-loopback address needs ADMIN_TOKEN."},
+	{"ADMIN_ADDR", "127.0.0.1:9091", "Admin listener (GET/PUT /admin/rollout); off: none. A non-loopback address needs ADMIN_TOKEN."},
 	{"ADMIN_TOKEN", "", "Bearer token of the admin listener."},
 	{"ROLLOUT_FILE", "", "JSON file with enabled, mode and canary_percent: read at start (over the variables) and again on SIGHUP."},
 	{"STORAGE_URL", "file://<working dir>/var/storage", "file:///abs/dir or s3://bucket[/prefix]."},
@@ -265,10 +265,10 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 	if c.Managed.Version != "" && (c.Managed.Token == "") == (c.Managed.TokenFile == "") {
 		p.fail("MANAGED_API_TOKEN", "set exactly one of MANAGED_API_TOKEN and MANAGED_API_TOKEN_FILE with the managed backend")
 	}
-	if a := c.Rollout.AdminAddr; a != "" {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			p.fail("ADMIN_ADDR", "must be host:port or empty, got %q", a)
-		}
+	if strings.EqualFold(c.Rollout.AdminAddr, "off") {
+		c.Rollout.AdminAddr = ""
+	} else if _, _, err := net.SplitHostPort(c.Rollout.AdminAddr); err != nil {
+		p.fail("ADMIN_ADDR", "must be host:port or off, got %q", c.Rollout.AdminAddr)
 	}
 	c.Engine = p.engine(wd)
 	c.Admission = Admission{

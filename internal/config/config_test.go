@@ -101,6 +101,9 @@ func TestManagedNeedsAVersionAndOneToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if c, err := Load(env(map[string]string{"ADMIN_ADDR": "off"}), "/"); err != nil || c.Rollout.AdminAddr != "" {
+		t.Errorf("ADMIN_ADDR=off: %q %v", c.Rollout.AdminAddr, err)
+	}
 	if c.Mode != ModeManaged || c.Managed.Version != "v1" || c.Rollout.CanaryPercent != 10 || c.Rollout.Enabled || !c.Managed.FallbackToMock ||
 		c.Rollout.AdminAddr != "127.0.0.1:9091" || c.Managed.BaseURL != "https://api.replicate.com" {
 		t.Errorf("managed config: %+v %+v %+v", c.Mode, c.Managed, c.Rollout)

@@ -1,0 +1,189 @@
+// Command overhead measures what the sidecar adds to a job, and how fast it
+// refuses work when the GPU is saturated.
+//
+//	overhead -mode job -url http://127.0.0.1:8080/infer -log sidecar.log -n 200
+//
+// sends n jobs one after another (fresh image_ids) and pairs each answer's
+// latency with the engine's own time for the job, read from the engine's
+// "job done" line in the sidecar's log; the difference is the sidecar's
+// share: HTTP, validation, storage reads and writes, header checks and the
+// gRPC transfer.
+//
+//	overhead -mode reject -url ... -n 2000 -c 8
+//
+// sends n jobs from c clients to a sidecar whose only place is taken and
+// whose queue is off, and reports the latency of the 429 answers.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+func main() {
+	mode := flag.String("mode", "job", "job or reject")
+	url := flag.String("url", "http://127.0.0.1:8080/infer", "the /infer URL")
+	key := flag.String("key", "demo/empty_living_room.jpg", "original_key of every job")
+	logPath := flag.String("log", "", "the sidecar's log (job mode)")
+	n := flag.Int("n", 200, "jobs")
+	clients := flag.Int("c", 8, "concurrent clients (reject mode)")
+	flag.Parse()
+	var err error
+	switch *mode {
+	case "job":
+		err = jobs(*url, *key, *logPath, *n)
+	case "reject":
+		err = rejections(*url, *key, *n, *clients)
+	default:
+		err = fmt.Errorf("unknown mode %q", *mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "overhead:", err)
+		os.Exit(1)
+	}
+}
+
+func jobs(url, key, logPath string, n int) error {
+	client := &http.Client{}
+	run := time.Now().UnixNano()
+	latency := map[string]time.Duration{}
+	for i := range n {
+		id := fmt.Sprintf("ovh-%d-%d", run, i)
+		t0 := time.Now()
+		status, err := post(context.Background(), client, url, body(id, key))
+		if err != nil || status != http.StatusOK {
+			return fmt.Errorf("job %s: status %d: %v", id, status, err)
+		}
+		latency[id] = time.Since(t0)
+	}
+	// The engine logs a job's end just before it sends the result; give
+	// the log a moment to reach the file.
+	time.Sleep(500 * time.Millisecond)
+	engine, err := engineTimes(logPath)
+	if err != nil {
+		return err
+	}
+	var total, own, added []time.Duration
+	for id, l := range latency {
+		e, ok := engine[id]
+		if !ok {
+			return fmt.Errorf("no engine time for %s in %s", id, logPath)
+		}
+		total, own, added = append(total, l), append(own, e), append(added, l-e)
+	}
+	fmt.Printf("%d sequential jobs\n", n)
+	report("end to end", total)
+	report("engine", own)
+	report("sidecar adds", added)
+	return nil
+}
+
+// engineTimes reads the engine's total_ms per image_id from its "job done"
+// lines; the engine's job id is the image_id with a "~N" suffix.
+func engineTimes(path string) (map[string]time.Duration, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := map[string]time.Duration{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var line struct {
+			Msg     string  `json:"msg"`
+			Source  string  `json:"source"`
+			JobID   string  `json:"job_id"`
+			TotalMS float64 `json:"total_ms"`
+		}
+		if json.Unmarshal(sc.Bytes(), &line) != nil || line.Msg != "job done" || line.Source != "engine" {
+			continue
+		}
+		id, _, _ := strings.Cut(line.JobID, "~")
+		out[id] = time.Duration(line.TotalMS * float64(time.Millisecond))
+	}
+	return out, sc.Err()
+}
+
+func rejections(url, key string, n, clients int) error {
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+	run := time.Now().UnixNano()
+	var mu sync.Mutex
+	var lat []time.Duration
+	other := 0
+	var wg sync.WaitGroup
+	next := make(chan int)
+	go func() {
+		for i := range n {
+			next <- i
+		}
+		close(next)
+	}()
+	start := time.Now()
+	for range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				t0 := time.Now()
+				status, err := post(context.Background(), client, url, body(fmt.Sprintf("rej-%d-%d", run, i), key))
+				d := time.Since(t0)
+				mu.Lock()
+				if err == nil && status == http.StatusTooManyRequests {
+					lat = append(lat, d)
+				} else {
+					other++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Printf("%d refusals from %d clients in %.2fs (%.0f/s), %d other answers\n",
+		len(lat), clients, time.Since(start).Seconds(), float64(len(lat))/time.Since(start).Seconds(), other)
+	report("429 latency", lat)
+	return nil
+}
+
+func body(id, key string) []byte {
+	b, _ := json.Marshal(map[string]any{"image_id": id, "original_key": key, "room_type": "living_room", "style": "modern", "seed": 1})
+	return b
+}
+
+func post(ctx context.Context, c *http.Client, url string, body []byte) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+func report(name string, d []time.Duration) {
+	if len(d) == 0 {
+		fmt.Printf("%-13s no samples\n", name)
+		return
+	}
+	slices.Sort(d)
+	p := func(q float64) float64 {
+		return float64(d[min(len(d)-1, int(q*float64(len(d))))].Microseconds()) / 1000
+	}
+	fmt.Printf("%-13s p50 %7.2fms  p90 %7.2fms  p99 %7.2fms  max %7.2fms\n", name, p(.50), p(.90), p(.99), p(1))
+}
