@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # What the sidecar adds to a 1024 px job, and how fast it refuses work with
 # the GPU saturated. Self mode on the engine's torch-free test backend, so
-# the engine's own time is small and exactly known; local-folder storage.
-#   bench/sidecar-overhead.sh [JOBS] [REFUSALS]
+# the engine's own time is small and exactly known; local-folder storage
+# under STORE_DIR (default a temporary folder; /dev/shm leaves the disk's
+# fsync latency out and shows the sidecar's own work).
+#   [STORE_DIR=/dev/shm] bench/sidecar-overhead.sh [JOBS] [REFUSALS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${1:-200}
 refusals=${2:-2000}
 make -s venv
 tmp=$(mktemp -d)
+store=$(mktemp -d "${STORE_DIR:-$tmp}/vstage-bench.XXXXXX")
 pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$tmp"' EXIT
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$tmp" "$store"' EXIT
 go build -o "$tmp/sidecar" ./cmd/sidecar
 go build -o "$tmp/overhead" ./bench/overhead
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -18,7 +21,7 @@ wait_ready() { for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$1/readyz" >/
 common=(INFERENCE_MODE=self ENGINE_BACKEND=test ENGINE_PYTHON=.venv/bin/python SEED_DEMO=true OUTPUT_LONG_SIDE=1024 ADMIN_ADDR=off)
 
 port=$(free_port)
-env "${common[@]}" LISTEN_ADDR=127.0.0.1:$port STORAGE_URL=file://$tmp/a "$tmp/sidecar" >/dev/null 2>"$tmp/a.log" &
+env "${common[@]}" LISTEN_ADDR=127.0.0.1:$port STORAGE_URL=file://$store/a "$tmp/sidecar" >/dev/null 2>"$tmp/a.log" &
 pids+=($!)
 wait_ready "$port"
 echo "== a 1536x1024 JPEG staged at 1024 px, one job at a time =="
@@ -27,11 +30,11 @@ echo "== a 1536x1024 JPEG staged at 1024 px, one job at a time =="
 # One place, no queue, and a job that takes minutes holding it.
 port=$(free_port)
 env "${common[@]}" ENGINE_TEST_STEP_DELAY=10 CONCURRENCY=1 QUEUE_DEPTH=0 LOG_LEVEL=warn \
-  LISTEN_ADDR=127.0.0.1:$port STORAGE_URL=file://$tmp/b "$tmp/sidecar" >/dev/null 2>"$tmp/b.log" &
+  LISTEN_ADDR=127.0.0.1:$port STORAGE_URL=file://$store/b "$tmp/sidecar" >/dev/null 2>"$tmp/b.log" &
 pids+=($!)
 wait_ready "$port"
 curl -sS -o /dev/null -X POST "http://127.0.0.1:$port/infer" -H 'Content-Type: application/json' \
-  -d '{"image_id":"holder","original_key":"demo/empty_living_room.jpg","room_type":"living_room","style":"modern"}' &
+  -d '{"image_id":"holder","original_key":"demo/empty_living_room.jpg","room_type":"living_room","style":"modern"}' 2>/dev/null &
 sleep 1
 echo "== refusals with the GPU saturated =="
 "$tmp/overhead" -mode reject -url "http://127.0.0.1:$port/infer" -n "$refusals" -c 8

@@ -5,9 +5,11 @@
 //
 // sends n jobs one after another (fresh image_ids) and pairs each answer's
 // latency with the engine's own time for the job, read from the engine's
-// "job done" line in the sidecar's log; the difference is the sidecar's
-// share: HTTP, validation, storage reads and writes, header checks and the
-// gRPC transfer.
+// "job done" line in the sidecar's log, and with the time of the engine
+// call as the sidecar saw it (backend_ms of the request line). The first
+// difference is what serving through the sidecar adds (HTTP, validation,
+// storage reads and writes, header checks, and the gRPC transfer and
+// stream); the second is the sidecar's own work alone.
 //
 //	overhead -mode reject -url ... -n 2000 -c 8
 //
@@ -70,50 +72,63 @@ func jobs(url, key, logPath string, n int) error {
 	// The engine logs a job's end just before it sends the result; give
 	// the log a moment to reach the file.
 	time.Sleep(500 * time.Millisecond)
-	engine, err := engineTimes(logPath)
+	engine, call, err := times(logPath)
 	if err != nil {
 		return err
 	}
-	var total, own, added []time.Duration
+	var total, own, added, calls, sidecar []time.Duration
 	for id, l := range latency {
 		e, ok := engine[id]
-		if !ok {
-			return fmt.Errorf("no engine time for %s in %s", id, logPath)
+		c, ok2 := call[id]
+		if !ok || !ok2 {
+			return fmt.Errorf("no engine time or backend time for %s in %s", id, logPath)
 		}
 		total, own, added = append(total, l), append(own, e), append(added, l-e)
+		calls, sidecar = append(calls, c), append(sidecar, l-c)
 	}
 	fmt.Printf("%d sequential jobs\n", n)
 	report("end to end", total)
-	report("engine", own)
-	report("sidecar adds", added)
+	report("engine (own)", own)
+	report("minus engine", added)
+	report("engine call", calls)
+	report("minus call", sidecar)
 	return nil
 }
 
-// engineTimes reads the engine's total_ms per image_id from its "job done"
-// lines; the engine's job id is the image_id with a "~N" suffix.
-func engineTimes(path string) (map[string]time.Duration, error) {
+// times reads, per image_id, the engine's own total_ms from its "job done"
+// lines (its job id is the image_id with a "~N" suffix) and the backend
+// call's time as the sidecar saw it from the request lines (backend_ms).
+func times(path string) (engine, call map[string]time.Duration, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
-	out := map[string]time.Duration{}
+	engine, call = map[string]time.Duration{}, map[string]time.Duration{}
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var line struct {
-			Msg     string  `json:"msg"`
-			Source  string  `json:"source"`
-			JobID   string  `json:"job_id"`
-			TotalMS float64 `json:"total_ms"`
+			Msg       string  `json:"msg"`
+			Source    string  `json:"source"`
+			JobID     string  `json:"job_id"`
+			ImageID   string  `json:"image_id"`
+			TotalMS   float64 `json:"total_ms"`
+			BackendMS float64 `json:"backend_ms"`
 		}
-		if json.Unmarshal(sc.Bytes(), &line) != nil || line.Msg != "job done" || line.Source != "engine" {
+		if json.Unmarshal(sc.Bytes(), &line) != nil {
 			continue
 		}
-		id, _, _ := strings.Cut(line.JobID, "~")
-		out[id] = time.Duration(line.TotalMS * float64(time.Millisecond))
+		switch {
+		case line.Msg == "job done" && line.Source == "engine":
+			id, _, _ := strings.Cut(line.JobID, "~")
+			engine[id] = ms(line.TotalMS)
+		case line.Msg == "request" && line.BackendMS > 0:
+			call[line.ImageID] = ms(line.BackendMS)
+		}
 	}
-	return out, sc.Err()
+	return engine, call, sc.Err()
 }
 
 func rejections(url, key string, n, clients int) error {

@@ -141,11 +141,12 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 // fields collects what the handlers learn about a request for its one log
 // line.
 type fields struct {
-	imageID string
-	backend string
-	replay  bool
-	code    fault.Code
-	err     error
+	imageID     string
+	backend     string
+	replay      bool
+	backendTime time.Duration
+	code        fault.Code
+	err         error
 }
 
 type fieldsKey struct{}
@@ -196,6 +197,9 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		}
 		if f.backend != "" {
 			attrs = append(attrs, slog.String("backend", f.backend), slog.Bool("replay", f.replay))
+			if f.backendTime > 0 {
+				attrs = append(attrs, slog.Float64("backend_ms", float64(f.backendTime.Microseconds())/1000))
+			}
 		}
 		level := slog.LevelInfo
 		if f.code != "" {

@@ -148,7 +148,7 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f != nil {
-		f.replay, f.backend = out.Replay, out.Backend
+		f.replay, f.backend, f.backendTime = out.Replay, out.Backend, out.BackendTime
 	}
 	if out.Replay {
 		w.Header().Set("Idempotent-Replay", "true")

@@ -114,6 +114,9 @@ type Outcome struct {
 	Replay bool
 	// Backend names the backend that produced the image.
 	Backend string
+	// BackendTime is how long the backend took, as the sidecar saw it;
+	// zero for a replay. The rest of the request's time is the sidecar's.
+	BackendTime time.Duration
 }
 
 // New returns a Service. metrics must not be nil; log may be nil to
@@ -163,7 +166,7 @@ func (s *Service) stage(ctx context.Context, req Request) (Outcome, error) {
 			if err != nil {
 				return Outcome{}, err
 			}
-			return Outcome{Response: rec.Response, Replay: !fresh, Backend: rec.Response.Backend}, nil
+			return Outcome{Response: rec.Response, Replay: !fresh, Backend: rec.Response.Backend, BackendTime: rec.backendTime}, nil
 		}
 		select {
 		case <-c.done:
@@ -255,7 +258,8 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 	}
 	ran := time.Now()
 	res, err := be.Stage(ctx, job)
-	release(Cost{Duration: time.Since(ran), PeakGPUBytes: res.PeakGPUMemoryBytes, Megapixels: float64(res.Width*res.Height) / 1e6})
+	backendTime := time.Since(ran)
+	release(Cost{Duration: backendTime, PeakGPUBytes: res.PeakGPUMemoryBytes, Megapixels: float64(res.Width*res.Height) / 1e6})
 	if err != nil {
 		if ctx.Err() != nil {
 			return record{}, false, contextFault(ctx)
@@ -292,6 +296,7 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 		return record{}, false, err
 	}
 	s.metrics.Duration.WithLabelValues(producer).Observe(time.Since(start).Seconds())
+	rec.backendTime = backendTime
 	return rec, true, nil
 }
 
@@ -445,4 +450,7 @@ type record struct {
 	Params    params    `json:"params"`
 	CreatedAt time.Time `json:"created_at"`
 	Response  Response  `json:"response"`
+
+	// backendTime is the fresh run's backend time; it is not stored.
+	backendTime time.Duration
 }
