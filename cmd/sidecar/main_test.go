@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vstage/vstage/internal/enginetest"
 )
 
 // The test binary doubles as the sidecar: a child started with this
@@ -51,20 +53,6 @@ func sidecar(t *testing.T, env ...string) (*exec.Cmd, *bytes.Buffer, io.Reader) 
 	return cmd, stdout, stderr
 }
 
-// enginePython returns the project's Python, failing (never skipping) when
-// the virtual environment is missing.
-func enginePython(t *testing.T) string {
-	t.Helper()
-	py, err := filepath.Abs(filepath.Join("..", "..", ".venv", "bin", "python"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(py, "-c", "import inference, grpc").CombinedOutput(); err != nil {
-		t.Fatalf("the engine's Python cannot run (%v): run `make venv` at the repository root\n%s", err, out)
-	}
-	return py
-}
-
 // selfMode starts the sidecar in self mode on the torch-free test engine
 // and waits until it is ready. It returns the address, the engine's pid and
 // a channel with the rest of the log once the process ends.
@@ -76,7 +64,7 @@ func selfMode(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer,
 // selfModeAdmin is selfMode that also returns the admin listener's address.
 func selfModeAdmin(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer, addr, adminAddr string, enginePID int, rest <-chan string) {
 	t.Helper()
-	env = append([]string{"LISTEN_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "INFERENCE_MODE=self", "ENGINE_PYTHON=" + enginePython(t),
+	env = append([]string{"LISTEN_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "INFERENCE_MODE=self", "ENGINE_PYTHON=" + enginetest.Python(t),
 		"ENGINE_BACKEND=test", "SHUTDOWN_TIMEOUT=5s"}, env...)
 	cmd, stdout, stderr := sidecar(t, env...)
 	logs := bufio.NewScanner(stderr)

@@ -11,13 +11,15 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vstage/vstage/internal/enginetest"
 )
 
 // slowEngine starts the sidecar in self mode on the torch-free test engine
 // with jobs of 10 steps of stepDelay seconds (at strength 1).
 func slowEngine(t *testing.T, stepDelay string, env map[string]string) (*service, localBlobs) {
 	t.Helper()
-	py := enginePython(t)
+	py := enginetest.Python(t)
 	dir := t.TempDir()
 	store := localBlobs{dir}
 	store.put(t, "listings/42/empty.jpg", photo(t, 320, 240))

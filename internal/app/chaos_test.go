@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vstage/vstage/internal/enginetest"
 )
 
 // TestEngineKilledDuringJobs SIGKILLs the engine (the torch-free test
@@ -17,7 +19,7 @@ import (
 // gets 503 unavailable, retryable, within 2 s; nothing is recorded; the
 // restart is counted; the service is ready again and the retries succeed.
 func TestEngineKilledDuringJobs(t *testing.T) {
-	py := enginePython(t)
+	py := enginetest.Python(t)
 	dir := t.TempDir()
 	store := localBlobs{dir}
 	store.put(t, "listings/42/empty.jpg", photo(t, 320, 240))

@@ -5,27 +5,13 @@ import (
 	"fmt"
 	"image/jpeg"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
-)
 
-// enginePython returns the project's Python, failing (never skipping) when
-// the virtual environment is missing.
-func enginePython(t *testing.T) string {
-	t.Helper()
-	py, err := filepath.Abs(filepath.Join("..", "..", ".venv", "bin", "python"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command(py, "-c", "import inference, grpc").CombinedOutput(); err != nil {
-		t.Fatalf("the engine's Python cannot run (%v): run `make venv` at the repository root\n%s", err, out)
-	}
-	return py
-}
+	"github.com/vstage/vstage/internal/enginetest"
+)
 
 func waitReady(t *testing.T, svc *service, within time.Duration) {
 	t.Helper()
@@ -46,7 +32,7 @@ func waitReady(t *testing.T, svc *service, within time.Duration) {
 // SDXL-shaped Diffusers model on the CPU) with an S3-compatible store over
 // HTTP.
 func TestSelfModeEndToEnd(t *testing.T) {
-	py := enginePython(t)
+	py := enginetest.Python(t)
 	s3b := newS3(t, "", nil)
 	// The engine reads its own ENGINE_* settings from the environment it
 	// inherits: small sizes keep the CPU run short.

@@ -9,9 +9,6 @@ import (
 	"image/jpeg"
 	"io"
 	"log/slog"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vstage/vstage/internal/engine"
+	"github.com/vstage/vstage/internal/enginetest"
 	"github.com/vstage/vstage/internal/fault"
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
 )
@@ -141,35 +139,11 @@ func TestSelfMapsEngineFailures(t *testing.T) {
 	}
 }
 
-// venvPython returns the project's Python or fails the test: the engine's
-// tests need `make venv`, and a missing venv must not look like a pass.
-func venvPython(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("no go.mod above the working directory")
-		}
-		dir = filepath.Dir(dir)
-	}
-	py := filepath.Join(dir, ".venv", "bin", "python")
-	if out, err := exec.Command(py, "-c", "import grpc, inference.testbackend").CombinedOutput(); err != nil {
-		t.Fatalf("cannot run the engine with %s (%v): run `make venv` at the repository root\n%s", py, err, out)
-	}
-	return py
-}
-
 // Self over a real supervised engine: a staged image, then the engine is
 // killed mid-job and the client sees a retryable unavailable.
 func TestSelfWithTheRealEngine(t *testing.T) {
 	sup, err := engine.New(engine.Options{
-		Python: venvPython(t),
+		Python: enginetest.Python(t),
 		Args: []string{"--backend", "test", "--test-faults", "--min-long-side", "64",
 			"--default-long-side", "128", "--max-long-side", "256", "--test-step-delay", "0.3"},
 		StopGrace: 2 * time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 100 * time.Millisecond,

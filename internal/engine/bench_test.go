@@ -7,13 +7,15 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vstage/vstage/internal/enginetest"
 )
 
 // BenchmarkRecoveryAfterSIGKILL measures the time from a SIGKILL of a ready
 // engine (test backend) to a new engine being ready, with the default
 // backoff and health settings.
 func BenchmarkRecoveryAfterSIGKILL(b *testing.B) {
-	py := venvPython(b)
+	py := enginetest.Python(b)
 	s, err := New(Options{
 		Python: py,
 		Args:   []string{"--backend", "test"},

@@ -11,9 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
+	"github.com/vstage/vstage/internal/enginetest"
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
 )
 
@@ -82,52 +81,6 @@ func fakeSidecar() int {
 	return 0
 }
 
-// repoRoot is the folder above the test's working directory that holds
-// go.mod.
-func repoRoot(t testing.TB) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the working directory")
-		}
-		dir = parent
-	}
-}
-
-var (
-	venvOnce sync.Once
-	venvErr  error
-)
-
-// venvPython returns the project's Python, failing the test (never
-// skipping it) when the virtual environment is missing or incomplete.
-func venvPython(t testing.TB) string {
-	t.Helper()
-	py := filepath.Join(repoRoot(t), ".venv", "bin", "python")
-	venvOnce.Do(func() {
-		if _, err := os.Stat(py); err != nil {
-			venvErr = fmt.Errorf("the engine's Python is missing (%w): run `make venv` at the repository root", err)
-			return
-		}
-		out, err := exec.Command(py, "-c", "import grpc, grpc_health, inference.testbackend").CombinedOutput()
-		if err != nil {
-			venvErr = fmt.Errorf(".venv cannot import the engine (%w): run `make venv` at the repository root\n%s", err, out)
-		}
-	})
-	if venvErr != nil {
-		t.Fatal(venvErr)
-	}
-	return py
-}
-
 // logBuffer is a concurrency-safe sink for the supervisor's JSON logs.
 type logBuffer struct {
 	mu  sync.Mutex
@@ -166,7 +119,7 @@ func python(t *testing.T, extra ...string) Options {
 		"--min-long-side", "64", "--default-long-side", "128", "--max-long-side", "256",
 		"--shutdown-grace", "1",
 	}
-	return Options{Python: venvPython(t), Args: append(args, extra...)}
+	return Options{Python: enginetest.Python(t), Args: append(args, extra...)}
 }
 
 // fake returns options that run the test binary as a fake engine.

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/httpjson"
 )
 
 // AdminPath is the admin resource for the rollout state.
@@ -64,7 +65,7 @@ func NewAdminHandler(router *Router, token string, log *slog.Logger) http.Handle
 	mux := http.NewServeMux()
 	mux.HandleFunc(AdminPath, a.serve)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, fault.New(fault.RouteNotFound, "no such admin route; the only one is %s", AdminPath))
+		writeError(w, fault.New(fault.RouteNotFound, "no such admin route; the only one is %s", AdminPath))
 	})
 	return a.authorize(mux)
 }
@@ -82,7 +83,7 @@ func (a *admin) authorize(next http.Handler) http.Handler {
 		if len(a.token) > 0 && !a.tokenMatches(r.Header.Get("Authorization")) {
 			a.log.Warn("admin request refused", slog.String("remote", r.RemoteAddr), slog.String("path", r.URL.Path))
 			w.Header().Set("WWW-Authenticate", `Bearer realm="vstage-admin"`)
-			writeError(w, http.StatusUnauthorized, fault.New(fault.Unauthorized, "a valid Authorization: Bearer token is required"))
+			writeError(w, fault.New(fault.Unauthorized, "a valid Authorization: Bearer token is required"))
 			return
 		}
 		next.ServeHTTP(w, r)
@@ -107,14 +108,14 @@ func (a *admin) serve(w http.ResponseWriter, r *http.Request) {
 		a.put(w, r)
 	default:
 		w.Header().Set("Allow", "GET, HEAD, PUT")
-		writeError(w, http.StatusMethodNotAllowed, fault.New(fault.MethodNotAllowed, "%s is not allowed; use GET or PUT", r.Method))
+		writeError(w, fault.New(fault.MethodNotAllowed, "%s is not allowed; use GET or PUT", r.Method))
 	}
 }
 
 func (a *admin) put(w http.ResponseWriter, r *http.Request) {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
-			writeError(w, http.StatusUnsupportedMediaType, fault.New(fault.UnsupportedMediaType, "the body must be application/json"))
+			writeError(w, fault.New(fault.UnsupportedMediaType, "the body must be application/json"))
 			return
 		}
 	}
@@ -122,19 +123,19 @@ func (a *admin) put(w http.ResponseWriter, r *http.Request) {
 	if err := decodeStrict(http.MaxBytesReader(w, r.Body, maxAdminBody), &u); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, fault.New(fault.PayloadTooLarge, "the body is larger than %d bytes", maxAdminBody))
+			writeError(w, fault.New(fault.PayloadTooLarge, "the body is larger than %d bytes", maxAdminBody))
 			return
 		}
-		writeError(w, http.StatusBadRequest, fault.Wrap(err, fault.InvalidInput, "%s", err.Error()))
+		writeError(w, fault.Wrap(err, fault.InvalidInput, "%s", err.Error()))
 		return
 	}
 	if u == (update{}) {
-		writeError(w, http.StatusBadRequest, fault.New(fault.InvalidInput, "the body changes nothing; send at least one of enabled, mode, canary_percent"))
+		writeError(w, fault.New(fault.InvalidInput, "the body changes nothing; send at least one of enabled, mode, canary_percent"))
 		return
 	}
 	old, updated, err := a.router.Update(u.apply)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, fault.Wrap(err, fault.InvalidInput, "%s", err.Error()))
+		writeError(w, fault.Wrap(err, fault.InvalidInput, "%s", err.Error()))
 		return
 	}
 	a.log.Info("admin rollout update", slog.String("remote", r.RemoteAddr), slog.Any("old", old), slog.Any("new", updated))
@@ -161,27 +162,16 @@ func decodeStrict(r io.Reader, v any) error {
 	return nil
 }
 
-type errorBody struct {
-	Error errorDetail `json:"error"`
-}
-
-type errorDetail struct {
-	Code      fault.Code `json:"code"`
-	Message   string     `json:"message"`
-	Retryable bool       `json:"retryable"`
-}
-
-func writeError(w http.ResponseWriter, status int, e *fault.Error) {
-	writeJSON(w, status, errorBody{Error: errorDetail{Code: e.Code, Message: e.Message, Retryable: e.Retryable}})
-}
-
+// writeJSON answers with v; admin answers are never cached.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
-	w.WriteHeader(status)
-	// The status is sent; a failed write can only mean the caller is gone.
-	_ = json.NewEncoder(w).Encode(v)
+	httpjson.WriteJSON(w, status, v)
+}
+
+// writeError answers with the error model; the status follows the code.
+func writeError(w http.ResponseWriter, e *fault.Error) {
+	w.Header().Set("Cache-Control", "no-store")
+	httpjson.WriteError(w, e)
 }
 
 // CheckAdminAddr refuses to serve the admin API on addr without a token

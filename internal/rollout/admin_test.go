@@ -10,9 +10,22 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/vstage/vstage/internal/fault"
 )
 
 const testToken = "s3cret-admin-token"
+
+// errorDetail is the error model's body as a client reads it.
+type errorDetail struct {
+	Code      fault.Code `json:"code"`
+	Message   string     `json:"message"`
+	Retryable bool       `json:"retryable"`
+}
+
+type errorBody struct {
+	Error errorDetail `json:"error"`
+}
 
 type answer struct {
 	status int
