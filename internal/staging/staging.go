@@ -236,7 +236,12 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 		// Paths that end before the backend ran free the place unused; no
 		// megapixels means there is no duration to learn from.
 		defer release(Cost{})
-		name = s.backends.route(p.imageID)
+		if again := s.backends.route(p.imageID); again != name {
+			// Rerouted while it waited (a kill switch, a canary change):
+			// the place it got is for a backend it no longer uses.
+			release(Cost{})
+			name = again
+		}
 	}
 
 	if rec, found, err := s.readRecord(ctx, p); err != nil {
