@@ -3,11 +3,7 @@ package gpu
 import (
 	"context"
 	"errors"
-	"os"
 	"testing"
-	"time"
-
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/vstage/vstage/internal/admission"
 )
@@ -41,22 +37,4 @@ func TestGuardWithAdmission(t *testing.T) {
 	if !errors.As(err, &rej) || rej.Reason != admission.ReasonVRAM {
 		t.Fatalf("err = %v, want a vram rejection", err)
 	}
-}
-
-// TestRealNVML samples the machine's own GPUs through the driver's NVML;
-// it is skipped where there is none.
-func TestRealNVML(t *testing.T) {
-	lib := nvml.New()
-	if ret := lib.Init(); ret != nvml.SUCCESS {
-		t.Skipf("no NVML here: %v", ret)
-	}
-	lib.Shutdown()
-	h := run(t, Options{Library: nvml.New(), Interval: 50 * time.Millisecond, EnginePID: os.Getpid})
-	waitFor(t, "a sample", func() bool { return h.m.sampled() })
-	total, ok := h.value(t, "vstage_gpu_memory_total_bytes", "gpu", "0")
-	if !ok || total <= 0 {
-		t.Fatalf("gpu 0 total memory = %v (present %v)", total, ok)
-	}
-	avail, known := h.m.Available()
-	t.Logf("gpu 0: total %.1f GiB; Available %.1f GiB (known %v)", total/gib, float64(avail)/gib, known)
 }

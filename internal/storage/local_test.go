@@ -215,7 +215,7 @@ func TestLocalSymlinkInsideRootIsFollowed(t *testing.T) {
 func TestLocalRefusesFIFO(t *testing.T) {
 	l, dir := newTestLocal(t)
 	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
-		t.Skip("no FIFOs here:", err)
+		t.Fatal(err)
 	}
 	// Without O_NONBLOCK this would hang, waiting for a writer.
 	if _, err := l.Get(t.Context(), "fifo", 100); err == nil || !strings.Contains(err.Error(), "not a regular file") {
