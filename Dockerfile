@@ -9,6 +9,7 @@ COPY cmd ./cmd
 COPY internal ./internal
 COPY proto ./proto
 COPY client ./client
+COPY backoff ./backoff
 # cgo: go-nvml loads the NVIDIA driver's library at run time with dlopen.
 ENV CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations"
 RUN CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o /out/sidecar ./cmd/sidecar

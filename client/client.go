@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -24,6 +23,8 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/vstage/vstage/backoff"
 )
 
 // Request is the body of POST /infer. Optional fields are left out of the
@@ -185,7 +186,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if cfg.httpClient == nil {
 		cfg.httpClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	}
-	c := &Client{endpoint: u.String() + "/infer", http: cfg.httpClient, cfg: cfg, wait: sleep}
+	c := &Client{endpoint: u.String() + "/infer", http: cfg.httpClient, cfg: cfg, wait: backoff.Sleep}
 	c.breaker = gobreaker.NewCircuitBreaker[*Response](gobreaker.Settings{
 		Name:         "vstage",
 		Timeout:      cfg.breakerTimeout,
@@ -227,7 +228,7 @@ func (c *Client) Infer(ctx context.Context, req Request) (*Response, error) {
 		if !retry || attempt >= c.cfg.maxAttempts {
 			return nil, err
 		}
-		d := max(c.backoff(attempt), after)
+		d := max(backoff.Delay(attempt, c.cfg.backoffBase, c.cfg.backoffMax), after)
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
 			return nil, err
 		}
@@ -284,7 +285,7 @@ func (c *Client) attempt(ctx context.Context, body []byte) (*Response, error) {
 }
 
 func errorFrom(resp *http.Response, data []byte) *Error {
-	e := &Error{StatusCode: resp.StatusCode, RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
+	e := &Error{StatusCode: resp.StatusCode, RetryAfter: backoff.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now())}
 	var body struct {
 		Error *struct {
 			Code      string `json:"code"`
@@ -302,42 +303,4 @@ func errorFrom(resp *http.Response, data []byte) *Error {
 	}
 	e.Message = http.StatusText(resp.StatusCode)
 	return e
-}
-
-// backoff returns the wait before retry number attempt: an exponential
-// ceiling, half of it fixed and half random, so that workers that failed
-// together do not come back together.
-func (c *Client) backoff(attempt int) time.Duration {
-	d := c.cfg.backoffBase << (attempt - 1)
-	if d <= 0 || d > c.cfg.backoffMax {
-		d = c.cfg.backoffMax
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// parseRetryAfter reads Retry-After in seconds or as an HTTP date; zero when
-// absent or unreadable.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.Atoi(v); err == nil {
-		return time.Duration(max(s, 0)) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
 }

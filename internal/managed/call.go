@@ -7,14 +7,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/vstage/vstage/backoff"
 )
 
 // callError is one failed exchange with the provider, after retries. Stage
@@ -89,7 +89,7 @@ func (b *Backend) do(ctx context.Context, c call) ([]byte, error) {
 		if !errors.As(err, &ce) || !ce.retryable() || attempt >= b.opts.MaxAttempts {
 			return nil, err
 		}
-		wait := max(b.backoff(attempt), ce.retryAfter)
+		wait := max(backoff.Delay(attempt, b.opts.BackoffBase, b.opts.BackoffMax), ce.retryAfter)
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= wait {
 			// Sleeping past the deadline only to fail is worse than
 			// failing now with the provider's own answer.
@@ -97,7 +97,7 @@ func (b *Backend) do(ctx context.Context, c call) ([]byte, error) {
 		}
 		b.log.Debug("provider call failed; retrying", slog.String("op", c.op), slog.Int("attempt", attempt),
 			slog.Int("status", ce.status), slog.Duration("wait", wait))
-		if err := sleep(ctx, wait); err != nil {
+		if err := backoff.Sleep(ctx, wait); err != nil {
 			return nil, err
 		}
 	}
@@ -130,7 +130,7 @@ func (b *Backend) once(ctx context.Context, c call) ([]byte, error) {
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, &callError{op: c.op, status: resp.StatusCode,
-			retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
+			retryAfter: backoff.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now()),
 			detail:     b.sanitize(string(data))}
 	}
 	return data, nil
@@ -151,46 +151,6 @@ func (b *Backend) transportError(ctx, cctx context.Context, op string, err error
 	var ne net.Error
 	timeout := cctx.Err() != nil || (errors.As(err, &ne) && ne.Timeout())
 	return &callError{op: op, timeout: timeout, err: errors.New(b.sanitize(err.Error()))}
-}
-
-// backoff returns the wait before retry number attempt: an exponential
-// ceiling, with the lower half fixed and the upper half random, so that
-// callers that failed together do not retry together.
-func (b *Backend) backoff(attempt int) time.Duration {
-	d := b.opts.BackoffBase << (attempt - 1)
-	if d <= 0 || d > b.opts.BackoffMax {
-		d = b.opts.BackoffMax
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// parseRetryAfter reads a Retry-After header, in seconds or as an HTTP
-// date; zero when absent or unreadable.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	if v == "" {
-		return 0
-	}
-	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
-		if s < 0 {
-			return 0
-		}
-		return time.Duration(s) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
-	}
-	return 0
 }
 
 // maxDetail is the longest provider text kept in an error.

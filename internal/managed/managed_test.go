@@ -458,16 +458,3 @@ func TestReadToken(t *testing.T) {
 		t.Fatalf("empty file: %v", err)
 	}
 }
-
-func TestParseRetryAfter(t *testing.T) {
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	for in, want := range map[string]time.Duration{
-		"": 0, "3": 3 * time.Second, "-1": 0, "soon": 0,
-		now.Add(10 * time.Second).Format(http.TimeFormat): 10 * time.Second,
-		now.Add(-time.Minute).Format(http.TimeFormat):     0,
-	} {
-		if got := parseRetryAfter(in, now); got != want {
-			t.Errorf("parseRetryAfter(%q) = %s, want %s", in, got, want)
-		}
-	}
-}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vstage/vstage/backoff"
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/imagecheck"
 )
@@ -68,7 +69,7 @@ func (b *Backend) run(ctx context.Context, job backend.Job) (backend.Result, err
 		return backend.Result{}, err
 	}
 	for !terminal(p.Status) {
-		if err := sleep(ctx, b.opts.PollInterval); err != nil {
+		if err := backoff.Sleep(ctx, b.opts.PollInterval); err != nil {
 			return backend.Result{}, err
 		}
 		if p, err = b.poll(ctx, p); err != nil {
