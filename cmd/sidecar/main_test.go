@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vstage/vstage/internal/enginetest"
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 // The test binary doubles as the sidecar: a child started with this
@@ -64,7 +64,7 @@ func selfMode(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer,
 // selfModeAdmin is selfMode that also returns the admin listener's address.
 func selfModeAdmin(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer, addr, adminAddr string, enginePID int, rest <-chan string) {
 	t.Helper()
-	env = append([]string{"LISTEN_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "INFERENCE_MODE=self", "ENGINE_PYTHON=" + enginetest.Python(t),
+	env = append([]string{"LISTEN_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "INFERENCE_MODE=self", "ENGINE_PYTHON=" + testsupport.EnginePython(t),
 		"ENGINE_BACKEND=test", "SHUTDOWN_TIMEOUT=5s"}, env...)
 	cmd, stdout, stderr := sidecar(t, env...)
 	logs := bufio.NewScanner(stderr)

@@ -12,14 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vstage/vstage/internal/enginetest"
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 // slowEngine starts the sidecar in self mode on the torch-free test engine
 // with jobs of 10 steps of stepDelay seconds (at strength 1).
 func slowEngine(t *testing.T, stepDelay string, env map[string]string) (*service, localBlobs) {
 	t.Helper()
-	py := enginetest.Python(t)
+	py := testsupport.EnginePython(t)
 	dir := t.TempDir()
 	store := localBlobs{dir}
 	store.put(t, "listings/42/empty.jpg", photo(t, 320, 240))

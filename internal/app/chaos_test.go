@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vstage/vstage/internal/enginetest"
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 // TestEngineKilledDuringJobs SIGKILLs the engine (the torch-free test
@@ -19,7 +19,7 @@ import (
 // gets 503 unavailable, retryable, within 2 s; nothing is recorded; the
 // restart is counted; the service is ready again and the retries succeed.
 func TestEngineKilledDuringJobs(t *testing.T) {
-	py := enginetest.Python(t)
+	py := testsupport.EnginePython(t)
 	dir := t.TempDir()
 	store := localBlobs{dir}
 	store.put(t, "listings/42/empty.jpg", photo(t, 320, 240))

@@ -33,6 +33,7 @@ import (
 	"github.com/vstage/vstage/internal/app"
 	"github.com/vstage/vstage/internal/config"
 	"github.com/vstage/vstage/internal/telemetry"
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 const bucket = "vstage-e2e"
@@ -197,7 +198,7 @@ type service struct {
 	url      string
 	adminURL string
 	stop     func() error
-	logs     *syncBuffer
+	logs     *testsupport.LogBuffer
 }
 
 // start runs the sidecar with the given settings on a loopback port and
@@ -219,7 +220,7 @@ func startWithReload(t *testing.T, env map[string]string, reload <-chan os.Signa
 	if err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	logs := &syncBuffer{}
+	logs := &testsupport.LogBuffer{}
 	log := telemetry.NewLogger(logs, slog.LevelDebug)
 	a, err := app.New(t.Context(), cfg, log)
 	if err != nil {
@@ -255,23 +256,6 @@ func startWithReload(t *testing.T, env map[string]string, reload <-chan os.Signa
 		}
 	})
 	return &service{url: "http://" + ln.Addr().String(), adminURL: adminURL, stop: stop, logs: logs}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // answer is a decoded HTTP answer.

@@ -18,6 +18,7 @@ import (
 	"github.com/vstage/vstage/internal/app"
 	"github.com/vstage/vstage/internal/config"
 	"github.com/vstage/vstage/internal/telemetry"
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 func adminCall(t *testing.T, svc *service, method, token, body string) answer {
@@ -142,7 +143,7 @@ func TestAdminOnANonLoopbackAddressNeedsAToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := app.New(t.Context(), cfg, telemetry.NewLogger(&syncBuffer{}, 0)); err == nil || !strings.Contains(err.Error(), "ADMIN_TOKEN") {
+	if _, err := app.New(t.Context(), cfg, telemetry.NewLogger(&testsupport.LogBuffer{}, 0)); err == nil || !strings.Contains(err.Error(), "ADMIN_TOKEN") {
 		t.Errorf("New = %v, want a refusal naming ADMIN_TOKEN", err)
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vstage/vstage/internal/enginetest"
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 func waitReady(t *testing.T, svc *service, within time.Duration) {
@@ -32,7 +32,7 @@ func waitReady(t *testing.T, svc *service, within time.Duration) {
 // SDXL-shaped Diffusers model on the CPU) with an S3-compatible store over
 // HTTP.
 func TestSelfModeEndToEnd(t *testing.T) {
-	py := enginetest.Python(t)
+	py := testsupport.EnginePython(t)
 	s3b := newS3(t, "", nil)
 	// The engine reads its own ENGINE_* settings from the environment it
 	// inherits: small sizes keep the CPU run short.

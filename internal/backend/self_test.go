@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/vstage/vstage/internal/engine"
-	"github.com/vstage/vstage/internal/enginetest"
 	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/testsupport"
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
 )
 
@@ -143,7 +143,7 @@ func TestSelfMapsEngineFailures(t *testing.T) {
 // killed mid-job and the client sees a retryable unavailable.
 func TestSelfWithTheRealEngine(t *testing.T) {
 	sup, err := engine.New(engine.Options{
-		Python: enginetest.Python(t),
+		Python: testsupport.EnginePython(t),
 		Args: []string{"--backend", "test", "--test-faults", "--min-long-side", "64",
 			"--default-long-side", "128", "--max-long-side", "256", "--test-step-delay", "0.3"},
 		StopGrace: 2 * time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 100 * time.Millisecond,

@@ -8,14 +8,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vstage/vstage/internal/enginetest"
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 // BenchmarkRecoveryAfterSIGKILL measures the time from a SIGKILL of a ready
 // engine (test backend) to a new engine being ready, with the default
 // backoff and health settings.
 func BenchmarkRecoveryAfterSIGKILL(b *testing.B) {
-	py := enginetest.Python(b)
+	py := testsupport.EnginePython(b)
 	s, err := New(Options{
 		Python: py,
 		Args:   []string{"--backend", "test"},

@@ -22,7 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
-	"github.com/vstage/vstage/internal/enginetest"
+	"github.com/vstage/vstage/internal/testsupport"
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
 )
 
@@ -81,31 +81,13 @@ func fakeSidecar() int {
 	return 0
 }
 
-// logBuffer is a concurrency-safe sink for the supervisor's JSON logs.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // harness runs a supervisor for one test and, when the test ends, stops it
 // and checks that Run returned and no engine it spawned is still alive.
 type harness struct {
 	t    *testing.T
 	s    *Supervisor
 	reg  *prometheus.Registry
-	logs *logBuffer
+	logs *testsupport.LogBuffer
 
 	mu      sync.Mutex
 	pids    []int
@@ -119,7 +101,7 @@ func python(t *testing.T, extra ...string) Options {
 		"--min-long-side", "64", "--default-long-side", "128", "--max-long-side", "256",
 		"--shutdown-grace", "1",
 	}
-	return Options{Python: enginetest.Python(t), Args: append(args, extra...)}
+	return Options{Python: testsupport.EnginePython(t), Args: append(args, extra...)}
 }
 
 // fake returns options that run the test binary as a fake engine.
@@ -130,7 +112,7 @@ func fake(mode string) Options {
 // start runs a supervisor with o; hooks adjust it before Run.
 func start(t *testing.T, o Options, hooks ...func(*Supervisor)) *harness {
 	t.Helper()
-	h := &harness{t: t, reg: prometheus.NewRegistry(), logs: &logBuffer{}}
+	h := &harness{t: t, reg: prometheus.NewRegistry(), logs: &testsupport.LogBuffer{}}
 	o.Registerer = h.reg
 	o.Logger = slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if o.StopGrace == 0 {

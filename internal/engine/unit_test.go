@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 func TestOptionsDefaults(t *testing.T) {
@@ -106,7 +108,7 @@ func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
 }
 
 func TestForwarder(t *testing.T) {
-	var logs logBuffer
+	var logs testsupport.LogBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("source", "engine")
 	dropped := 0
 	var acked []string

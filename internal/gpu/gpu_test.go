@@ -1,11 +1,9 @@
 package gpu
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/vstage/vstage/internal/engine"
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -81,28 +80,10 @@ func newServer(t *testing.T) (*server.Server, [2]*fakeGPU) {
 	return s, fakes
 }
 
-// syncBuffer collects a logger's lines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) count(substr string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.buf.String(), substr)
-}
-
 type harness struct {
 	m    *Monitor
 	reg  *prometheus.Registry
-	logs *syncBuffer
+	logs *testsupport.LogBuffer
 	stop func()
 }
 
@@ -110,7 +91,7 @@ type harness struct {
 // test ends.
 func run(t *testing.T, o Options) *harness {
 	t.Helper()
-	h := &harness{reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	h := &harness{reg: prometheus.NewRegistry(), logs: &testsupport.LogBuffer{}}
 	o.Registerer, o.Logger = h.reg, slog.New(slog.NewJSONHandler(h.logs, nil))
 	if o.Interval == 0 {
 		o.Interval = 2 * time.Millisecond
@@ -242,7 +223,7 @@ func TestEngineNotOnTheGPU(t *testing.T) {
 	if _, ok := h.m.Available(); ok {
 		t.Error("Available reported with an unattributed process on the device")
 	}
-	waitFor(t, "the warning", func() bool { return h.logs.count("not among the GPU's compute processes") == 1 })
+	waitFor(t, "the warning", func() bool { return h.logs.Count("not among the GPU's compute processes") == 1 })
 
 	// No process at all: the engine holds nothing yet.
 	s2, _ := newServer(t)
@@ -292,13 +273,13 @@ func TestDedicatedGPUHostPIDs(t *testing.T) {
 	if got, _ := h.value(t, "vstage_engine_gpu_memory_bytes"); got != 12*gib {
 		t.Errorf("engine GPU memory = %v", got)
 	}
-	if h.logs.count("not among") != 0 {
+	if h.logs.Count("not among") != 0 {
 		t.Error("warned on a dedicated GPU")
 	}
 }
 
 func TestLibraryMissing(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testsupport.LogBuffer{}
 	reg := prometheus.NewRegistry()
 	m, err := New(Options{
 		// A path that does not exist, so the test means the same on a
@@ -312,7 +293,7 @@ func TestLibraryMissing(t *testing.T) {
 	if err := m.Run(context.Background()); err != nil {
 		t.Fatalf("Run = %v, want nil at once", err)
 	}
-	if n := logs.count("NVML not found"); n != 1 {
+	if n := logs.Count("NVML not found"); n != 1 {
 		t.Errorf("logged %d times", n)
 	}
 	if _, ok := m.Available(); ok {
@@ -335,7 +316,7 @@ func TestInitFailsOtherwise(t *testing.T) {
 	s, _ := newServer(t)
 	s.InitFunc = func() nvml.Return { return nvml.ERROR_DRIVER_NOT_LOADED }
 	h := run(t, Options{Library: s})
-	waitFor(t, "the log", func() bool { return h.logs.count("NVML initialisation failed") == 1 })
+	waitFor(t, "the log", func() bool { return h.logs.Count("NVML initialisation failed") == 1 })
 	if _, ok := h.m.Available(); ok {
 		t.Error("Available without NVML")
 	}
@@ -364,10 +345,10 @@ func TestDeviceErrorMidRun(t *testing.T) {
 	f[1].memRet.Store(0)
 	waitFor(t, "recovery", func() bool { v, ok := h.value(t, "vstage_gpu_up", "gpu", "1"); return ok && v == 1 })
 	waitFor(t, "Available again", func() bool { _, ok := h.m.Available(); return ok })
-	if n := h.logs.count("GPU device cannot be read"); n != 2 {
+	if n := h.logs.Count("GPU device cannot be read"); n != 2 {
 		t.Errorf("%d error lines, want one per failing device", n)
 	}
-	waitFor(t, "recovery logs", func() bool { return h.logs.count("readable again") == 2 })
+	waitFor(t, "recovery logs", func() bool { return h.logs.Count("readable again") == 2 })
 }
 
 type fakeRecycler struct {

@@ -1,38 +1,20 @@
 package rollout
 
 import (
-	"bytes"
 	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/vstage/vstage/internal/testsupport"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// syncBuffer is a log destination the reload goroutine and the test share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -44,7 +26,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func TestReloadOnSIGHUP(t *testing.T) {
-	var logs syncBuffer
+	var logs testsupport.LogBuffer
 	r := newRouter(t, State{Enabled: true, Mode: ModeSelf, CanaryPercent: 10}, WithAvailable(ModeSelf),
 		WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 	path := writeFile(t, `{"enabled": true, "mode": "self", "canary_percent": 60}`)

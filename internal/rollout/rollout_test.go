@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func newRouter(t *testing.T, s State, opts ...Option) *Router {
@@ -161,20 +163,29 @@ func TestFlipUnderLoad(t *testing.T) {
 			}
 		})
 	}
-	for i := range 200 {
+	// The flips start once the workers route, and go on (at least 200 of
+	// them, an even number so the switch ends on) until the workers have
+	// routed a thousand jobs meanwhile, so the two really interleave.
+	for routed.Load() < 8 {
+		runtime.Gosched()
+	}
+	before := routed.Load()
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; i < 200 || (routed.Load()-before < 1000 && time.Now().Before(deadline)) || i%2 == 1; i++ {
 		s := on
 		s.Enabled = i%2 == 1
 		if _, err := r.Set(s); err != nil {
 			t.Error(err)
 		}
 	}
+	during := routed.Load() - before
 	stop.Store(true)
 	wg.Wait()
 	if v := bad.Load(); v != nil {
 		t.Fatalf("a job was routed to %v", v)
 	}
-	if routed.Load() == 0 {
-		t.Fatal("no job was routed during the flips")
+	if during < 1000 {
+		t.Fatalf("only %d jobs were routed during the flips", during)
 	}
 	ref := State{Enabled: true, Mode: ModeSelf, CanaryPercent: 30}
 	for _, id := range all {

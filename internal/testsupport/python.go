@@ -1,6 +1,7 @@
-// Package enginetest finds the engine's Python for tests that start the
-// real engine process. Only tests import it.
-package enginetest
+// Package testsupport holds what tests across packages share: the engine's
+// Python for tests that start the real engine process, and a log buffer
+// safe for concurrent writers. Only tests import it.
+package testsupport
 
 import (
 	"fmt"
@@ -17,11 +18,11 @@ var (
 	err    error
 )
 
-// Python returns the interpreter of the project's virtual environment
+// EnginePython returns the interpreter of the project's virtual environment
 // (.venv at the repository root). It fails the test, never skips it, when
 // the environment is missing or cannot import the engine: a test that did
 // not run must not look like a pass.
-func Python(t testing.TB) string {
+func EnginePython(t testing.TB) string {
 	t.Helper()
 	once.Do(func() { python, err = find() })
 	if err != nil {
