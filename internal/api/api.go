@@ -21,6 +21,7 @@ import (
 
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/httpjson"
 	"github.com/vstage/vstage/internal/staging"
 	"github.com/vstage/vstage/internal/telemetry"
 )
@@ -109,7 +110,7 @@ func (s *Server) handleCatalog(w http.ResponseWriter, _ *http.Request) {
 	b.Defaults.Strength = s.catalog.Defaults.Strength
 	b.Defaults.GuidanceScale = s.catalog.Defaults.GuidanceScale
 	w.Header().Set("Cache-Control", "public, max-age=300")
-	writeJSON(w, http.StatusOK, b)
+	httpjson.WriteJSON(w, http.StatusOK, b)
 }
 
 type statusBody struct {
@@ -121,21 +122,21 @@ type statusBody struct {
 // ignores dependencies, so an orchestrator never kills a pod that is only
 // waiting for one.
 func (s *Server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, statusBody{Status: "ok"})
+	httpjson.WriteJSON(w, http.StatusOK, statusBody{Status: "ok"})
 }
 
 func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() {
-		writeJSON(w, http.StatusServiceUnavailable, statusBody{Status: "unavailable", Reason: "draining"})
+		httpjson.WriteJSON(w, http.StatusServiceUnavailable, statusBody{Status: "unavailable", Reason: "draining"})
 		return
 	}
 	if s.opts.Ready != nil {
 		if err := s.opts.Ready(r.Context()); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, statusBody{Status: "unavailable", Reason: err.Error()})
+			httpjson.WriteJSON(w, http.StatusServiceUnavailable, statusBody{Status: "unavailable", Reason: err.Error()})
 			return
 		}
 	}
-	writeJSON(w, http.StatusOK, statusBody{Status: "ready"})
+	httpjson.WriteJSON(w, http.StatusOK, statusBody{Status: "ready"})
 }
 
 // fields collects what the handlers learn about a request for its one log
@@ -180,7 +181,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			route = rc.RoutePattern()
 		}
 		if f.code == fault.Canceled {
-			sw.status = statusClientClosedRequest
+			sw.status = httpjson.StatusClientClosedRequest
 		}
 		elapsed := time.Since(start)
 		s.metrics.Requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Inc()
@@ -204,7 +205,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		level := slog.LevelInfo
 		if f.code != "" {
 			attrs = append(attrs, slog.String("code", string(f.code)))
-			if statusOf(f.code) >= 500 && f.code != fault.Canceled {
+			if httpjson.StatusOf(f.code) >= 500 && f.code != fault.Canceled {
 				level = slog.LevelError
 				attrs = append(attrs, slog.String("error", errString(f.err)))
 			}

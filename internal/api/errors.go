@@ -15,9 +15,3 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	httpjson.WriteError(w, err)
 }
-
-func writeJSON(w http.ResponseWriter, status int, v any) { httpjson.WriteJSON(w, status, v) }
-
-func statusOf(c fault.Code) int { return httpjson.StatusOf(c) }
-
-const statusClientClosedRequest = httpjson.StatusClientClosedRequest

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/httpjson"
 	"github.com/vstage/vstage/internal/staging"
 )
 
@@ -153,5 +154,5 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) {
 	if out.Replay {
 		w.Header().Set("Idempotent-Replay", "true")
 	}
-	writeJSON(w, http.StatusOK, out.Response)
+	httpjson.WriteJSON(w, http.StatusOK, out.Response)
 }
