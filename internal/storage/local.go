@@ -84,10 +84,13 @@ func (l *Local) Get(ctx context.Context, key string, maxBytes int64) ([]byte, er
 
 // Put implements [Store]. It writes a temporary file in the key's folder,
 // syncs it and renames it over the key, so that a reader sees the old
-// content or the new, and a crash leaves no partial object. Missing parent
-// folders are created with mode 0o750. Put refuses to replace a folder or a
-// symbolic link. opts are ignored.
-func (l *Local) Put(ctx context.Context, key string, data []byte, _ PutOptions) error {
+// content or the new, and a crash leaves no partial object. With
+// opts.IfAbsent the temporary file is hard-linked to the key instead, which
+// fails when the key exists, so the object appears whole or not at all.
+// opts.Ephemeral skips the syncs. Missing parent folders are created with
+// mode 0o750. Put refuses to replace a folder or a symbolic link. The
+// metadata in opts is ignored.
+func (l *Local) Put(ctx context.Context, key string, data []byte, opts PutOptions) error {
 	if err := ValidateKey(key); err != nil {
 		return opError("put", key, err)
 	}
@@ -106,12 +109,14 @@ func (l *Local) Put(ctx context.Context, key string, data []byte, _ PutOptions) 
 		return opError("put", key, fmt.Errorf("existing entry is not a regular file (%v)", fi.Mode().Type()))
 	}
 	tmp := path.Join(dir, tempPrefix+rand.Text())
-	if err := l.writeTemp(ctx, tmp, data); err != nil {
+	if err := l.writeTemp(ctx, tmp, data, !opts.Ephemeral); err != nil {
 		return opError("put", key, err)
 	}
-	if err := l.root.Rename(tmp, key); err != nil {
-		_ = l.root.Remove(tmp)
+	if err := l.publish(tmp, key, opts.IfAbsent); err != nil {
 		return opError("put", key, err)
+	}
+	if opts.Ephemeral {
+		return nil
 	}
 	// Without syncing the folder, a power cut could lose the rename even
 	// though the data itself reached the disk.
@@ -121,9 +126,28 @@ func (l *Local) Put(ctx context.Context, key string, data []byte, _ PutOptions) 
 	return nil
 }
 
-// writeTemp writes data to the new file tmp and syncs it. On failure it
-// removes the file.
-func (l *Local) writeTemp(ctx context.Context, tmp string, data []byte) (err error) {
+// publish moves the finished temporary file tmp to key: a rename, which
+// replaces any object there, or with ifAbsent a hard link, which fails when
+// key exists. tmp is gone afterwards either way.
+func (l *Local) publish(tmp, key string, ifAbsent bool) error {
+	if !ifAbsent {
+		if err := l.root.Rename(tmp, key); err != nil {
+			_ = l.root.Remove(tmp)
+			return err
+		}
+		return nil
+	}
+	err := l.root.Link(tmp, key)
+	_ = l.root.Remove(tmp)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%w: %w", ErrExists, err)
+	}
+	return err
+}
+
+// writeTemp writes data to the new file tmp and, when sync is set, syncs
+// it. On failure it removes the file.
+func (l *Local) writeTemp(ctx context.Context, tmp string, data []byte, sync bool) (err error) {
 	f, err := l.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm)
 	if err != nil {
 		return err
@@ -137,8 +161,10 @@ func (l *Local) writeTemp(ctx context.Context, tmp string, data []byte) (err err
 	if _, err := f.Write(data); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if sync {
+		if err := f.Sync(); err != nil {
+			return err
+		}
 	}
 	// A cancelled caller has given up on the result; do not publish it.
 	if err := ctx.Err(); err != nil {
@@ -154,6 +180,30 @@ func (l *Local) syncDir(dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// Delete implements [Store]. It refuses to remove anything but a regular
+// file, so a key cannot be used to remove a folder or a planted link.
+func (l *Local) Delete(ctx context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return opError("delete", key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return opError("delete", key, err)
+	}
+	fi, err := l.root.Lstat(key)
+	switch {
+	case errors.Is(notFound(err), ErrNotFound):
+		return nil
+	case err != nil:
+		return opError("delete", key, err)
+	case !fi.Mode().IsRegular():
+		return opError("delete", key, fmt.Errorf("not a regular file (%v)", fi.Mode().Type()))
+	}
+	if err := l.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return opError("delete", key, err)
+	}
+	return nil
 }
 
 // Close closes the store's folder handle.

@@ -376,7 +376,7 @@ func TestLocalWriteTempCleansUpOnFailure(t *testing.T) {
 	cancel()
 	// The cancellation is noticed after the data is written and synced, the
 	// last moment before the object would be published.
-	if err := l.writeTemp(ctx, tempPrefix+"x", []byte("data")); !errors.Is(err, context.Canceled) {
+	if err := l.writeTemp(ctx, tempPrefix+"x", []byte("data"), true); !errors.Is(err, context.Canceled) {
 		t.Errorf("writeTemp = %v, want context.Canceled", err)
 	}
 	assertNoTemps(t, dir)

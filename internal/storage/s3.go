@@ -97,7 +97,9 @@ func (s *S3) Get(ctx context.Context, key string, maxBytes int64) ([]byte, error
 }
 
 // Put implements [Store]. It sets Content-Type and Cache-Control from opts
-// when they are not empty.
+// when they are not empty; opts.IfAbsent sends If-None-Match: *, which S3
+// and compatible servers answer with 412 (or 409 while another conditional
+// write of the key is in progress) when the key exists.
 func (s *S3) Put(ctx context.Context, key string, data []byte, opts PutOptions) error {
 	if err := ValidateKey(key); err != nil {
 		return opError("put", key, err)
@@ -120,10 +122,52 @@ func (s *S3) Put(ctx context.Context, key string, data []byte, opts PutOptions) 
 	if opts.CacheControl != "" {
 		in.CacheControl = aws.String(opts.CacheControl)
 	}
+	if opts.IfAbsent {
+		in.IfNoneMatch = aws.String("*")
+	}
 	if _, err := s.client.PutObject(ctx, in); err != nil {
+		if opts.IfAbsent && s3Exists(err) {
+			err = fmt.Errorf("%w: %w", ErrExists, err)
+		}
 		return opError("put", key, err)
 	}
 	return nil
+}
+
+// Delete implements [Store].
+func (s *S3) Delete(ctx context.Context, key string) error {
+	if err := ValidateKey(key); err != nil {
+		return opError("delete", key, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return opError("delete", key, err)
+	}
+	if s.closed.Load() {
+		return opError("delete", key, errClosed)
+	}
+	_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{
+		Bucket: aws.String(s.bucket),
+		Key:    aws.String(s.prefix + key),
+	})
+	// S3 answers 204 for a missing key; some compatible servers say 404.
+	if err != nil && !errors.Is(s3NotFound(err), ErrNotFound) {
+		return opError("delete", key, err)
+	}
+	return nil
+}
+
+// s3Exists reports whether a conditional PutObject failed because the key
+// exists: 412 Precondition Failed, or 409 when a concurrent conditional
+// write of the same key is still in progress (the other writer wins).
+func s3Exists(err error) bool {
+	var respErr *smithyhttp.ResponseError
+	if errors.As(err, &respErr) {
+		switch respErr.HTTPStatusCode() {
+		case http.StatusPreconditionFailed, http.StatusConflict:
+			return true
+		}
+	}
+	return false
 }
 
 // Close marks the store closed; later calls fail. The client is left as is:

@@ -28,6 +28,9 @@ var (
 	ErrTooLarge = errors.New("object too large")
 	// ErrInvalidKey means that the key breaks the key policy; see [ValidateKey].
 	ErrInvalidKey = errors.New("invalid key")
+	// ErrExists means that a Put with [PutOptions.IfAbsent] found an object
+	// under the key already; nothing was written.
+	ErrExists = errors.New("object already exists")
 )
 
 // Store is a small blob store.
@@ -41,17 +44,29 @@ type Store interface {
 	// maxBytes is an error.
 	Get(ctx context.Context, key string, maxBytes int64) ([]byte, error)
 	// Put writes the object atomically: readers see the previous object or
-	// the new one, never a partial object.
+	// the new one, never a partial object. With opts.IfAbsent it writes only
+	// when no object exists under the key, and fails with an error wrapping
+	// ErrExists otherwise; of two such writers racing, exactly one wins.
 	Put(ctx context.Context, key string, data []byte, opts PutOptions) error
+	// Delete removes the object. A key with no object is not an error.
+	Delete(ctx context.Context, key string) error
 	// Close releases the store's resources. Calls after Close fail.
 	Close() error
 }
 
-// PutOptions holds the metadata written with an object. An empty field is
-// not sent. The local store has no place for metadata and ignores them.
+// PutOptions holds the metadata written with an object and how it is
+// written. An empty metadata field is not sent. The local store has no place
+// for metadata and ignores it.
 type PutOptions struct {
 	ContentType  string
 	CacheControl string
+	// IfAbsent makes the write conditional: it happens only when no object
+	// exists under the key (If-None-Match: * on S3, an exclusive link on the
+	// local disk). This is what lets several replicas agree on who runs a job.
+	IfAbsent bool
+	// Ephemeral marks an object that need not survive a power cut, such as
+	// a lease that expires anyway: the local store then skips its fsyncs.
+	Ephemeral bool
 }
 
 // Options configures [Open]. The zero value suits AWS S3.
