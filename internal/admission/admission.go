@@ -17,6 +17,7 @@ package admission
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"sync"
@@ -69,7 +70,15 @@ type Request struct {
 	// Megapixels is the job's output size in millions of pixels. It must
 	// be positive.
 	Megapixels float64
+	// NoWait asks for a place only if one is free now: a job that would
+	// queue or be refused gets ErrBusy instead, at once, and is not counted
+	// as a rejection. A caller uses it to learn whether it can go ahead
+	// before it decides to do anything slower.
+	NoWait bool
 }
+
+// ErrBusy is Acquire's answer to a NoWait request that cannot start now.
+var ErrBusy = errors.New("admission: no place free now")
 
 // Report is what a finished job cost, given to Ticket.Release.
 type Report struct {
@@ -180,7 +189,7 @@ func (c *Controller) Acquire(ctx context.Context, req Request) (*Ticket, error) 
 	}
 	if c.opts.Ready != nil {
 		if err := c.opts.Ready(); err != nil {
-			return nil, c.reject(&Rejection{
+			return nil, c.refuse(req, &Rejection{
 				Reason: ReasonNotReady, RetryAfter: c.opts.UnavailableRetryAfter,
 				Message: "the GPU engine is not ready; retry later", Err: err,
 			})
@@ -192,7 +201,7 @@ func (c *Controller) Acquire(ctx context.Context, req Request) (*Ticket, error) 
 	c.mu.Lock()
 	if c.draining {
 		c.mu.Unlock()
-		return nil, c.reject(c.drainingRejection())
+		return nil, c.refuse(req, c.drainingRejection())
 	}
 	t := &Ticket{c: c, mp: req.Megapixels, need: c.est.need(req.Megapixels), expected: c.est.duration(req.Megapixels)}
 	if c.queued() == 0 && len(c.running) < c.opts.Concurrency {
@@ -205,8 +214,12 @@ func (c *Controller) Acquire(ctx context.Context, req Request) (*Ticket, error) 
 		if c.opts.QueueDepth == 0 {
 			rej := c.vramRejectionLocked(rank)
 			c.mu.Unlock()
-			return nil, c.reject(rej)
+			return nil, c.refuse(req, rej)
 		}
+	}
+	if req.NoWait {
+		c.mu.Unlock()
+		return nil, ErrBusy
 	}
 	if rej := c.refuseQueueLocked(tier, rank); rej != nil {
 		c.mu.Unlock()
@@ -475,6 +488,14 @@ func (c *Controller) vramRejectionLocked(rank int) *Rejection {
 func (c *Controller) drainingRejection() *Rejection {
 	return &Rejection{Reason: ReasonDraining, RetryAfter: c.opts.UnavailableRetryAfter,
 		Message: "the service is shutting down; retry on another replica"}
+}
+
+// refuse is reject, except that a NoWait request gets ErrBusy, uncounted.
+func (c *Controller) refuse(req Request, r *Rejection) error {
+	if req.NoWait {
+		return ErrBusy
+	}
+	return c.reject(r)
 }
 
 // reject counts r and returns it in the error model. A rejection always

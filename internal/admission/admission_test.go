@@ -435,3 +435,63 @@ func lint(t *testing.T, reg *prometheus.Registry) {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 }
+
+// TestNoWait asks for a place without waiting: granted while one is free,
+// ErrBusy at once (and uncounted) when the job would queue, be refused or
+// the engine is not ready.
+func TestNoWait(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var notReady atomic.Bool
+	c, err := New(Options{
+		Concurrency: 1, QueueDepth: 4, QueueTimeout: time.Minute, Registerer: reg,
+		Ready: func() error {
+			if notReady.Load() {
+				return errors.New("engine starting")
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	t1, err := c.Acquire(ctx, Request{Megapixels: 1, NoWait: true})
+	if err != nil {
+		t.Fatalf("a free place: %v", err)
+	}
+	if _, err := c.Acquire(ctx, Request{Megapixels: 1, NoWait: true}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("with the place taken: %v, want ErrBusy", err)
+	}
+	if s := c.Stats(); s.Queued != 0 {
+		t.Errorf("a NoWait request queued: %+v", s)
+	}
+	t1.Release(Report{})
+	notReady.Store(true)
+	if _, err := c.Acquire(ctx, Request{Megapixels: 1, NoWait: true}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("not ready: %v, want ErrBusy", err)
+	}
+	if n := rejectionsTotal(t, reg); n != 0 {
+		t.Errorf("NoWait refusals were counted as %v rejections", n)
+	}
+	// The same request without NoWait is refused and counted.
+	if _, err := c.Acquire(ctx, Request{Megapixels: 1}); fault.CodeOf(err) != fault.Unavailable {
+		t.Errorf("not ready without NoWait: %v, want unavailable", err)
+	}
+}
+
+func rejectionsTotal(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() == "vstage_admission_rejections_total" {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
