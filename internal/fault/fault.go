@@ -19,10 +19,13 @@ type Code string
 
 // The codes of the error model.
 const (
-	InvalidInput         Code = "invalid_input"
-	Forbidden            Code = "forbidden"
-	NotFound             Code = "not_found"
-	IdempotencyConflict  Code = "idempotency_conflict"
+	InvalidInput        Code = "invalid_input"
+	Forbidden           Code = "forbidden"
+	NotFound            Code = "not_found"
+	IdempotencyConflict Code = "idempotency_conflict"
+	// InProgress means another replica is running the same job; its
+	// result can be had by retrying shortly.
+	InProgress           Code = "in_progress"
 	PayloadTooLarge      Code = "payload_too_large"
 	UnsupportedMediaType Code = "unsupported_media_type"
 	ImageTooLarge        Code = "image_too_large"
@@ -100,7 +103,7 @@ func CodeOf(err error) Code {
 
 func retryableByDefault(c Code) bool {
 	switch c {
-	case Overloaded, Unavailable, OOM, Timeout, ProviderError:
+	case Overloaded, Unavailable, OOM, Timeout, ProviderError, InProgress:
 		return true
 	}
 	return false

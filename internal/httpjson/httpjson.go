@@ -30,7 +30,7 @@ func StatusOf(c fault.Code) int {
 		return http.StatusNotFound
 	case fault.MethodNotAllowed:
 		return http.StatusMethodNotAllowed
-	case fault.IdempotencyConflict:
+	case fault.IdempotencyConflict, fault.InProgress:
 		return http.StatusConflict
 	case fault.PayloadTooLarge:
 		return http.StatusRequestEntityTooLarge
