@@ -172,17 +172,15 @@ func buildManaged(cfg config.Config, log *slog.Logger, reg prometheus.Registerer
 
 // admit is the staging admission hook: self jobs take a place on the GPU;
 // jobs for mock and the hosted provider need none.
-func (b *backends) admit(ctx context.Context, name, tier string, megapixels float64) (func(staging.Cost), error) {
+func (b *backends) admit(ctx context.Context, name string, req admission.Request) (func(admission.Report), error) {
 	if name != rollout.ModeSelf || b.admission == nil {
-		return func(staging.Cost) {}, nil
+		return func(admission.Report) {}, nil
 	}
-	t, err := b.admission.Acquire(ctx, admission.Request{Tier: admission.Tier(tier), Megapixels: megapixels})
+	t, err := b.admission.Acquire(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	return func(c staging.Cost) {
-		t.Release(admission.Report{Duration: c.Duration, PeakGPUBytes: c.PeakGPUBytes, Megapixels: c.Megapixels})
-	}, nil
+	return t.Release, nil
 }
 
 // ready says whether the backend the current rollout sends real jobs to can

@@ -98,6 +98,16 @@ type s3Blobs struct {
 	srv    *httptest.Server
 	client *s3.Client
 	prefix string
+
+	mu   sync.Mutex
+	puts map[string]int // successful PUTs by path
+}
+
+// putsOf counts the objects written under a request path, /bucket/key.
+func (s *s3Blobs) putsOf(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.puts[path]
 }
 
 // newS3 starts an in-memory S3 server. delayGet, when set, holds GETs of
@@ -109,6 +119,7 @@ func newS3(t *testing.T, prefix string, delayGet map[string]time.Duration) *s3Bl
 		t.Fatal(err)
 	}
 	h := gofakes3.New(be).Server()
+	blobs := &s3Blobs{prefix: prefix, puts: map[string]int{}}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if d, ok := delayGet[r.URL.Path]; ok && r.Method == http.MethodGet {
 			select {
@@ -117,7 +128,13 @@ func newS3(t *testing.T, prefix string, delayGet map[string]time.Duration) *s3Bl
 				return
 			}
 		}
-		h.ServeHTTP(w, r)
+		sw := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		h.ServeHTTP(sw, r)
+		if r.Method == http.MethodPut && sw.status == http.StatusOK {
+			blobs.mu.Lock()
+			blobs.puts[r.URL.Path]++
+			blobs.mu.Unlock()
+		}
 	}))
 	t.Cleanup(srv.Close)
 	// The service reads credentials from the standard chain; keep the
@@ -130,12 +147,31 @@ func newS3(t *testing.T, prefix string, delayGet map[string]time.Duration) *s3Bl
 	} {
 		t.Setenv(k, v)
 	}
-	return &s3Blobs{srv: srv, prefix: prefix, client: s3.New(s3.Options{
+	blobs.srv = srv
+	blobs.client = s3.New(s3.Options{
 		Region:       "us-east-1",
 		Credentials:  credentials.NewStaticCredentialsProvider("AKIDE2E", "e2e-secret", ""),
 		BaseEndpoint: aws.String(srv.URL),
 		UsePathStyle: true,
-	})}
+	})
+	return blobs
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func decodeJSON(t *testing.T, data []byte, v any) {
+	t.Helper()
+	if err := json.Unmarshal(data, v); err != nil {
+		t.Fatalf("%v: %s", err, data)
+	}
 }
 
 func (s *s3Blobs) url() string { return "s3://" + bucket + "/" + s.prefix }

@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/vstage/vstage/internal/admission"
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/storage"
@@ -58,7 +59,7 @@ type params struct {
 // plan is a validated request with everything derived from it.
 type plan struct {
 	imageID   string
-	tier      string
+	tier      admission.Tier
 	params    params
 	seed      *uint32
 	stagedKey string
@@ -110,12 +111,8 @@ func (v validator) plan(r Request) (plan, error) {
 		return plan{}, fault.New(fault.InvalidInput, "style %s is not in the catalogue; allowed: %s",
 			quote(r.Style), strings.Join(v.catalog.StyleIDs(), ", "))
 	}
-	tier := r.Tier
-	switch tier {
-	case "":
-		tier = "free"
-	case "free", "pro", "business":
-	default:
+	tier, err := admission.ParseTier(r.Tier)
+	if err != nil {
 		return plan{}, fault.New(fault.InvalidInput, "tier must be free, pro or business, got %s", quote(r.Tier))
 	}
 	d := v.catalog.Defaults
@@ -136,7 +133,8 @@ func (v validator) plan(r Request) (plan, error) {
 		p.GuidanceScale = *r.GuidanceScale
 	}
 	staged := v.stagedKey(r.OriginalKey, r.ImageID)
-	if err := storage.ValidateKey(staged); err != nil {
+	// The longest key a job writes is its last claim's, beside the record.
+	if err := storage.ValidateKey(claimKey(staged+".json", maxClaimGenerations-1)); err != nil {
 		return plan{}, fault.Wrap(err, fault.InvalidInput, "the staged key derived from original_key is not a valid key (is original_key too long?)")
 	}
 	if !v.prefixes.Allows(staged) {

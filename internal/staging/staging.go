@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vstage/vstage/internal/admission"
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/fault"
@@ -21,10 +22,12 @@ import (
 	"github.com/vstage/vstage/internal/telemetry"
 )
 
-// Store is the part of a blob store the use case needs.
+// Store is the part of a blob store the use case needs; see storage.Store
+// for what each method promises.
 type Store interface {
 	Get(ctx context.Context, key string, maxBytes int64) ([]byte, error)
 	Put(ctx context.Context, key string, data []byte, opts storage.PutOptions) error
+	Delete(ctx context.Context, key string) error
 }
 
 // Options are the limits and policies of the use case.
@@ -54,20 +57,12 @@ type Backends struct {
 	Route func(imageID string) string
 	// Default is the backend when Route is nil.
 	Default string
-	// Admit, when not nil, admits a job on the named backend before any
-	// storage is touched, or refuses it with a fault (overloaded,
-	// unavailable). release is called once the backend is done with the
-	// job, with what the job cost.
-	Admit func(ctx context.Context, backendName, tier string, megapixels float64) (release func(Cost), err error)
-}
-
-// Cost is what a finished (or failed) job took, reported to admission.
-type Cost struct {
-	Duration     time.Duration
-	PeakGPUBytes uint64
-	// Megapixels is the output size when the job produced one, else the
-	// estimate it was admitted with.
-	Megapixels float64
+	// Admit, when not nil, asks for a place for a job on the named backend
+	// before its inputs are read, or refuses it with a fault (overloaded,
+	// unavailable). With req.NoWait it answers at once, with a place or an
+	// error. release is called once the backend is done with the job, with
+	// what the job cost (a zero Report when it did not run).
+	Admit func(ctx context.Context, backendName string, req admission.Request) (release func(admission.Report), err error)
 }
 
 // NewSingle returns Backends that send every job to b.
@@ -93,6 +88,8 @@ type Service struct {
 	log      *slog.Logger
 	// drawSeed picks a seed when a request has none.
 	drawSeed func() uint32
+
+	claims *claims
 
 	mu    sync.Mutex
 	calls map[string]*call // by record key
@@ -129,6 +126,7 @@ func New(store Store, b Backends, cat *catalog.Catalog, opts Options, metrics *t
 		store: store, backends: b, catalog: cat, opts: opts, metrics: metrics, log: log,
 		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey},
 		drawSeed: rand.Uint32,
+		claims:   &claims{store: store, owner: newOwner(), now: time.Now, log: log},
 		calls:    map[string]*call{},
 	}
 }
@@ -211,76 +209,85 @@ func (s *Service) leave(p plan, c *call, rec record, err error) {
 	close(c.done)
 }
 
-// execute replays or refuses p from its record, or runs it. fresh reports
-// whether the backend ran.
+// execute answers p from its record, or runs it. fresh reports whether the
+// backend ran.
+//
+// The order keeps both promises of the service: a replay (or a conflict)
+// never waits for a GPU place nor is refused for want of one, and a job
+// that is refused costs at most one record read. See admitOrLookup.
 func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, err error) {
 	start := time.Now()
-	// Admission comes first, so that a refusal costs no storage read; the
-	// route is asked again once admitted, since a rollout change while the
-	// job waited decides where it goes.
-	name := s.backends.route(p.imageID)
-	release := func(Cost) {}
-	if s.backends.Admit != nil {
-		// The output's exact size is known only after reading the
-		// original; a square is the upper bound.
-		estimate := float64(s.opts.OutputLongSide*s.opts.OutputLongSide) / 1e6
-		rel, err := s.backends.Admit(ctx, name, p.tier, estimate)
+	g, found, err := s.admitOrLookup(ctx, p)
+	if err != nil {
+		return record{}, false, err
+	}
+	// Paths that end before the backend ran free the place unused.
+	defer g.release(admission.Report{})
+	if found != nil {
+		return answerFrom(p, *found)
+	}
+	held, err := s.claims.take(ctx, p)
+	if err != nil {
+		return record{}, false, err
+	}
+	// Another replica may have finished the job between our record read
+	// and our claim: it writes the record before it lets go of its claim,
+	// so the record is there to read now.
+	if found, err := s.lookup(ctx, p); err != nil || found != nil {
+		held.drop(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return record{}, false, contextFault(ctx)
-			}
 			return record{}, false, err
 		}
-		var once sync.Once
-		release = func(c Cost) { once.Do(func() { rel(c) }) }
-		// Paths that end before the backend ran free the place unused; no
-		// megapixels means there is no duration to learn from.
-		defer release(Cost{})
-		if again := s.backends.route(p.imageID); again != name {
-			// Rerouted while it waited (a kill switch, a canary change):
-			// the place it got is for a backend it no longer uses.
-			release(Cost{})
-			name = again
-		}
+		return answerFrom(p, *found)
 	}
-
-	if rec, found, err := s.readRecord(ctx, p); err != nil {
+	rec, err = s.run(ctx, p, g, start)
+	if err != nil {
+		held.drop(ctx)
 		return record{}, false, err
-	} else if found {
-		if !p.matches(rec) {
-			return record{}, false, conflict(p)
-		}
-		return rec, false, nil
 	}
+	held.done(ctx)
+	return rec, true, nil
+}
 
-	be, ok := s.backends.ByName[name]
+// answerFrom replays rec for p, or refuses p as a conflict.
+func answerFrom(p plan, rec record) (record, bool, error) {
+	if !p.matches(rec) {
+		return record{}, false, conflict(p)
+	}
+	return rec, false, nil
+}
+
+// run reads and checks p's inputs, runs the backend g routed it to and
+// writes the staged image, then the record.
+func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (record, error) {
+	be, ok := s.backends.ByName[g.backend]
 	if !ok {
-		return record{}, false, fault.New(fault.Unavailable, "backend %q is not configured", name)
+		return record{}, fault.New(fault.Unavailable, "backend %q is not configured", g.backend)
 	}
 	job, err := s.prepare(ctx, p)
 	if err != nil {
-		return record{}, false, err
+		return record{}, err
 	}
 	ran := time.Now()
 	res, err := be.Stage(ctx, job)
 	backendTime := time.Since(ran)
-	release(Cost{Duration: backendTime, PeakGPUBytes: res.PeakGPUMemoryBytes, Megapixels: float64(res.Width*res.Height) / 1e6})
+	g.release(admission.Report{Duration: backendTime, PeakGPUBytes: res.PeakGPUMemoryBytes, Megapixels: float64(res.Width*res.Height) / 1e6})
 	if err != nil {
 		if ctx.Err() != nil {
-			return record{}, false, contextFault(ctx)
+			return record{}, contextFault(ctx)
 		}
-		return record{}, false, err
+		return record{}, err
 	}
 	if err := s.put(ctx, p.stagedKey, res.Image, storage.PutOptions{
 		ContentType: res.ContentType, CacheControl: s.opts.StagedCacheControl,
 	}); err != nil {
-		return record{}, false, err
+		return record{}, err
 	}
 	producer := be.Name()
 	if res.Backend != "" {
 		producer = res.Backend
 	}
-	rec = record{
+	rec := record{
 		Version: recordVersion, ImageID: p.imageID, Params: p.params,
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
 		Response: Response{
@@ -291,18 +298,18 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 	}
 	data, err := json.Marshal(rec)
 	if err != nil {
-		return record{}, false, fault.Wrap(err, fault.Internal, "encoding the idempotency record failed")
+		return record{}, fault.Wrap(err, fault.Internal, "encoding the idempotency record failed")
 	}
 	// The record is written last: a job that fails before this point leaves
 	// no record, so its retry runs again.
 	if err := s.put(ctx, p.recordKey, data, storage.PutOptions{
 		ContentType: "application/json", CacheControl: "no-store",
 	}); err != nil {
-		return record{}, false, err
+		return record{}, err
 	}
 	s.metrics.Duration.WithLabelValues(producer).Observe(time.Since(start).Seconds())
 	rec.backendTime = backendTime
-	return rec, true, nil
+	return rec, nil
 }
 
 // prepare reads and checks the inputs and resolves every job parameter.
@@ -365,22 +372,23 @@ func (s *Service) readImage(ctx context.Context, field, key string) ([]byte, ima
 	return data, info, nil
 }
 
-func (s *Service) readRecord(ctx context.Context, p plan) (record, bool, error) {
+// lookup reads p's record: nil when there is none.
+func (s *Service) lookup(ctx context.Context, p plan) (*record, error) {
 	data, err := s.get(ctx, p.recordKey, maxRecordBytes)
 	if errors.Is(err, storage.ErrNotFound) {
-		return record{}, false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return record{}, false, s.storageFault(ctx, err, "reading the idempotency record")
+		return nil, s.storageFault(ctx, err, "reading the idempotency record")
 	}
 	var rec record
 	if err := json.Unmarshal(data, &rec); err != nil || rec.Version != recordVersion || rec.ImageID != p.imageID {
 		// A record we cannot trust must not be replayed nor silently
 		// overwritten: a person has to look at it.
 		s.log.ErrorContext(ctx, "unreadable idempotency record", "key", p.recordKey, "error", err)
-		return record{}, false, fault.New(fault.Internal, "the idempotency record for image_id %s is unreadable", quote(p.imageID))
+		return nil, fault.New(fault.Internal, "the idempotency record for image_id %s is unreadable", quote(p.imageID))
 	}
-	return rec, true, nil
+	return &rec, nil
 }
 
 func (s *Service) get(ctx context.Context, key string, maxBytes int64) ([]byte, error) {

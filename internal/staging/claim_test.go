@@ -1,0 +1,244 @@
+package staging
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/storage"
+)
+
+// replica returns another Service on f's store and backend, as a second
+// sidecar sharing the bucket would be.
+func (f fixture) replica() *Service {
+	return New(f.store, NewSingle(f.be), f.svc.catalog, f.svc.opts, f.metrics, nil)
+}
+
+func (f fixture) putClaim(t *testing.T, key, owner string, expires time.Time) {
+	t.Helper()
+	data, _ := json.Marshal(claimDoc{Version: 1, ImageID: "job", Owner: owner, ExpiresAt: expires})
+	if err := f.store.Put(t.Context(), key, data, storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (f fixture) exists(t *testing.T, key string) bool {
+	t.Helper()
+	_, err := f.store.Get(t.Context(), key, 1<<20)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		t.Fatal(err)
+	}
+	return err == nil
+}
+
+const jobRecord = "l/staged/job.jpg.json"
+
+// TestSecondReplicaAnswersInProgress runs one job on two replicas at once:
+// the second answers in_progress (retryable, with a pause) while the first
+// runs, and replays its result afterwards; the backend runs once.
+func TestSecondReplicaAnswersInProgress(t *testing.T) {
+	f := newFixture(t, 400*time.Millisecond)
+	b := f.replica()
+	first := make(chan error, 1)
+	go func() {
+		_, err := f.svc.Stage(t.Context(), req("job"))
+		first <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for !f.exists(t, claimKey(jobRecord, 0)) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first replica never claimed the job")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	_, err := b.Stage(t.Context(), req("job"))
+	e := fault.From(err)
+	if e.Code != fault.InProgress || !e.Retryable || e.RetryAfter <= 0 {
+		t.Fatalf("second replica: %v (retryable %v, retry after %v), want in_progress, retryable, with a pause", err, e.Retryable, e.RetryAfter)
+	}
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	out, err := b.Stage(t.Context(), req("job"))
+	if err != nil || !out.Replay {
+		t.Fatalf("after the first finished: %+v %v, want a replay", out, err)
+	}
+	if n := f.be.calls.Load(); n != 1 {
+		t.Errorf("backend ran %d times, want 1", n)
+	}
+	if f.exists(t, claimKey(jobRecord, 0)) {
+		t.Error("the claim outlived the finished job")
+	}
+}
+
+// TestExpiredClaimIsTakenOver stands for a replica that died mid-job: its
+// claim expires, the next replica runs the job under the next generation's
+// claim and then removes both.
+func TestExpiredClaimIsTakenOver(t *testing.T) {
+	f := newFixture(t, 0)
+	f.putClaim(t, claimKey(jobRecord, 0), "dead-replica", time.Now().Add(-time.Second))
+	out, err := f.svc.Stage(t.Context(), req("job"))
+	if err != nil || out.Replay {
+		t.Fatalf("%+v %v, want a fresh run", out, err)
+	}
+	for gen := range 2 {
+		if k := claimKey(jobRecord, gen); f.exists(t, k) {
+			t.Errorf("%s left behind", k)
+		}
+	}
+}
+
+func TestLiveClaimOfAnotherReplicaHoldsTheJob(t *testing.T) {
+	f := newFixture(t, 0)
+	f.putClaim(t, claimKey(jobRecord, 0), "other-replica", time.Now().Add(time.Minute))
+	if _, err := f.svc.Stage(t.Context(), req("job")); fault.CodeOf(err) != fault.InProgress {
+		t.Fatalf("err = %v, want in_progress", err)
+	}
+	if n := f.be.calls.Load(); n != 0 {
+		t.Errorf("backend ran %d times", n)
+	}
+}
+
+// TestOwnLeftoverClaimDoesNotBlock: a claim this replica failed to delete
+// cannot belong to a run in progress (the process runs one per job), so it
+// is passed over.
+func TestOwnLeftoverClaimDoesNotBlock(t *testing.T) {
+	f := newFixture(t, 0)
+	f.putClaim(t, claimKey(jobRecord, 0), f.svc.claims.owner, time.Now().Add(time.Minute))
+	if _, err := f.svc.Stage(t.Context(), req("job")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUnreadableClaimCountsAsExpired(t *testing.T) {
+	f := newFixture(t, 0)
+	if err := f.store.Put(t.Context(), claimKey(jobRecord, 0), []byte("{not json"), storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.Stage(t.Context(), req("job")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestTooManyAbandonedClaims(t *testing.T) {
+	f := newFixture(t, 0)
+	for gen := range maxClaimGenerations {
+		f.putClaim(t, claimKey(jobRecord, gen), "dead", time.Now().Add(-time.Second))
+	}
+	_, err := f.svc.Stage(t.Context(), req("job"))
+	if e := fault.From(err); e.Code != fault.Internal || e.Retryable {
+		t.Fatalf("err = %v, want internal, not retryable", err)
+	}
+	if n := f.be.calls.Load(); n != 0 {
+		t.Errorf("backend ran %d times", n)
+	}
+}
+
+// TestFailedJobDropsItsClaim lets a failed job's retry run at once on
+// another replica instead of waiting for the claim to expire.
+func TestFailedJobDropsItsClaim(t *testing.T) {
+	f := newFixture(t, 0)
+	f.be.fail.Store(true)
+	if _, err := f.svc.Stage(t.Context(), req("job")); fault.CodeOf(err) != fault.Unavailable {
+		t.Fatalf("err = %v, want the backend's failure", err)
+	}
+	if f.exists(t, claimKey(jobRecord, 0)) {
+		t.Fatal("a failed job kept its claim")
+	}
+	f.be.fail.Store(false)
+	if _, err := f.replica().Stage(t.Context(), req("job")); err != nil {
+		t.Fatalf("retry on another replica: %v", err)
+	}
+}
+
+// recordBeforeClaim finishes the job "on another replica" at the moment
+// this one writes its claim: the record appears after this replica's
+// lookup, and the other replica's claim is already gone.
+type recordBeforeClaim struct {
+	Store
+	record []byte
+}
+
+func (r *recordBeforeClaim) Put(ctx context.Context, key string, data []byte, opts storage.PutOptions) error {
+	if opts.IfAbsent && r.record != nil {
+		if err := r.Store.Put(ctx, jobRecord, r.record, storage.PutOptions{}); err != nil {
+			return err
+		}
+		r.record = nil
+	}
+	return r.Store.Put(ctx, key, data, opts)
+}
+
+func TestRecordWrittenBeforeOurClaimIsReplayed(t *testing.T) {
+	f := newFixture(t, 0)
+	if _, err := f.svc.Stage(t.Context(), req("job")); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := f.store.Get(t.Context(), jobRecord, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.store.Delete(t.Context(), jobRecord); err != nil {
+		t.Fatal(err)
+	}
+	svc := New(&recordBeforeClaim{Store: f.store, record: rec}, NewSingle(f.be), f.svc.catalog, f.svc.opts, f.metrics, nil)
+	out, err := svc.Stage(t.Context(), req("job"))
+	if err != nil || !out.Replay {
+		t.Fatalf("%+v %v, want a replay of the other replica's record", out, err)
+	}
+	if n := f.be.calls.Load(); n != 1 {
+		t.Errorf("backend ran %d times, want 1", n)
+	}
+	if f.exists(t, claimKey(jobRecord, 0)) {
+		t.Error("the claim was left behind")
+	}
+}
+
+func TestClaimWriteFailureIsRetryable(t *testing.T) {
+	f := newFixture(t, 0)
+	store := &faultyStore{Store: f.store, failPut: func(k string) bool { return k == claimKey(jobRecord, 0) }}
+	svc := New(store, NewSingle(f.be), f.svc.catalog, f.svc.opts, f.metrics, nil)
+	_, err := svc.Stage(t.Context(), req("job"))
+	if e := fault.From(err); e.Code != fault.Internal || !e.Retryable {
+		t.Fatalf("err = %v, want a retryable internal error", err)
+	}
+	if n := f.be.calls.Load(); n != 0 {
+		t.Errorf("backend ran %d times", n)
+	}
+}
+
+// TestClaimOutlivesTheDeadline: a claim lasts the job's deadline plus a
+// grace, so a job still stopping is not taken over.
+func TestClaimOutlivesTheDeadline(t *testing.T) {
+	f := newFixture(t, 300*time.Millisecond)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = f.svc.Stage(ctx, req("job"))
+	}()
+	var doc claimDoc
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		data, err := f.store.Get(t.Context(), claimKey(jobRecord, 0), 1<<20)
+		if err == nil && json.Unmarshal(data, &doc) == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no claim appeared")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	<-done
+	d, _ := ctx.Deadline()
+	if want := d.Add(claimGrace); !doc.ExpiresAt.Equal(want.UTC()) {
+		t.Errorf("claim expires %v, want the deadline plus %v (%v)", doc.ExpiresAt, claimGrace, want)
+	}
+	if doc.Owner != f.svc.claims.owner || doc.ImageID != "job" {
+		t.Errorf("claim %+v", doc)
+	}
+}
