@@ -8,6 +8,11 @@ export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
 .PHONY: run build test test-go lint-go fuzz bench-go clean
 
+# The public client is a module of its own (client/go.mod), so that a program
+# importing it does not inherit the sidecar's dependencies; the Go targets
+# run in each module.
+GO_MODULES := . client
+
 ## run: build the sidecar and start it on 127.0.0.1:8080 in self mode, with a
 ## local store under ./var/storage seeded with the sample photo; prints a curl
 ## to try. Without MODEL_DIR the engine runs its tiny random model on the CPU,
@@ -31,11 +36,17 @@ test: lint-go test-go lint-py test-py
 lint-go:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
-	$(GO) vet ./...
+	@for m in $(GO_MODULES); do \
+		echo "== $$m"; \
+		(cd $$m && $(GO) mod tidy -diff && $(GO) vet ./...) || exit 1; \
+	done
 
 # The Go tests drive the real engine process, so they need the venv.
 test-go: venv
-	$(GO) test -race -count=1 -timeout 15m ./...
+	@for m in $(GO_MODULES); do \
+		echo "== $$m"; \
+		(cd $$m && $(GO) test -race -count=1 -timeout 15m ./...) || exit 1; \
+	done
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora already run in test-go).
 fuzz:
