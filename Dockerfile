@@ -3,13 +3,15 @@
 # (pip install . from this repository) and set ENGINE_PYTHON.
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
+# The client is its own module, which the sidecar's go.mod replaces with
+# ./client, so its go.mod is needed before the download.
 COPY go.mod go.sum ./
+COPY client/go.mod client/go.sum ./client/
 RUN go mod download
 COPY cmd ./cmd
 COPY internal ./internal
 COPY proto ./proto
 COPY client ./client
-COPY backoff ./backoff
 # cgo: go-nvml loads the NVIDIA driver's library at run time with dlopen.
 ENV CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations"
 RUN CGO_ENABLED=1 go build -trimpath -ldflags="-s -w" -o /out/sidecar ./cmd/sidecar

@@ -6,7 +6,18 @@ FUZZTIME ?= 30s
 # warnings say nothing about this project.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: run build test test-go lint-go fuzz bench-go clean
+.PHONY: run build test test-go lint-go test-rules fuzz bench-go clean
+
+# The public client is a module of its own (client/go.mod), so that a program
+# importing it does not inherit the sidecar's dependencies; the Go targets
+# run in each module.
+GO_MODULES := . client
+
+# promtool checks and unit-tests the Prometheus rules. It is built once into
+# a folder named after its version, so a version change builds it afresh and
+# a rerun costs nothing.
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL := bin/promtool-$(PROMTOOL_VERSION)/promtool
 
 ## run: build the sidecar and start it on 127.0.0.1:8080 in self mode, with a
 ## local store under ./var/storage seeded with the sample photo; prints a curl
@@ -26,16 +37,30 @@ build:
 	$(GO) build -o bin/sidecar ./cmd/sidecar
 
 ## test: everything CI runs.
-test: lint-go test-go lint-py test-py
+test: lint-go test-go test-rules lint-py test-py
 
 lint-go:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
-	$(GO) vet ./...
+	@for m in $(GO_MODULES); do \
+		echo "== $$m"; \
+		(cd $$m && $(GO) mod tidy -diff && $(GO) vet ./...) || exit 1; \
+	done
 
 # The Go tests drive the real engine process, so they need the venv.
 test-go: venv
-	$(GO) test -race -count=1 -timeout 15m ./...
+	@for m in $(GO_MODULES); do \
+		echo "== $$m"; \
+		(cd $$m && $(GO) test -race -count=1 -timeout 15m ./...) || exit 1; \
+	done
+
+## test-rules: check the Prometheus rules and run their unit tests.
+test-rules: $(PROMTOOL)
+	$(PROMTOOL) check rules deploy/prometheus/rules.yaml
+	$(PROMTOOL) test rules deploy/prometheus/rules_test.yaml
+
+$(PROMTOOL):
+	GOBIN=$(CURDIR)/$(@D) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora already run in test-go).
 fuzz:

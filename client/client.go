@@ -24,7 +24,7 @@ import (
 
 	"github.com/sony/gobreaker/v2"
 
-	"github.com/vstage/vstage/backoff"
+	"github.com/vstage/vstage/client/backoff"
 )
 
 // Request is the body of POST /infer. Optional fields are left out of the

@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/vstage/vstage/client/backoff"
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
 )
 
@@ -240,7 +240,7 @@ func (s *Supervisor) recordRestart(req restartRequest) time.Duration {
 	s.restarts++
 	s.last = req
 	n := s.failures
-	d := backoffDelay(s.opts.BackoffMin, s.opts.BackoffMax, n)
+	d := backoff.Delay(n, s.opts.BackoffMin, s.opts.BackoffMax)
 	s.state = fmt.Sprintf("engine restarting after %s (%s), attempt %d in %v", req.reason, req.detail, n, d.Round(time.Millisecond))
 	s.mu.Unlock()
 	s.m.restarts.WithLabelValues(req.reason).Inc()
@@ -251,21 +251,6 @@ func (s *Supervisor) recordRestart(req restartRequest) time.Duration {
 		s.onBackoff(d)
 	}
 	return d
-}
-
-// backoffDelay doubles min for each failure after the first, caps it at max, and
-// draws the wait from its upper half so that it still grows while
-// restarts of many pods spread out.
-func backoffDelay(lo, hi time.Duration, failures int) time.Duration {
-	d := lo
-	for n := 1; n < failures && d < hi; n++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	if d <= 1 {
-		return d
-	}
-	return d/2 + rand.N(d/2+1)
 }
 
 func (s *Supervisor) setState(state string) {

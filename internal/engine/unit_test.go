@@ -94,19 +94,6 @@ func TestParseOOMKills(t *testing.T) {
 	}
 }
 
-func TestBackoffGrowsWithJitterAndCap(t *testing.T) {
-	lo, hi := 100*time.Millisecond, 2*time.Second
-	for n := 1; n <= 10; n++ {
-		ceil := min(lo<<(n-1), hi)
-		for range 50 {
-			d := backoffDelay(lo, hi, n)
-			if d < ceil/2 || d > ceil {
-				t.Fatalf("failure %d: %v outside [%v, %v]", n, d, ceil/2, ceil)
-			}
-		}
-	}
-}
-
 func TestForwarder(t *testing.T) {
 	var logs testsupport.LogBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("source", "engine")

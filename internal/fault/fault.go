@@ -2,9 +2,9 @@
 // carries a stable Code, a message that says what was wrong and what is
 // allowed, and whether retrying the same request may succeed.
 //
-// The package knows nothing about HTTP; the api package maps codes to status
-// codes, so the use case and the backends can produce coded errors without
-// depending on the transport.
+// The package knows nothing about HTTP; package httpjson maps codes to status
+// codes and writes the error body for every listener, so the use case and
+// the backends can produce coded errors without depending on the transport.
 package fault
 
 import (
@@ -52,7 +52,7 @@ type Error struct {
 	Message   string
 	Retryable bool
 	// RetryAfter, when positive, is how long the client should wait before
-	// retrying; the api package sends it as a Retry-After header.
+	// retrying; package httpjson sends it as a Retry-After header.
 	RetryAfter time.Duration
 	Err        error
 }
@@ -69,7 +69,9 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // New returns an Error with the given code and message. Retryable is set
-// from the code's usual meaning; use Retry to override it.
+// from the code's usual meaning (true for overloaded, unavailable, oom,
+// timeout and provider_error); a caller that knows better sets the field
+// on the result.
 func New(code Code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...), Retryable: retryableByDefault(code)}
 }

@@ -14,7 +14,7 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/vstage/vstage/backoff"
+	"github.com/vstage/vstage/client/backoff"
 )
 
 // callError is one failed exchange with the provider, after retries. Stage

@@ -256,13 +256,11 @@ func TestCallTimeoutRetriedThenFails(t *testing.T) {
 	o := quick(f)
 	o.CallTimeout = 20 * time.Millisecond
 	o.MaxAttempts = 2
-	start := time.Now()
+	// The provider would answer after 200ms: only the call timeout makes
+	// both attempts fail.
 	_, err := stage(t, newBackend(t, o), 5*time.Second)
 	if fe := wantFault(t, err, fault.ProviderError, true); !strings.Contains(fe.Message, "in time") {
 		t.Fatalf("message %q", fe.Message)
-	}
-	if d := time.Since(start); d > 150*time.Millisecond {
-		t.Fatalf("two 20ms calls took %s", d)
 	}
 	if f.total.Load() != 2 {
 		t.Fatalf("calls: %s", f)
@@ -275,14 +273,12 @@ func TestDeadlineWins(t *testing.T) {
 	poller := newFake(t)
 	poller.pollsToEnd = 1 << 20
 	for name, f := range map[string]*fakeProvider{"slow answer": slow, "endless polling": poller} {
-		start := time.Now()
+		// Both would run for seconds or forever: only the deadline ends
+		// them with a timeout.
 		_, err := stage(t, newBackend(t, quick(f)), 80*time.Millisecond)
 		wantFault(t, err, fault.Timeout, true)
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("%s: %v does not wrap the deadline", name, err)
-		}
-		if d := time.Since(start); d > 200*time.Millisecond {
-			t.Errorf("%s: returned %s after an 80ms deadline", name, d)
 		}
 		// The provider sees the call end too: nothing is left running.
 		for end := time.Now().Add(time.Second); f.inflight.Load() > 0; time.Sleep(5 * time.Millisecond) {
@@ -316,6 +312,9 @@ func TestBreakerOpensFailsFastAndHalfOpens(t *testing.T) {
 	o := quick(f)
 	o.MaxAttempts = 1
 	o.BreakerFailures = 3
+	// Long enough that the circuit is still open for the refused job
+	// however slowly the machine runs it.
+	o.BreakerOpenTimeout = time.Second
 	var changes []string // appended under the breaker's lock; read after
 	o.OnCircuitChange = func(from, to string) { changes = append(changes, from+">"+to) }
 	b := newBackend(t, o)
@@ -327,13 +326,12 @@ func TestBreakerOpensFailsFastAndHalfOpens(t *testing.T) {
 		t.Fatalf("circuit %s after 3 failures", b.CircuitState())
 	}
 	seen := f.total.Load()
-	start := time.Now()
 	_, err := stage(t, b, time.Second)
 	if fe := wantFault(t, err, fault.ProviderError, true); !strings.Contains(fe.Message, "paused") {
 		t.Fatalf("message %q", fe.Message)
 	}
-	if f.total.Load() != seen || time.Since(start) > 20*time.Millisecond {
-		t.Fatalf("an open circuit reached the provider or waited: %s in %s", f, time.Since(start))
+	if f.total.Load() != seen {
+		t.Fatalf("an open circuit reached the provider: %s", f)
 	}
 	// After the open timeout one trial goes through; its success closes
 	// the circuit.

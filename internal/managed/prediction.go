@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vstage/vstage/backoff"
+	"github.com/vstage/vstage/client/backoff"
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/imagecheck"
 )
