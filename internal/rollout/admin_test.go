@@ -116,6 +116,10 @@ func TestAdminPut(t *testing.T) {
 		{`{"canary_percent":101}`, http.StatusBadRequest, "invalid_input"},
 		{`{"canary_percent":"5"}`, http.StatusBadRequest, "invalid_input"},
 		{`{"enabled":true,"extra":1}`, http.StatusBadRequest, "invalid_input"},
+		{`{"Enabled":false}`, http.StatusBadRequest, "invalid_input"},
+		{`{"\u212a":false}`, http.StatusBadRequest, "invalid_input"},
+		{`{"canary_percent":5,"CANARY_PERCENT":50}`, http.StatusBadRequest, "invalid_input"},
+		{`{"enabled":true,"enabled":false}`, http.StatusBadRequest, "invalid_input"},
 		{`{}`, http.StatusBadRequest, "invalid_input"},
 		{`{"enabled":true} {}`, http.StatusBadRequest, "invalid_input"},
 		{`not json`, http.StatusBadRequest, "invalid_input"},
@@ -199,6 +203,8 @@ func TestLoadFileAndReload(t *testing.T) {
 		`{"enabled": true, "mode": "gpu", "canary_percent": 40}`,
 		`{"enabled": true, "mode": "managed", "canary_percent": 40}`,
 		`{"enabled": true, "mode": "self", "canary_percent": 40`,
+		`{"enabled": true, "Mode": "self", "canary_percent": 40}`,
+		`{"enabled": false, "mode": "self", "canary_percent": 40, "canary_percent": 50}`,
 	} {
 		p := writeFile(t, body)
 		if _, _, err := r.ReloadFile(p); err == nil {
