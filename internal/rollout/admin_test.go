@@ -133,8 +133,10 @@ func TestAdminPut(t *testing.T) {
 			t.Fatalf("PUT %.40s changed the state to %+v", tc.body, r.Get())
 		}
 	}
-	if a := call(t, h, http.MethodDelete, AdminPath, auth, ""); a.status != http.StatusMethodNotAllowed || a.header.Get("Allow") == "" {
-		t.Errorf("DELETE: %d, Allow %q", a.status, a.header.Get("Allow"))
+	for _, m := range []string{http.MethodDelete, http.MethodPost, "PROPFIND"} {
+		if a := call(t, h, m, AdminPath, auth, ""); a.status != http.StatusMethodNotAllowed || a.header.Get("Allow") != "GET, HEAD, PUT" {
+			t.Errorf("%s: %d, Allow %q", m, a.status, a.header.Get("Allow"))
+		}
 	}
 	if a := call(t, h, http.MethodGet, "/admin/other", auth, ""); a.status != http.StatusNotFound {
 		t.Errorf("unknown path: %d", a.status)
