@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"image"
 	"image/png"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vstage/vstage/internal/fault"
@@ -31,5 +34,88 @@ func TestImageTooLargeNamesTheDeclaredSize(t *testing.T) {
 	e := fault.From(err)
 	if e.Code != fault.ImageTooLarge || !strings.Contains(e.Message, "2000x1000") {
 		t.Fatalf("err = %s %q, want image_too_large naming 2000x1000", e.Code, e.Message)
+	}
+}
+
+// TestPermanentStorageConditionsAreClientErrors plants, in a local store,
+// conditions that no retry can change; each is answered as a client error
+// that is not retryable, and nothing is recorded.
+func TestPermanentStorageConditionsAreClientErrors(t *testing.T) {
+	long := strings.Repeat("n", 256)
+	for name, tc := range map[string]struct {
+		plant    func(t *testing.T, root string)
+		original string
+		code     fault.Code
+	}{
+		"original through a link out of the store": {
+			plant:    func(t *testing.T, root string) { symlink(t, t.TempDir(), filepath.Join(root, "l", "out")) },
+			original: "l/out/o.jpg", code: fault.Forbidden,
+		},
+		"staged folder is a link out of the store": {
+			plant:    func(t *testing.T, root string) { symlink(t, t.TempDir(), filepath.Join(root, "l", "staged")) },
+			original: "l/o.jpg", code: fault.Forbidden,
+		},
+		"original is a FIFO": {
+			plant: func(t *testing.T, root string) {
+				if err := syscall.Mkfifo(filepath.Join(root, "l", "fifo.jpg"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			},
+			original: "l/fifo.jpg", code: fault.InvalidInput,
+		},
+		"record is a FIFO": {
+			plant: func(t *testing.T, root string) {
+				if err := os.MkdirAll(filepath.Join(root, "l", "staged"), 0o750); err != nil {
+					t.Fatal(err)
+				}
+				if err := syscall.Mkfifo(filepath.Join(root, "l", "staged", "job.jpg.json"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			},
+			original: "l/o.jpg", code: fault.InvalidInput,
+		},
+		"original name over 255 bytes": {
+			plant:    func(*testing.T, string) {},
+			original: "l/" + long + ".jpg", code: fault.InvalidInput,
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			store, err := storage.NewLocal(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = store.Close() })
+			f := newFixture(t, 0)
+			data, err := f.store.Get(t.Context(), "l/o.jpg", 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := store.Put(t.Context(), "l/o.jpg", data, storage.PutOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			tc.plant(t, root)
+			svc := New(store, NewSingle(f.be), f.svc.catalog, f.svc.opts, f.metrics, nil)
+			r := req("job")
+			r.OriginalKey = tc.original
+			_, err = svc.Stage(t.Context(), r)
+			e := fault.From(err)
+			if e.Code != tc.code || e.Retryable {
+				t.Fatalf("err = %v (retryable %v), want %s, not retryable", err, e.Retryable, tc.code)
+			}
+			if _, err := os.Lstat(filepath.Join(root, "l", "staged", "job.jpg")); err == nil {
+				t.Error("a staged image was written")
+			}
+		})
+	}
+}
+
+func symlink(t *testing.T, target, name string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(name), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, name); err != nil {
+		t.Fatal(err)
 	}
 }

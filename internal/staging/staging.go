@@ -412,16 +412,39 @@ func storageResult(err error) string {
 	return "error"
 }
 
-// storageFault classifies an unexpected storage error. The cause stays in
-// the logs; the client learns only that storage failed and may be retried.
+// storageFault classifies a storage error that is not a missing or
+// oversized object. A key the store can never serve is the client's error;
+// anything else may be transient: the cause stays in the logs, and the
+// client learns only that storage failed and may be retried.
 func (s *Service) storageFault(ctx context.Context, err error, what string) error {
 	if ctx.Err() != nil {
 		return contextFault(ctx)
+	}
+	if f := permanentStorageFault(err, what); f != nil {
+		s.log.WarnContext(ctx, "storage refused a key", "op", what, "error", err)
+		return f
 	}
 	s.log.ErrorContext(ctx, "storage failed", "op", what, "error", err)
 	e := fault.Wrap(err, fault.Internal, "storage failed while %s", what)
 	e.Retryable = true
 	return e
+}
+
+// permanentStorageFault maps the store's conditions that no retry can
+// change, all caused by the keys a client chose, to client errors; it
+// returns nil for any other error.
+func permanentStorageFault(err error, what string) *fault.Error {
+	switch {
+	case errors.Is(err, storage.ErrOutsideStore):
+		return fault.Wrap(err, fault.Forbidden, "storage refused %s: the key leads outside the store", what)
+	case errors.Is(err, storage.ErrNotObject):
+		return fault.Wrap(err, fault.InvalidInput, "storage refused %s: what lies under the key is not a regular file", what)
+	case errors.Is(err, storage.ErrNameTooLong):
+		return fault.Wrap(err, fault.InvalidInput, "storage refused %s: a segment of the key is longer than the store allows", what)
+	case errors.Is(err, storage.ErrInvalidKey):
+		return fault.Wrap(err, fault.InvalidInput, "storage refused %s: the key breaks the key policy", what)
+	}
+	return nil
 }
 
 func conflict(p plan) error {

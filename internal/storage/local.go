@@ -59,7 +59,7 @@ func (l *Local) Get(ctx context.Context, key string, maxBytes int64) ([]byte, er
 	// forever; it changes nothing for a regular file.
 	f, err := l.root.OpenFile(key, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, opError("get", key, notFound(err))
+		return nil, opError("get", key, localFault(notFound(err)))
 	}
 	defer f.Close()
 	fi, err := f.Stat()
@@ -70,7 +70,7 @@ func (l *Local) Get(ctx context.Context, key string, maxBytes int64) ([]byte, er
 	case fi.IsDir():
 		return nil, opError("get", key, fmt.Errorf("%w: it is a folder", ErrNotFound))
 	case !fi.Mode().IsRegular():
-		return nil, opError("get", key, fmt.Errorf("not a regular file (%v)", fi.Mode().Type()))
+		return nil, opError("get", key, fmt.Errorf("%w (%v)", ErrNotObject, fi.Mode().Type()))
 	case fi.Size() > maxBytes:
 		return nil, opError("get", key, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, fi.Size(), maxBytes))
 	}
@@ -97,21 +97,21 @@ func (l *Local) Put(ctx context.Context, key string, data []byte, _ PutOptions) 
 	dir := path.Dir(key)
 	if dir != "." {
 		if err := l.root.MkdirAll(dir, dirPerm); err != nil {
-			return opError("put", key, err)
+			return opError("put", key, localFault(err))
 		}
 	}
 	// Rename would replace a link rather than follow it, so this is not an
 	// escape; refusing keeps a planted link from being silently overwritten.
 	if fi, err := l.root.Lstat(key); err == nil && !fi.Mode().IsRegular() {
-		return opError("put", key, fmt.Errorf("existing entry is not a regular file (%v)", fi.Mode().Type()))
+		return opError("put", key, fmt.Errorf("existing entry: %w (%v)", ErrNotObject, fi.Mode().Type()))
 	}
 	tmp := path.Join(dir, tempPrefix+rand.Text())
 	if err := l.writeTemp(ctx, tmp, data); err != nil {
-		return opError("put", key, err)
+		return opError("put", key, localFault(err))
 	}
 	if err := l.root.Rename(tmp, key); err != nil {
 		_ = l.root.Remove(tmp)
-		return opError("put", key, err)
+		return opError("put", key, localFault(err))
 	}
 	// Without syncing the folder, a power cut could lose the rename even
 	// though the data itself reached the disk.
