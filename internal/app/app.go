@@ -49,6 +49,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 	}
 	store, err := storage.Open(ctx, cfg.StorageURL, storage.Options{
 		S3Endpoint: cfg.S3Endpoint, S3ForcePathStyle: cfg.S3ForcePathStyle,
+		S3AttemptTimeout: cfg.S3AttemptTimeout, S3MaxAttempts: cfg.S3MaxAttempts, S3MaxBackoff: cfg.S3MaxBackoff,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open storage: %w", err)

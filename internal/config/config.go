@@ -39,6 +39,10 @@ type Config struct {
 	StorageURL       string
 	S3Endpoint       string
 	S3ForcePathStyle bool
+	// S3AttemptTimeout, S3MaxAttempts and S3MaxBackoff bound each S3 call.
+	S3AttemptTimeout time.Duration
+	S3MaxAttempts    int
+	S3MaxBackoff     time.Duration
 	AllowedPrefixes  storage.Prefixes
 	// StagedKeyTemplate derives the staged object's key; see StagedKey.
 	StagedKeyTemplate  string
@@ -150,6 +154,9 @@ var Settings = []Setting{
 	{"STORAGE_URL", "file://<working dir>/var/storage", "file:///abs/dir or s3://bucket[/prefix]."},
 	{"S3_ENDPOINT", "", "Endpoint of an S3-compatible server (empty: AWS)."},
 	{"S3_FORCE_PATH_STYLE", "false", "Path-style S3 addressing, for S3-compatible servers."},
+	{"S3_ATTEMPT_TIMEOUT", "10s", "Bound of one S3 attempt, the body's transfer included; a store that stops answering fails the attempt."},
+	{"S3_MAX_ATTEMPTS", "3", "Tries of one S3 call on connection errors, timeouts, throttling and 5xx (jittered backoff; the SDK's retry quota stops retries against a dead store)."},
+	{"S3_MAX_BACKOFF", "1s", "Longest wait between two S3 attempts."},
 	{"ALLOWED_PREFIXES", "", "Comma-separated key folders requests may read and write under; empty allows any."},
 	{"STAGED_KEY_TEMPLATE", "{dir}/staged/{image_id}.jpg", "Key of the staged image; {dir} is the original's folder, {name} its file name without extension, {image_id} the request's."},
 	{"STAGED_CACHE_CONTROL", "public, max-age=86400", "Cache-Control written with staged images."},
@@ -210,6 +217,9 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		Mode:               Mode(strings.ToLower(p.str("INFERENCE_MODE"))),
 		S3Endpoint:         p.str("S3_ENDPOINT"),
 		S3ForcePathStyle:   p.boolean("S3_FORCE_PATH_STYLE"),
+		S3AttemptTimeout:   p.duration("S3_ATTEMPT_TIMEOUT", 10*time.Millisecond),
+		S3MaxAttempts:      int(p.integer("S3_MAX_ATTEMPTS", 1, 20)),
+		S3MaxBackoff:       p.duration("S3_MAX_BACKOFF", 0),
 		StagedKeyTemplate:  p.str("STAGED_KEY_TEMPLATE"),
 		StagedCacheControl: p.str("STAGED_CACHE_CONTROL"),
 		SeedDemo:           p.boolean("SEED_DEMO"),
