@@ -49,6 +49,7 @@ type Config struct {
 	StagedCacheControl string
 	SeedDemo           bool
 	MaxBodyBytes       int64
+	MaxHeaderBytes     int64
 	MaxInputBytes      int64
 	MaxInputPixels     int64
 	OutputLongSide     int
@@ -162,6 +163,7 @@ var Settings = []Setting{
 	{"STAGED_CACHE_CONTROL", "public, max-age=86400", "Cache-Control written with staged images."},
 	{"SEED_DEMO", "false", "Write the bundled sample photo at demo/empty_living_room.jpg at start when it is absent."},
 	{"MAX_BODY_BYTES", "64KiB", "Largest /infer request body."},
+	{"MAX_HEADER_BYTES", "32KiB", "Largest request line and header, on the API and the admin listener; more is answered 431 header_too_large."},
 	{"MAX_INPUT_BYTES", "25MiB", "Largest original or mask object read from storage."},
 	{"MAX_INPUT_PIXELS", "40000000", "Largest original or mask in pixels, checked from the header before decoding."},
 	{"OUTPUT_LONG_SIDE", "1024", "Long side of the staged image in pixels (never upscaled)."},
@@ -224,6 +226,7 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		StagedCacheControl: p.str("STAGED_CACHE_CONTROL"),
 		SeedDemo:           p.boolean("SEED_DEMO"),
 		MaxBodyBytes:       p.bytes("MAX_BODY_BYTES", 1<<10, 16<<20),
+		MaxHeaderBytes:     p.bytes("MAX_HEADER_BYTES", 4<<10, 1<<20),
 		MaxInputBytes:      p.bytes("MAX_INPUT_BYTES", 1<<10, 1<<30),
 		MaxInputPixels:     p.integer("MAX_INPUT_PIXELS", 1, 1<<31),
 		OutputLongSide:     int(p.integer("OUTPUT_LONG_SIDE", 64, 8192)),
