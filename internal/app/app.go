@@ -20,6 +20,7 @@ import (
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/config"
 	"github.com/vstage/vstage/internal/httpjson"
+	"github.com/vstage/vstage/internal/imagecheck"
 	"github.com/vstage/vstage/internal/rollout"
 	"github.com/vstage/vstage/internal/sample"
 	"github.com/vstage/vstage/internal/staging"
@@ -71,7 +72,10 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 	}
 	reg := telemetry.NewRegistry()
 	cat := catalog.Default()
-	bs, err := buildBackends(cfg, log, reg)
+	// One decode budget for the whole process: mock jobs and mask checks
+	// draw on it together.
+	decode := imagecheck.NewBudget(cfg.DecodePixelBudget)
+	bs, err := buildBackends(cfg, log, reg, decode)
 	if err != nil {
 		return nil, err
 	}
@@ -82,6 +86,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		MaxInputBytes:      cfg.MaxInputBytes,
 		MaxInputPixels:     cfg.MaxInputPixels,
 		OutputLongSide:     cfg.OutputLongSide,
+		DecodeBudget:       decode,
 	}, telemetry.NewStagingMetrics(reg), log)
 	srv := api.New(svc, cat, reg, telemetry.NewHTTPMetrics(reg), log, api.Options{
 		MaxBodyBytes:   cfg.MaxBodyBytes,

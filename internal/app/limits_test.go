@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"maps"
 	"net/http"
 	"strings"
 	"testing"
@@ -25,5 +26,29 @@ func TestHeaderLimit(t *testing.T) {
 		if a := do(t, req); a.status != http.StatusOK {
 			t.Errorf("%s with a 6 KiB header: %d %s", url, a.status, a.body)
 		}
+	}
+}
+
+// TestCorruptMaskInMockMode sends mock mode, where every job goes behind
+// the kill switch, a mask that only a full decode finds corrupt: it is
+// refused with 400 as self mode refuses it, and nothing is written.
+func TestCorruptMaskInMockMode(t *testing.T) {
+	dir := t.TempDir()
+	store := localBlobs{dir: dir}
+	store.put(t, "listings/1/o.jpg", photo(t, 320, 240))
+	mask := pngOf(t, 320, 240)
+	mask[len(mask)-20] ^= 0xFF // inside the image data
+	store.put(t, "listings/1/mask.png", mask)
+	svc := start(t, map[string]string{"STORAGE_URL": "file://" + dir, "INFERENCE_MODE": "mock"})
+	before := store.snapshot(t)
+	a := infer(t, svc, map[string]any{
+		"image_id": "m1", "original_key": "listings/1/o.jpg", "mask_key": "listings/1/mask.png",
+		"room_type": "bedroom", "style": "modern",
+	})
+	if a.status != http.StatusBadRequest || a.errorCode(t) != "invalid_input" {
+		t.Errorf("corrupt mask: %d %s", a.status, a.body)
+	}
+	if after := store.snapshot(t); !maps.Equal(before, after) {
+		t.Errorf("the store changed: %v", after)
 	}
 }

@@ -52,6 +52,7 @@ type Config struct {
 	MaxHeaderBytes     int64
 	MaxInputBytes      int64
 	MaxInputPixels     int64
+	DecodePixelBudget  int64
 	OutputLongSide     int
 	OutputJPEGQuality  int
 	RequestTimeout     time.Duration
@@ -166,6 +167,7 @@ var Settings = []Setting{
 	{"MAX_HEADER_BYTES", "32KiB", "Largest request line and header, on the API and the admin listener; more is answered 431 header_too_large."},
 	{"MAX_INPUT_BYTES", "25MiB", "Largest original or mask object read from storage."},
 	{"MAX_INPUT_PIXELS", "40000000", "Largest original or mask in pixels, checked from the header before decoding."},
+	{"DECODE_PIXEL_BUDGET", "48000000", "Pixels the sidecar decodes at once (mock jobs, mask checks); more wait their turn. At least MAX_INPUT_PIXELS; see Memory."},
 	{"OUTPUT_LONG_SIDE", "1024", "Long side of the staged image in pixels (never upscaled)."},
 	{"OUTPUT_JPEG_QUALITY", "90", "JPEG quality of the staged image (1-100)."},
 	{"REQUEST_TIMEOUT", "120s", "Deadline of one /infer request, storage and backend included."},
@@ -229,11 +231,15 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		MaxHeaderBytes:     p.bytes("MAX_HEADER_BYTES", 4<<10, 1<<20),
 		MaxInputBytes:      p.bytes("MAX_INPUT_BYTES", 1<<10, 1<<30),
 		MaxInputPixels:     p.integer("MAX_INPUT_PIXELS", 1, 1<<31),
+		DecodePixelBudget:  p.integer("DECODE_PIXEL_BUDGET", 1, 1<<34),
 		OutputLongSide:     int(p.integer("OUTPUT_LONG_SIDE", 64, 8192)),
 		OutputJPEGQuality:  int(p.integer("OUTPUT_JPEG_QUALITY", 1, 100)),
 		RequestTimeout:     p.duration("REQUEST_TIMEOUT", time.Second),
 		ShutdownTimeout:    p.duration("SHUTDOWN_TIMEOUT", 0),
 		DrainDelay:         p.duration("DRAIN_DELAY", 0),
+	}
+	if c.DecodePixelBudget < c.MaxInputPixels {
+		p.fail("DECODE_PIXEL_BUDGET", "must be at least MAX_INPUT_PIXELS (%d), or the largest allowed image would never decode", c.MaxInputPixels)
 	}
 	prefixes, err := storage.ParsePrefixes(p.str("ALLOWED_PREFIXES"))
 	if err != nil {

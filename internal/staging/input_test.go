@@ -2,6 +2,7 @@ package staging
 
 import (
 	"bytes"
+	"errors"
 	"image"
 	"image/png"
 	"os"
@@ -117,5 +118,40 @@ func symlink(t *testing.T, target, name string) {
 	}
 	if err := os.Symlink(target, name); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCorruptMaskIsRefusedBeforeAnyBackend gives the mock backend, which
+// ignores masks, a mask whose header is fine and whose data is not: it is
+// refused as the engine would refuse it, and nothing is recorded that a
+// later switch to the engine could replay.
+func TestCorruptMaskIsRefusedBeforeAnyBackend(t *testing.T) {
+	f := newFixture(t, 0)
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, image.NewGray(image.Rect(0, 0, 200, 100))); err != nil {
+		t.Fatal(err)
+	}
+	mask := buf.Bytes()
+	mask[len(mask)-20] ^= 0xFF // inside the image data: its checksum no longer holds
+	if err := f.store.Put(t.Context(), "l/mask.png", mask, storage.PutOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r := req("masked")
+	r.MaskKey = "l/mask.png"
+	_, err := f.svc.Stage(t.Context(), r)
+	if e := fault.From(err); e.Code != fault.InvalidInput || e.Retryable || !strings.Contains(e.Message, "mask_key") {
+		t.Fatalf("err = %v, want invalid_input about mask_key", err)
+	}
+	if f.be.calls.Load() != 0 {
+		t.Error("the backend ran")
+	}
+	if _, err := f.store.Get(t.Context(), "l/staged/masked.jpg.json", 1<<20); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("a record was written: %v", err)
+	}
+	// A sound mask of the same size passes, with mock's warning.
+	putPNG(t, f, "l/good-mask.png", 200, 100)
+	r.ImageID, r.MaskKey = "masked-ok", "l/good-mask.png"
+	if out, err := f.svc.Stage(t.Context(), r); err != nil || len(out.Warnings) != 1 || out.Warnings[0] != "mask_ignored" {
+		t.Errorf("sound mask: %+v, %v", out, err)
 	}
 }

@@ -43,6 +43,9 @@ type Options struct {
 	MaxInputPixels int64
 	// OutputLongSide is the long side of the staged image.
 	OutputLongSide int
+	// DecodeBudget bounds the pixels of the masks decoded at once (see
+	// verifyMask); nil bounds nothing. The mock backend shares it.
+	DecodeBudget *imagecheck.Budget
 }
 
 // Backends are the backends a Service routes jobs to.
@@ -328,6 +331,9 @@ func (s *Service) prepare(ctx context.Context, p plan) (backend.Job, error) {
 		if mw != ow || mh != oh {
 			return backend.Job{}, fault.New(fault.InvalidInput, "the mask is %dx%d but the original is %dx%d; they must match", mw, mh, ow, oh)
 		}
+		if err := s.verifyMask(ctx, mask, minfo); err != nil {
+			return backend.Job{}, err
+		}
 		job.Mask = mask
 	}
 	if job.Prompt, job.NegativePrompt, err = s.catalog.Prompts(p.params.RoomType, p.params.Style); err != nil {
@@ -363,6 +369,28 @@ func (s *Service) readImage(ctx context.Context, field, key string) ([]byte, ima
 		return nil, info, fault.Wrap(err, fault.InvalidInput, "%s is not a readable image: its header is truncated or corrupt", field)
 	}
 	return data, info, nil
+}
+
+// verifyMask decodes the whole mask, so that a mask whose header is fine
+// but whose data is not is refused here, the same way whichever backend the
+// job goes to (the engine would refuse it, mock and managed would not), and
+// never recorded by one backend for another to replay. Masks are small next
+// to the work of any backend but mock, which ignores them; the decode waits
+// for its pixels in the shared decode budget.
+func (s *Service) verifyMask(ctx context.Context, mask []byte, info imagecheck.Info) error {
+	release, err := s.opts.DecodeBudget.Acquire(ctx, info.Pixels())
+	if err != nil {
+		return contextFault(ctx)
+	}
+	defer release()
+	_, err = imagecheck.Verify(mask, s.opts.MaxInputPixels)
+	switch {
+	case errors.Is(err, imagecheck.ErrUnsupported):
+		return fault.Wrap(err, fault.UnsupportedMediaType, "mask_key uses an image feature that cannot be decoded")
+	case err != nil:
+		return fault.Wrap(err, fault.InvalidInput, "mask_key is not a readable image: its data is truncated or corrupt")
+	}
+	return nil
 }
 
 func (s *Service) readRecord(ctx context.Context, p plan) (record, bool, error) {
