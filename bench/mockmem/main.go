@@ -36,14 +36,15 @@ func main() {
 	jobs := flag.Int("jobs", 1000, "ordinary jobs after the bursts")
 	clients := flag.Int("c", 16, "concurrent clients of the ordinary jobs")
 	pause := flag.Duration("pause", 10*time.Second, "wait before the last RSS reading")
+	limit := flag.Duration("timeout", 30*time.Minute, "deadline of the ordinary jobs")
 	flag.Parse()
-	if err := run(*url, *store, *pid, *burst, *jobs, *clients, *pause); err != nil {
+	if err := run(*url, *store, *pid, *burst, *jobs, *clients, *pause, *limit); err != nil {
 		fmt.Fprintln(os.Stderr, "mockmem:", err)
 		os.Exit(1)
 	}
 }
 
-func run(url, store string, pid, burst, jobs, clients int, pause time.Duration) error {
+func run(url, store string, pid, burst, jobs, clients int, pause, limit time.Duration) error {
 	if store == "" || pid == 0 {
 		return fmt.Errorf("-store and -pid are required")
 	}
@@ -69,7 +70,7 @@ func run(url, store string, pid, burst, jobs, clients int, pause time.Duration) 
 			burst, strings.ToUpper(f.name), size, statuses, mib(status(pid, "VmHWM")), mib(status(pid, "VmRSS")))
 	}
 	start := time.Now()
-	statuses := fire(url, "demo/empty_living_room.jpg", run+"-ordinary", jobs, clients, 10*time.Minute)
+	statuses := fire(url, "demo/empty_living_room.jpg", run+"-ordinary", jobs, clients, limit)
 	fmt.Printf("ordinary: %d jobs of the 1536x1024 sample from %d clients in %.1fs: statuses %v, VmRSS right after %s\n",
 		jobs, clients, time.Since(start).Seconds(), statuses, mib(status(pid, "VmRSS")))
 	time.Sleep(pause)
