@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -66,23 +67,57 @@ func (s *Server) Drain() { s.draining.Store(true) }
 
 // Handler returns the routes with their middleware.
 func (s *Server) Handler() http.Handler {
-	r := chi.NewRouter()
-	r.Use(s.observe, s.recoverPanic)
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, fault.New(fault.RouteNotFound, "no route %s %.100q", r.Method, r.URL.Path))
+	mux := chi.NewRouter()
+	mux.Use(s.observe, s.recoverPanic)
+	mux.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, fault.New(fault.RouteNotFound, "no route %.16q %.100q", r.Method, r.URL.Path))
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, r, fault.New(fault.MethodNotAllowed, "method %s is not allowed on %.100q", r.Method, r.URL.Path))
+	mux.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		// chi sets Allow only in its own 405 handler, not in one given to it.
+		allowed := allowedMethods(mux, r.URL.Path)
+		w.Header().Set("Allow", strings.Join(allowed, ", "))
+		writeError(w, r, fault.New(fault.MethodNotAllowed, "method %.16q is not allowed on %.100q; use %s",
+			r.Method, r.URL.Path, strings.Join(allowed, " or ")))
 	})
-	r.Post("/infer", s.handleInfer)
-	r.Get("/v1/catalog", s.handleCatalog)
-	r.Get("/healthz", s.handleHealthz)
-	r.Get("/readyz", s.handleReadyz)
-	r.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{
+	mux.Post("/infer", s.handleInfer)
+	mux.Get("/v1/catalog", s.handleCatalog)
+	mux.Get("/healthz", s.handleHealthz)
+	mux.Get("/readyz", s.handleReadyz)
+	mux.Method(http.MethodGet, "/metrics", promhttp.HandlerFor(s.gatherer, promhttp.HandlerOpts{
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelError),
 		EnableOpenMetrics: true,
 	}))
-	return r
+	return mux
+}
+
+// standardMethods are the request methods of RFC 9110 plus PATCH: the only
+// ones that appear by name in metrics, logs and Allow headers.
+var standardMethods = [...]string{
+	http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+	http.MethodDelete, http.MethodConnect, http.MethodOptions, http.MethodTrace,
+}
+
+// methodLabel names a request method for metric labels and log lines: a
+// standard method as itself, anything else as "other", so that clients
+// cannot add series or grow lines with methods of their own invention.
+func methodLabel(method string) string {
+	for _, m := range standardMethods {
+		if method == m {
+			return m
+		}
+	}
+	return "other"
+}
+
+// allowedMethods lists the methods routes answers on path.
+func allowedMethods(routes chi.Routes, path string) []string {
+	var out []string
+	for _, m := range standardMethods {
+		if routes.Find(chi.NewRouteContext(), m, path) != "" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 type catalogEntry struct {
@@ -184,13 +219,14 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			sw.status = httpjson.StatusClientClosedRequest
 		}
 		elapsed := time.Since(start)
-		s.metrics.Requests.WithLabelValues(route, r.Method, strconv.Itoa(sw.status)).Inc()
-		s.metrics.Duration.WithLabelValues(route, r.Method).Observe(elapsed.Seconds())
+		method := methodLabel(r.Method)
+		s.metrics.Requests.WithLabelValues(route, method, strconv.Itoa(sw.status)).Inc()
+		s.metrics.Duration.WithLabelValues(route, method).Observe(elapsed.Seconds())
 		if route == "/metrics" || route == "/healthz" || route == "/readyz" {
 			return // probes and scrapes would drown the log
 		}
 		attrs := []slog.Attr{
-			slog.String("request_id", id), slog.String("method", r.Method), slog.String("route", route),
+			slog.String("request_id", id), slog.String("method", method), slog.String("route", route),
 			slog.Int("status", sw.status), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
 		}
 		if f.imageID != "" {

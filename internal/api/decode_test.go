@@ -61,6 +61,12 @@ func TestDecodeInferRejects(t *testing.T) {
 		"strength huge":  {`{"strength":1e400}`, fault.InvalidInput, "strength"},
 		"empty mask key": {`{"mask_key":""}`, fault.InvalidInput, "mask_key"},
 		"mask key num":   {`{"mask_key":3}`, fault.InvalidInput, "mask_key must be a string"},
+		"upper case":     {`{"ORIGINAL_KEY":"b.jpg"}`, fault.InvalidInput, `unknown field "ORIGINAL_KEY"`},
+		"folded kelvin":  {`{"original_\u212aey":"b.jpg"}`, fault.InvalidInput, "unknown field"},
+		"case duplicate": {`{"original_key":"a.jpg","ORIGINAL_KEY":"b.jpg"}`, fault.InvalidInput, `"ORIGINAL_KEY"`},
+		"duplicate":      {`{"original_key":"a.jpg","original_key":"b.jpg"}`, fault.InvalidInput, `"original_key" appears more than once`},
+		"duplicate seed": {`{"seed":1,"seed":2}`, fault.InvalidInput, `"seed" appears more than once`},
+		"null body":      {`null`, fault.InvalidInput, "JSON object"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := decodeInfer(strings.NewReader(tc.body))
@@ -110,6 +116,8 @@ func FuzzDecodeInfer(f *testing.F) {
 		`{"image_id":"a","original_key":"k/o.jpg","room_type":"bedroom","style":"modern"}`,
 		`{"image_id":"a","seed":12,"strength":0.3,"guidance_scale":7.5,"mask_key":"k/m.png"}`,
 		`{"seed":-1}`, `{"seed":1e99}`, `[]`, `{`, ``, `null`, `{"image_id":"\u0000"}`, `{"x":1}`,
+		`{"original_key":"a.jpg","ORIGINAL_KEY":"b.jpg"}`, `{"original_\u212aey":"b.jpg"}`, `{"tier":"pro","tier":"free"}`,
+		`{"Image_ID":"a"}`, `{"image_id":"a","image\u005fid":"b"}`,
 	} {
 		f.Add(s)
 	}
@@ -117,6 +125,9 @@ func FuzzDecodeInfer(f *testing.F) {
 		req, err := decodeInfer(strings.NewReader(body))
 		if err != nil {
 			fe := fault.From(err)
+			if len(fe.Message) > 600 {
+				t.Fatalf("message of %d bytes for %q", len(fe.Message), body)
+			}
 			if fe.Code != fault.InvalidInput {
 				t.Fatalf("code = %s for %q", fe.Code, body)
 			}

@@ -8,11 +8,11 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/httpjson"
 	"github.com/vstage/vstage/internal/staging"
+	"github.com/vstage/vstage/internal/strictjson"
 )
 
 // inferRequest is the JSON body of POST /infer. Optional numbers are
@@ -32,24 +32,14 @@ type inferRequest struct {
 	Tier string `json:"tier"`
 }
 
-const requestFields = "image_id, original_key, room_type, style, mask_key, seed, strength, guidance_scale, tier"
-
-// decodeInfer reads one JSON object from body, strictly: no unknown fields,
-// no trailing data, numbers of the right kind and range. It does not check
-// values against the catalogue or the key policy; staging does.
+// decodeInfer reads one JSON object from body, strictly (see strictjson):
+// only the known fields, spelled exactly, each once, nothing after the
+// object, numbers of the right kind and range. It does not check values
+// against the catalogue or the key policy; staging does.
 func decodeInfer(body io.Reader) (staging.Request, error) {
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
 	var in inferRequest
-	if err := dec.Decode(&in); err != nil {
+	if err := strictjson.Decode(body, &in); err != nil {
 		return staging.Request{}, decodeFault(err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return staging.Request{}, decodeFault(err)
-		}
-		return staging.Request{}, fault.New(fault.InvalidInput, "the body must hold exactly one JSON object")
 	}
 	req := staging.Request{
 		ImageID: in.ImageID, OriginalKey: in.OriginalKey, RoomType: in.RoomType, Style: in.Style,
@@ -74,40 +64,16 @@ func decodeInfer(body io.Reader) (staging.Request, error) {
 
 func decodeFault(err error) error {
 	var (
-		syntax *json.SyntaxError
-		typ    *json.UnmarshalTypeError
 		mbe    *http.MaxBytesError
+		strict *strictjson.Error
 	)
 	switch {
 	case errors.As(err, &mbe):
 		return fault.Wrap(err, fault.PayloadTooLarge, "the request body is larger than %d bytes (MAX_BODY_BYTES)", mbe.Limit)
-	case errors.Is(err, io.EOF):
-		return fault.New(fault.InvalidInput, "the request body is empty; send a JSON object with %s", requestFields)
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return fault.New(fault.InvalidInput, "the request body is truncated JSON")
-	case errors.As(err, &syntax):
-		return fault.New(fault.InvalidInput, "the request body is not valid JSON (error at byte %d)", syntax.Offset)
-	case errors.As(err, &typ):
-		if typ.Field == "" {
-			return fault.New(fault.InvalidInput, "the request body must be a JSON object")
-		}
-		return fault.New(fault.InvalidInput, "field %s must be a %s, got a JSON %s", typ.Field, kindName(typ.Type.Kind().String()), typ.Value)
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		// encoding/json has no typed error for this case.
-		name := strings.TrimPrefix(err.Error(), "json: unknown field ")
-		return fault.New(fault.InvalidInput, "unknown field %.80s; allowed fields: %s", name, requestFields)
+	case errors.As(err, &strict):
+		return fault.Wrap(err, fault.InvalidInput, "%s", strict.Error())
 	}
-	return fault.Wrap(err, fault.InvalidInput, "the request body could not be read as JSON")
-}
-
-func kindName(k string) string {
-	switch k {
-	case "string":
-		return "string"
-	case "float64", "uint32":
-		return "number"
-	}
-	return k
+	return fault.Wrap(err, fault.InvalidInput, "the request body could not be read")
 }
 
 // checkContentType accepts a missing Content-Type or application/json.

@@ -19,6 +19,8 @@ import (
 	"github.com/vstage/vstage/internal/api"
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/config"
+	"github.com/vstage/vstage/internal/httpjson"
+	"github.com/vstage/vstage/internal/imagecheck"
 	"github.com/vstage/vstage/internal/rollout"
 	"github.com/vstage/vstage/internal/sample"
 	"github.com/vstage/vstage/internal/staging"
@@ -49,6 +51,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 	}
 	store, err := storage.Open(ctx, cfg.StorageURL, storage.Options{
 		S3Endpoint: cfg.S3Endpoint, S3ForcePathStyle: cfg.S3ForcePathStyle,
+		S3AttemptTimeout: cfg.S3AttemptTimeout, S3MaxAttempts: cfg.S3MaxAttempts, S3MaxBackoff: cfg.S3MaxBackoff,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open storage: %w", err)
@@ -69,7 +72,10 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 	}
 	reg := telemetry.NewRegistry()
 	cat := catalog.Default()
-	bs, err := buildBackends(cfg, log, reg)
+	// One decode budget for the whole process: mock jobs and mask checks
+	// draw on it together.
+	decode := imagecheck.NewBudget(cfg.DecodePixelBudget)
+	bs, err := buildBackends(cfg, log, reg, decode)
 	if err != nil {
 		return nil, err
 	}
@@ -80,6 +86,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		MaxInputBytes:      cfg.MaxInputBytes,
 		MaxInputPixels:     cfg.MaxInputPixels,
 		OutputLongSide:     cfg.OutputLongSide,
+		DecodeBudget:       decode,
 	}, telemetry.NewStagingMetrics(reg), log)
 	srv := api.New(svc, cat, reg, telemetry.NewHTTPMetrics(reg), log, api.Options{
 		MaxBodyBytes:   cfg.MaxBodyBytes,
@@ -117,91 +124,111 @@ type ServeOptions struct {
 // engine only after the drain, so jobs in flight keep their engine. It
 // closes the listeners and the store, and returns nil after a clean drain.
 func (a *App) Serve(ctx context.Context, ln net.Listener, opts ServeOptions) error {
-	cfg, log := a.cfg, a.log
 	defer func() {
 		if err := a.store.Close(); err != nil {
-			log.Warn("closing storage", "error", err)
+			a.log.Warn("closing storage", "error", err)
 		}
 	}()
 	if a.admin != nil && opts.Admin == nil {
 		_ = ln.Close()
 		return errors.New("serve: the admin API is configured but has no listener")
 	}
-	hs := &http.Server{
-		Handler:           a.handler,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		// A job may use its whole deadline before the answer is written.
-		WriteTimeout: cfg.RequestTimeout + 10*time.Second,
-		IdleTimeout:  2 * time.Minute,
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
-
 	// The background parts live until the drain is over, not until ctx
 	// ends, so they get a context of their own.
-	bgCtx, stopBackground := context.WithCancel(context.WithoutCancel(ctx))
-	var bg sync.WaitGroup
-	defer func() {
-		stopBackground()
-		bg.Wait()
-	}()
-	goBackground := func(name string, run func(context.Context) error) {
-		bg.Add(1)
-		go func() {
-			defer bg.Done()
-			if err := run(bgCtx); err != nil {
-				log.Error("background part stopped", "part", name, "error", err)
-			}
-		}()
-	}
-	if b := a.backends; b.engine != nil {
-		goBackground("engine", b.engine.Run)
-		goBackground("gpu", b.gpu.Run)
-	}
-	if opts.Reload != nil {
-		goBackground("rollout reload", func(ctx context.Context) error {
-			if cfg.Rollout.File == "" {
-				drainSignals(ctx, opts.Reload, func() { log.Warn("SIGHUP ignored: no ROLLOUT_FILE is configured") })
-				return nil
-			}
-			a.backends.router.ReloadOn(ctx, opts.Reload, cfg.Rollout.File)
-			return nil
-		})
-	}
-	var admin *http.Server
-	if a.admin != nil {
-		admin = &http.Server{Handler: a.admin, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
-		goBackground("admin", func(context.Context) error {
-			if err := admin.Serve(opts.Admin); !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
-		defer func() { _ = admin.Close() }()
-	}
+	bg := newBackground(context.WithoutCancel(ctx), a.log)
+	defer bg.stop()
+	a.startBackground(bg, opts)
 
+	hs := a.httpServer(a.handler, a.cfg.RequestTimeout+10*time.Second)
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- hs.Serve(ln) }()
-	attrs := []any{"addr", ln.Addr().String(), "mode", cfg.Mode, "storage", redactURL(cfg.StorageURL),
-		"rollout", a.backends.router.Get(), "upscale_enabled", cfg.Rollout.UpscaleEnabled}
-	if opts.Admin != nil {
-		attrs = append(attrs, "admin_addr", opts.Admin.Addr().String())
-	}
-	log.Info("listening", attrs...)
-	if opts.Banner != nil {
-		printBanner(opts.Banner, ln.Addr().String(), cfg)
-	}
+	go func() { serveErr <- hs.Serve(httpjson.NewListener(ln, hs.MaxHeaderBytes)) }()
+	a.announce(ln, opts)
 
 	select {
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
+	return a.drain(hs, serveErr)
+}
+
+// httpServer returns a server for h with the listener limits; writeTimeout
+// bounds the time to answer one request.
+func (a *App) httpServer(h http.Handler, writeTimeout time.Duration) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       2 * time.Minute,
+		// Without it, net/http holds up to 1 MiB per client that trickles a
+		// header in until ReadHeaderTimeout.
+		MaxHeaderBytes: int(a.cfg.MaxHeaderBytes),
+		ErrorLog:       slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// startBackground starts, on bg, what runs beside the API: the engine's
+// supervisor and the GPU monitor (self mode), the rollout reloads and the
+// admin API.
+func (a *App) startBackground(bg *background, opts ServeOptions) {
+	if b := a.backends; b.engine != nil {
+		bg.run("engine", b.engine.Run)
+		bg.run("gpu", b.gpu.Run)
+	}
+	if opts.Reload != nil {
+		bg.run("rollout reload", func(ctx context.Context) error {
+			if a.cfg.Rollout.File == "" {
+				drainSignals(ctx, opts.Reload, func() { a.log.Warn("SIGHUP ignored: no ROLLOUT_FILE is configured") })
+				return nil
+			}
+			a.backends.router.ReloadOn(ctx, opts.Reload, a.cfg.Rollout.File)
+			return nil
+		})
+	}
+	if a.admin != nil {
+		admin := a.httpServer(a.admin, 10*time.Second)
+		admin.ReadHeaderTimeout, admin.ReadTimeout = 5*time.Second, 10*time.Second
+		bg.run("admin", func(ctx context.Context) error {
+			served := make(chan error, 1)
+			go func() { served <- admin.Serve(httpjson.NewListener(opts.Admin, admin.MaxHeaderBytes)) }()
+			select {
+			case err := <-served:
+				return err
+			case <-ctx.Done():
+				_ = admin.Close()
+				if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+					return err
+				}
+				return nil
+			}
+		})
+	}
+}
+
+// announce logs the listening addresses and prints the banner.
+func (a *App) announce(ln net.Listener, opts ServeOptions) {
+	cfg := a.cfg
+	attrs := []any{"addr", ln.Addr().String(), "mode", cfg.Mode, "storage", redactURL(cfg.StorageURL),
+		"rollout", a.backends.router.Get(), "upscale_enabled", cfg.Rollout.UpscaleEnabled}
+	if opts.Admin != nil {
+		attrs = append(attrs, "admin_addr", opts.Admin.Addr().String())
+	}
+	a.log.Info("listening", attrs...)
+	if opts.Banner != nil {
+		printBanner(opts.Banner, ln.Addr().String(), cfg)
+	}
+}
+
+// drain refuses new work, waits DRAIN_DELAY, then shuts hs down within
+// SHUTDOWN_TIMEOUT; serveErr is hs.Serve's result.
+func (a *App) drain(hs *http.Server, serveErr <-chan error) error {
+	cfg := a.cfg
 	a.api.Drain()
 	if ctrl := a.backends.admission; ctrl != nil {
 		ctrl.Drain()
 	}
-	log.Info("draining", "drain_delay", cfg.DrainDelay.String(), "shutdown_timeout", cfg.ShutdownTimeout.String())
+	a.log.Info("draining", "drain_delay", cfg.DrainDelay.String(), "shutdown_timeout", cfg.ShutdownTimeout.String())
 	if cfg.DrainDelay > 0 {
 		time.Sleep(cfg.DrainDelay)
 	}
@@ -215,8 +242,38 @@ func (a *App) Serve(ctx context.Context, ln net.Listener, opts ServeOptions) err
 	if err := <-serveErr; !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serve: %w", err)
 	}
-	log.Info("stopped")
+	a.log.Info("stopped")
 	return nil
+}
+
+// background runs parts that live as long as Serve; stop cancels them
+// and waits for every one to return.
+type background struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	log    *slog.Logger
+}
+
+func newBackground(parent context.Context, log *slog.Logger) *background {
+	ctx, cancel := context.WithCancel(parent)
+	return &background{ctx: ctx, cancel: cancel, log: log}
+}
+
+// run starts f on its own goroutine; an error it returns is logged.
+func (b *background) run(name string, f func(context.Context) error) {
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		if err := f(b.ctx); err != nil {
+			b.log.Error("background part stopped", "part", name, "error", err)
+		}
+	}()
+}
+
+func (b *background) stop() {
+	b.cancel()
+	b.wg.Wait()
 }
 
 // drainSignals calls f for each value on sig until ctx is done.

@@ -14,6 +14,7 @@ import (
 	"github.com/vstage/vstage/internal/config"
 	"github.com/vstage/vstage/internal/engine"
 	"github.com/vstage/vstage/internal/gpu"
+	"github.com/vstage/vstage/internal/imagecheck"
 	"github.com/vstage/vstage/internal/managed"
 	"github.com/vstage/vstage/internal/rollout"
 	"github.com/vstage/vstage/internal/staging"
@@ -34,8 +35,9 @@ type backends struct {
 // buildBackends builds mock (always), self (when INFERENCE_MODE is self)
 // and managed (when a model version is configured), and the router between
 // them. Only self jobs pass admission: they are the ones on this pod's GPU.
-func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registerer) (*backends, error) {
-	mock := &backend.Mock{MaxPixels: cfg.MaxInputPixels, Quality: cfg.OutputJPEGQuality}
+// Mock decodes within the decode budget.
+func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, decode *imagecheck.Budget) (*backends, error) {
+	mock := &backend.Mock{MaxPixels: cfg.MaxInputPixels, Quality: cfg.OutputJPEGQuality, Budget: decode}
 	b := &backends{}
 	byName := map[string]backend.Backend{mock.Name(): mock}
 	var available []string

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vstage/vstage/internal/config"
+	"github.com/vstage/vstage/internal/imagecheck"
 	"github.com/vstage/vstage/internal/telemetry"
 	"github.com/vstage/vstage/internal/testsupport"
 )
@@ -83,7 +84,7 @@ func everyMetric(t *testing.T) (map[string][]string, map[string]map[string][]str
 	var logs testsupport.LogBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	f := &families{reg: telemetry.NewRegistry(), labels: map[string][]string{}}
-	if _, err := buildBackends(cfg, log, f); err != nil {
+	if _, err := buildBackends(cfg, log, f, imagecheck.NewBudget(cfg.DecodePixelBudget)); err != nil {
 		t.Fatal(err)
 	}
 	telemetry.NewHTTPMetrics(f)

@@ -20,22 +20,33 @@ type Mock struct {
 	MaxPixels int64
 	// Quality is the JPEG quality of the output.
 	Quality int
+	// Budget bounds the pixels decoded at once across all jobs; nil bounds
+	// nothing. Behind the kill switch every job comes here, so this is what
+	// keeps a burst of huge inputs from taking the process's memory.
+	Budget *imagecheck.Budget
 }
 
 // Name returns "mock".
 func (m *Mock) Name() string { return "mock" }
 
-// Stage re-encodes the original. A mask is accepted and ignored, with the
-// warning "mask_ignored", so callers can test inpainting requests end to end.
+// Stage re-encodes the original, after waiting for its pixels to fit in the
+// decode budget. A mask (which the caller has checked, as for any backend)
+// is ignored, with the warning "mask_ignored", so callers can test
+// inpainting requests end to end.
 func (m *Mock) Stage(ctx context.Context, job Job) (Result, error) {
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
+	}
+	release, err := m.Budget.Acquire(ctx, job.Info.Pixels())
+	if err != nil {
+		return Result{}, ctx.Err()
 	}
 	r, err := imagecheck.Normalize(job.Image, imagecheck.NormalizeOptions{
 		MaxPixels: m.MaxPixels,
 		LongSide:  job.OutputLongSide,
 		Quality:   m.Quality,
 	})
+	release()
 	switch {
 	case errors.Is(err, imagecheck.ErrTooManyPixels):
 		return Result{}, fault.Wrap(err, fault.ImageTooLarge, "the original has too many pixels")

@@ -39,14 +39,20 @@ type Config struct {
 	StorageURL       string
 	S3Endpoint       string
 	S3ForcePathStyle bool
+	// S3AttemptTimeout, S3MaxAttempts and S3MaxBackoff bound each S3 call.
+	S3AttemptTimeout time.Duration
+	S3MaxAttempts    int
+	S3MaxBackoff     time.Duration
 	AllowedPrefixes  storage.Prefixes
 	// StagedKeyTemplate derives the staged object's key; see StagedKey.
 	StagedKeyTemplate  string
 	StagedCacheControl string
 	SeedDemo           bool
 	MaxBodyBytes       int64
+	MaxHeaderBytes     int64
 	MaxInputBytes      int64
 	MaxInputPixels     int64
+	DecodePixelBudget  int64
 	OutputLongSide     int
 	OutputJPEGQuality  int
 	RequestTimeout     time.Duration
@@ -150,13 +156,18 @@ var Settings = []Setting{
 	{"STORAGE_URL", "file://<working dir>/var/storage", "file:///abs/dir or s3://bucket[/prefix]."},
 	{"S3_ENDPOINT", "", "Endpoint of an S3-compatible server (empty: AWS)."},
 	{"S3_FORCE_PATH_STYLE", "false", "Path-style S3 addressing, for S3-compatible servers."},
+	{"S3_ATTEMPT_TIMEOUT", "10s", "Bound of one S3 attempt, the body's transfer included; a store that stops answering fails the attempt."},
+	{"S3_MAX_ATTEMPTS", "3", "Tries of one S3 call on connection errors, timeouts, throttling and 5xx (jittered backoff; the SDK's retry quota stops retries against a dead store)."},
+	{"S3_MAX_BACKOFF", "1s", "Longest wait between two S3 attempts."},
 	{"ALLOWED_PREFIXES", "", "Comma-separated key folders requests may read and write under; empty allows any."},
 	{"STAGED_KEY_TEMPLATE", "{dir}/staged/{image_id}.jpg", "Key of the staged image; {dir} is the original's folder, {name} its file name without extension, {image_id} the request's."},
 	{"STAGED_CACHE_CONTROL", "public, max-age=86400", "Cache-Control written with staged images."},
 	{"SEED_DEMO", "false", "Write the bundled sample photo at demo/empty_living_room.jpg at start when it is absent."},
 	{"MAX_BODY_BYTES", "64KiB", "Largest /infer request body."},
+	{"MAX_HEADER_BYTES", "32KiB", "Largest request line and header, on the API and the admin listener; more is answered 431 header_too_large."},
 	{"MAX_INPUT_BYTES", "25MiB", "Largest original or mask object read from storage."},
 	{"MAX_INPUT_PIXELS", "40000000", "Largest original or mask in pixels, checked from the header before decoding."},
+	{"DECODE_PIXEL_BUDGET", "48000000", "Pixels the sidecar decodes at once (mock jobs, mask checks); more wait their turn. At least MAX_INPUT_PIXELS; see Memory."},
 	{"OUTPUT_LONG_SIDE", "1024", "Long side of the staged image in pixels (never upscaled)."},
 	{"OUTPUT_JPEG_QUALITY", "90", "JPEG quality of the staged image (1-100)."},
 	{"REQUEST_TIMEOUT", "120s", "Deadline of one /infer request, storage and backend included."},
@@ -210,17 +221,25 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		Mode:               Mode(strings.ToLower(p.str("INFERENCE_MODE"))),
 		S3Endpoint:         p.str("S3_ENDPOINT"),
 		S3ForcePathStyle:   p.boolean("S3_FORCE_PATH_STYLE"),
+		S3AttemptTimeout:   p.duration("S3_ATTEMPT_TIMEOUT", 10*time.Millisecond),
+		S3MaxAttempts:      int(p.integer("S3_MAX_ATTEMPTS", 1, 20)),
+		S3MaxBackoff:       p.duration("S3_MAX_BACKOFF", 0),
 		StagedKeyTemplate:  p.str("STAGED_KEY_TEMPLATE"),
 		StagedCacheControl: p.str("STAGED_CACHE_CONTROL"),
 		SeedDemo:           p.boolean("SEED_DEMO"),
 		MaxBodyBytes:       p.bytes("MAX_BODY_BYTES", 1<<10, 16<<20),
+		MaxHeaderBytes:     p.bytes("MAX_HEADER_BYTES", 4<<10, 1<<20),
 		MaxInputBytes:      p.bytes("MAX_INPUT_BYTES", 1<<10, 1<<30),
 		MaxInputPixels:     p.integer("MAX_INPUT_PIXELS", 1, 1<<31),
+		DecodePixelBudget:  p.integer("DECODE_PIXEL_BUDGET", 1, 1<<34),
 		OutputLongSide:     int(p.integer("OUTPUT_LONG_SIDE", 64, 8192)),
 		OutputJPEGQuality:  int(p.integer("OUTPUT_JPEG_QUALITY", 1, 100)),
 		RequestTimeout:     p.duration("REQUEST_TIMEOUT", time.Second),
 		ShutdownTimeout:    p.duration("SHUTDOWN_TIMEOUT", 0),
 		DrainDelay:         p.duration("DRAIN_DELAY", 0),
+	}
+	if c.DecodePixelBudget < c.MaxInputPixels {
+		p.fail("DECODE_PIXEL_BUDGET", "must be at least MAX_INPUT_PIXELS (%d), or the largest allowed image would never decode", c.MaxInputPixels)
 	}
 	prefixes, err := storage.ParsePrefixes(p.str("ALLOWED_PREFIXES"))
 	if err != nil {

@@ -26,6 +26,9 @@ func TestDefaults(t *testing.T) {
 	if c.RequestTimeout != 120*time.Second || c.ShutdownTimeout != 30*time.Second || c.LogLevel != slog.LevelInfo || len(c.AllowedPrefixes) != 0 {
 		t.Errorf("durations/level/prefixes: %+v", c)
 	}
+	if c.S3AttemptTimeout != 10*time.Second || c.S3MaxAttempts != 3 || c.S3MaxBackoff != time.Second {
+		t.Errorf("S3 attempts: %v, %d, %v", c.S3AttemptTimeout, c.S3MaxAttempts, c.S3MaxBackoff)
+	}
 }
 
 func TestOverrides(t *testing.T) {

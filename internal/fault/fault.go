@@ -43,6 +43,9 @@ const (
 	// Unauthorized means a protected endpoint, such as the admin listener,
 	// was called without the right bearer token.
 	Unauthorized Code = "unauthorized"
+	// HeaderTooLarge means the request's header was over the listener's
+	// limit; the request was not read.
+	HeaderTooLarge Code = "header_too_large"
 )
 
 // Error is a failure with a code. Message is safe to show to a client; Err,

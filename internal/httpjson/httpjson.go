@@ -34,6 +34,8 @@ func StatusOf(c fault.Code) int {
 		return http.StatusConflict
 	case fault.PayloadTooLarge:
 		return http.StatusRequestEntityTooLarge
+	case fault.HeaderTooLarge:
+		return http.StatusRequestHeaderFieldsTooLarge
 	case fault.UnsupportedMediaType:
 		return http.StatusUnsupportedMediaType
 	case fault.ImageTooLarge:

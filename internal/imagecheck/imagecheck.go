@@ -123,6 +123,9 @@ func describe(data []byte) string {
 // Inspect sniffs the content (magic bytes, never a file name), reads only the
 // header and rejects images whose pixel count exceeds maxPixels with
 // ErrTooManyPixels before any pixel is decoded. maxPixels <= 0 means no cap.
+// With ErrTooManyPixels the Info still holds the format and the declared
+// size, so the caller can say what was refused; with any other error it is
+// the zero Info.
 func Inspect(data []byte, maxPixels int64) (Info, error) {
 	format, err := sniff(data)
 	if err != nil {
@@ -138,7 +141,7 @@ func Inspect(data []byte, maxPixels int64) (Info, error) {
 		err = inspectWebP(data, &info)
 	}
 	if cerr := checkPixels(info, maxPixels); cerr != nil {
-		return Info{}, cerr
+		return info, cerr
 	}
 	if err != nil {
 		return Info{}, err

@@ -135,8 +135,12 @@ func TestInspectRejectsHugeHeadersCheaply(t *testing.T) {
 	for _, name := range slices.Sorted(maps.Keys(huge)) {
 		data := huge[name]
 		t.Run(name, func(t *testing.T) {
-			if _, err := Inspect(data, 40_000_000); !errors.Is(err, ErrTooManyPixels) {
+			info, err := Inspect(data, 40_000_000)
+			if !errors.Is(err, ErrTooManyPixels) {
 				t.Fatalf("Inspect error = %v; want ErrTooManyPixels", err)
+			}
+			if info.Pixels() <= 40_000_000 {
+				t.Errorf("Inspect refused %dx%d; the refusal must carry the declared size", info.Width, info.Height)
 			}
 			if _, err := Normalize(data, NormalizeOptions{MaxPixels: 40_000_000}); !errors.Is(err, ErrTooManyPixels) {
 				t.Fatalf("Normalize error = %v; want ErrTooManyPixels", err)

@@ -55,32 +55,24 @@ func Normalize(data []byte, opts NormalizeOptions) (Result, error) {
 	if opts.LongSide < 0 {
 		return Result{}, fmt.Errorf("imagecheck: long side %d is negative; allowed is 0 (keep) or more", opts.LongSide)
 	}
-	info, err := Inspect(data, opts.MaxPixels)
+	src, info, err := decodeChecked(data, opts.MaxPixels)
 	if err != nil {
 		return Result{}, err
-	}
-	src, err := decode(info.Format, data)
-	if err != nil {
-		return Result{}, err
-	}
-	if b := src.Bounds(); b.Dx() != info.Width || b.Dy() != info.Height {
-		return Result{}, fmt.Errorf("%w: %s decodes to %dx%d but its header says %dx%d",
-			ErrCorrupt, info.Format, b.Dx(), b.Dy(), info.Width, info.Height)
 	}
 
 	// Scaling before turning is cheaper and gives the same picture: fitting
 	// the long side does not depend on which side is which.
 	sw, sh := fit(info.Width, info.Height, opts.LongSide)
 	flat := image.NewRGBA(image.Rect(0, 0, sw, sh))
-	draw.Draw(flat, flat.Bounds(), image.NewUniform(color.White), image.Point{}, draw.Src)
 	op := draw.Over
 	if o, ok := src.(interface{ Opaque() bool }); ok && o.Opaque() {
 		op = draw.Src
 	}
 	if sw == info.Width && sh == info.Height {
+		draw.Draw(flat, flat.Bounds(), image.NewUniform(color.White), image.Point{}, draw.Src)
 		draw.Draw(flat, flat.Bounds(), src, src.Bounds().Min, op)
 	} else {
-		draw.CatmullRom.Scale(flat, flat.Bounds(), src, src.Bounds(), op, nil)
+		scaleDown(flat, src, op)
 	}
 	upright := orient(flat, info.Orientation)
 
@@ -92,6 +84,34 @@ func Normalize(data []byte, opts NormalizeOptions) (Result, error) {
 	}
 	b := upright.Bounds()
 	return Result{Data: buf.Bytes(), Width: b.Dx(), Height: b.Dy(), Info: info}, nil
+}
+
+// Verify inspects data and decodes every pixel of it, as a backend would,
+// and returns what its header says. It fails with ErrCorrupt for a file
+// whose header is fine but whose data is not (truncated, bad checksums,
+// broken entropy coding), which Inspect alone cannot see. Its memory is
+// that of the decoded image; bound it with a Budget.
+func Verify(data []byte, maxPixels int64) (Info, error) {
+	_, info, err := decodeChecked(data, maxPixels)
+	return info, err
+}
+
+// decodeChecked inspects data, decodes it and checks that the decoded size
+// is the one the header declared.
+func decodeChecked(data []byte, maxPixels int64) (image.Image, Info, error) {
+	info, err := Inspect(data, maxPixels)
+	if err != nil {
+		return nil, info, err
+	}
+	src, err := decode(info.Format, data)
+	if err != nil {
+		return nil, info, err
+	}
+	if b := src.Bounds(); b.Dx() != info.Width || b.Dy() != info.Height {
+		return nil, info, fmt.Errorf("%w: %s decodes to %dx%d but its header says %dx%d",
+			ErrCorrupt, info.Format, b.Dx(), b.Dy(), info.Width, info.Height)
+	}
+	return src, info, nil
 }
 
 func decode(f Format, data []byte) (image.Image, error) {

@@ -3,7 +3,6 @@ package rollout
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/httpjson"
+	"github.com/vstage/vstage/internal/strictjson"
 )
 
 // AdminPath is the admin resource for the rollout state.
@@ -120,13 +120,19 @@ func (a *admin) put(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var u update
-	if err := decodeStrict(http.MaxBytesReader(w, r.Body, maxAdminBody), &u); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+	if err := strictjson.Decode(http.MaxBytesReader(w, r.Body, maxAdminBody), &u); err != nil {
+		var (
+			mbe    *http.MaxBytesError
+			strict *strictjson.Error
+		)
+		switch {
+		case errors.As(err, &mbe):
 			writeError(w, fault.New(fault.PayloadTooLarge, "the body is larger than %d bytes", maxAdminBody))
-			return
+		case errors.As(err, &strict):
+			writeError(w, fault.Wrap(err, fault.InvalidInput, "%s", strict.Error()))
+		default:
+			writeError(w, fault.Wrap(err, fault.InvalidInput, "the body could not be read"))
 		}
-		writeError(w, fault.Wrap(err, fault.InvalidInput, "%s", err.Error()))
 		return
 	}
 	if u == (update{}) {
@@ -140,26 +146,6 @@ func (a *admin) put(w http.ResponseWriter, r *http.Request) {
 	}
 	a.log.Info("admin rollout update", slog.String("remote", r.RemoteAddr), slog.Any("old", old), slog.Any("new", updated))
 	writeJSON(w, http.StatusOK, updated)
-}
-
-// decodeStrict reads exactly one JSON object with only known fields.
-func decodeStrict(r io.Reader, v any) error {
-	dec := json.NewDecoder(r)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
-		}
-		if errors.Is(err, io.EOF) {
-			return errors.New("the body is empty; send a JSON object with enabled, mode, canary_percent")
-		}
-		return fmt.Errorf("the body is not a valid rollout object (fields: enabled, mode, canary_percent): %w", err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return errors.New("the body must hold exactly one JSON object")
-	}
-	return nil
 }
 
 // writeJSON answers with v; admin answers are never cached.
@@ -216,7 +202,7 @@ func LoadFile(path string) (State, error) {
 	}
 	defer f.Close()
 	var in file
-	if err := decodeStrict(io.LimitReader(f, maxAdminBody), &in); err != nil {
+	if err := strictjson.Decode(io.LimitReader(f, maxAdminBody), &in); err != nil {
 		return State{}, fmt.Errorf("rollout file %s: %w", path, err)
 	}
 	if in.Enabled == nil || in.Mode == nil || in.CanaryPercent == nil {

@@ -116,6 +116,10 @@ func TestAdminPut(t *testing.T) {
 		{`{"canary_percent":101}`, http.StatusBadRequest, "invalid_input"},
 		{`{"canary_percent":"5"}`, http.StatusBadRequest, "invalid_input"},
 		{`{"enabled":true,"extra":1}`, http.StatusBadRequest, "invalid_input"},
+		{`{"Enabled":false}`, http.StatusBadRequest, "invalid_input"},
+		{`{"\u212a":false}`, http.StatusBadRequest, "invalid_input"},
+		{`{"canary_percent":5,"CANARY_PERCENT":50}`, http.StatusBadRequest, "invalid_input"},
+		{`{"enabled":true,"enabled":false}`, http.StatusBadRequest, "invalid_input"},
 		{`{}`, http.StatusBadRequest, "invalid_input"},
 		{`{"enabled":true} {}`, http.StatusBadRequest, "invalid_input"},
 		{`not json`, http.StatusBadRequest, "invalid_input"},
@@ -129,8 +133,10 @@ func TestAdminPut(t *testing.T) {
 			t.Fatalf("PUT %.40s changed the state to %+v", tc.body, r.Get())
 		}
 	}
-	if a := call(t, h, http.MethodDelete, AdminPath, auth, ""); a.status != http.StatusMethodNotAllowed || a.header.Get("Allow") == "" {
-		t.Errorf("DELETE: %d, Allow %q", a.status, a.header.Get("Allow"))
+	for _, m := range []string{http.MethodDelete, http.MethodPost, "PROPFIND"} {
+		if a := call(t, h, m, AdminPath, auth, ""); a.status != http.StatusMethodNotAllowed || a.header.Get("Allow") != "GET, HEAD, PUT" {
+			t.Errorf("%s: %d, Allow %q", m, a.status, a.header.Get("Allow"))
+		}
 	}
 	if a := call(t, h, http.MethodGet, "/admin/other", auth, ""); a.status != http.StatusNotFound {
 		t.Errorf("unknown path: %d", a.status)
@@ -199,6 +205,8 @@ func TestLoadFileAndReload(t *testing.T) {
 		`{"enabled": true, "mode": "gpu", "canary_percent": 40}`,
 		`{"enabled": true, "mode": "managed", "canary_percent": 40}`,
 		`{"enabled": true, "mode": "self", "canary_percent": 40`,
+		`{"enabled": true, "Mode": "self", "canary_percent": 40}`,
+		`{"enabled": false, "mode": "self", "canary_percent": 40, "canary_percent": 50}`,
 	} {
 		p := writeFile(t, body)
 		if _, _, err := r.ReloadFile(p); err == nil {

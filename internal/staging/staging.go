@@ -46,6 +46,9 @@ type Options struct {
 	MaxInputPixels int64
 	// OutputLongSide is the long side of the staged image.
 	OutputLongSide int
+	// DecodeBudget bounds the pixels of the masks decoded at once (see
+	// verifyMask); nil bounds nothing. The mock backend shares it.
+	DecodeBudget *imagecheck.Budget
 }
 
 // Backends are the backends a Service routes jobs to.
@@ -335,6 +338,9 @@ func (s *Service) prepare(ctx context.Context, p plan) (backend.Job, error) {
 		if mw != ow || mh != oh {
 			return backend.Job{}, fault.New(fault.InvalidInput, "the mask is %dx%d but the original is %dx%d; they must match", mw, mh, ow, oh)
 		}
+		if err := s.verifyMask(ctx, mask, minfo); err != nil {
+			return backend.Job{}, err
+		}
 		job.Mask = mask
 	}
 	if job.Prompt, job.NegativePrompt, err = s.catalog.Prompts(p.params.RoomType, p.params.Style); err != nil {
@@ -370,6 +376,28 @@ func (s *Service) readImage(ctx context.Context, field, key string) ([]byte, ima
 		return nil, info, fault.Wrap(err, fault.InvalidInput, "%s is not a readable image: its header is truncated or corrupt", field)
 	}
 	return data, info, nil
+}
+
+// verifyMask decodes the whole mask, so that a mask whose header is fine
+// but whose data is not is refused here, the same way whichever backend the
+// job goes to (the engine would refuse it, mock and managed would not), and
+// never recorded by one backend for another to replay. Masks are small next
+// to the work of any backend but mock, which ignores them; the decode waits
+// for its pixels in the shared decode budget.
+func (s *Service) verifyMask(ctx context.Context, mask []byte, info imagecheck.Info) error {
+	release, err := s.opts.DecodeBudget.Acquire(ctx, info.Pixels())
+	if err != nil {
+		return contextFault(ctx)
+	}
+	defer release()
+	_, err = imagecheck.Verify(mask, s.opts.MaxInputPixels)
+	switch {
+	case errors.Is(err, imagecheck.ErrUnsupported):
+		return fault.Wrap(err, fault.UnsupportedMediaType, "mask_key uses an image feature that cannot be decoded")
+	case err != nil:
+		return fault.Wrap(err, fault.InvalidInput, "mask_key is not a readable image: its data is truncated or corrupt")
+	}
+	return nil
 }
 
 // lookup reads p's record: nil when there is none.
@@ -420,16 +448,39 @@ func storageResult(err error) string {
 	return "error"
 }
 
-// storageFault classifies an unexpected storage error. The cause stays in
-// the logs; the client learns only that storage failed and may be retried.
+// storageFault classifies a storage error that is not a missing or
+// oversized object. A key the store can never serve is the client's error;
+// anything else may be transient: the cause stays in the logs, and the
+// client learns only that storage failed and may be retried.
 func (s *Service) storageFault(ctx context.Context, err error, what string) error {
 	if ctx.Err() != nil {
 		return contextFault(ctx)
+	}
+	if f := permanentStorageFault(err, what); f != nil {
+		s.log.WarnContext(ctx, "storage refused a key", "op", what, "error", err)
+		return f
 	}
 	s.log.ErrorContext(ctx, "storage failed", "op", what, "error", err)
 	e := fault.Wrap(err, fault.Internal, "storage failed while %s", what)
 	e.Retryable = true
 	return e
+}
+
+// permanentStorageFault maps the store's conditions that no retry can
+// change, all caused by the keys a client chose, to client errors; it
+// returns nil for any other error.
+func permanentStorageFault(err error, what string) *fault.Error {
+	switch {
+	case errors.Is(err, storage.ErrOutsideStore):
+		return fault.Wrap(err, fault.Forbidden, "storage refused %s: the key leads outside the store", what)
+	case errors.Is(err, storage.ErrNotObject):
+		return fault.Wrap(err, fault.InvalidInput, "storage refused %s: what lies under the key is not a regular file", what)
+	case errors.Is(err, storage.ErrNameTooLong):
+		return fault.Wrap(err, fault.InvalidInput, "storage refused %s: a segment of the key is longer than the store allows", what)
+	case errors.Is(err, storage.ErrInvalidKey):
+		return fault.Wrap(err, fault.InvalidInput, "storage refused %s: the key breaks the key policy", what)
+	}
+	return nil
 }
 
 func conflict(p plan) error {

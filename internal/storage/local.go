@@ -59,7 +59,7 @@ func (l *Local) Get(ctx context.Context, key string, maxBytes int64) ([]byte, er
 	// forever; it changes nothing for a regular file.
 	f, err := l.root.OpenFile(key, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, opError("get", key, notFound(err))
+		return nil, opError("get", key, localFault(notFound(err)))
 	}
 	defer f.Close()
 	fi, err := f.Stat()
@@ -70,7 +70,7 @@ func (l *Local) Get(ctx context.Context, key string, maxBytes int64) ([]byte, er
 	case fi.IsDir():
 		return nil, opError("get", key, fmt.Errorf("%w: it is a folder", ErrNotFound))
 	case !fi.Mode().IsRegular():
-		return nil, opError("get", key, fmt.Errorf("not a regular file (%v)", fi.Mode().Type()))
+		return nil, opError("get", key, fmt.Errorf("%w (%v)", ErrNotObject, fi.Mode().Type()))
 	case fi.Size() > maxBytes:
 		return nil, opError("get", key, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, fi.Size(), maxBytes))
 	}
@@ -100,20 +100,20 @@ func (l *Local) Put(ctx context.Context, key string, data []byte, opts PutOption
 	dir := path.Dir(key)
 	if dir != "." {
 		if err := l.root.MkdirAll(dir, dirPerm); err != nil {
-			return opError("put", key, err)
+			return opError("put", key, localFault(err))
 		}
 	}
 	// Rename would replace a link rather than follow it, so this is not an
 	// escape; refusing keeps a planted link from being silently overwritten.
 	if fi, err := l.root.Lstat(key); err == nil && !fi.Mode().IsRegular() {
-		return opError("put", key, fmt.Errorf("existing entry is not a regular file (%v)", fi.Mode().Type()))
+		return opError("put", key, fmt.Errorf("existing entry: %w (%v)", ErrNotObject, fi.Mode().Type()))
 	}
 	tmp := path.Join(dir, tempPrefix+rand.Text())
 	if err := l.writeTemp(ctx, tmp, data, !opts.Ephemeral); err != nil {
-		return opError("put", key, err)
+		return opError("put", key, localFault(err))
 	}
 	if err := l.publish(tmp, key, opts.IfAbsent); err != nil {
-		return opError("put", key, err)
+		return opError("put", key, localFault(err))
 	}
 	if opts.Ephemeral {
 		return nil
@@ -196,9 +196,9 @@ func (l *Local) Delete(ctx context.Context, key string) error {
 	case errors.Is(notFound(err), ErrNotFound):
 		return nil
 	case err != nil:
-		return opError("delete", key, err)
+		return opError("delete", key, localFault(err))
 	case !fi.Mode().IsRegular():
-		return opError("delete", key, fmt.Errorf("not a regular file (%v)", fi.Mode().Type()))
+		return opError("delete", key, fmt.Errorf("existing entry: %w (%v)", ErrNotObject, fi.Mode().Type()))
 	}
 	if err := l.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return opError("delete", key, err)

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
@@ -53,6 +55,9 @@ func newS3Client(ctx context.Context, opts Options) (*s3.Client, error) {
 	if cfg.Region == "" && opts.S3Endpoint != "" {
 		cfg.Region = defaultRegion
 	}
+	if err := limitAttempts(&cfg, opts); err != nil {
+		return nil, err
+	}
 	return s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if opts.S3Endpoint != "" {
 			o.BaseEndpoint = aws.String(opts.S3Endpoint)
@@ -62,6 +67,40 @@ func newS3Client(ctx context.Context, opts Options) (*s3.Client, error) {
 		// line to stderr, outside our logger, on every such read.
 		o.DisableLogOutputChecksumValidationSkipped = true
 	}), nil
+}
+
+// limitAttempts gives every S3 call a bound per attempt (through the HTTP
+// client's timeout, which also covers reading the body after the call
+// returns) and the retry settings of opts. The SDK's standard retryer
+// retries connection errors, timeouts, throttling and 5xx answers with
+// jittered backoff, and its retry quota makes calls fail at once, without
+// retrying, once a dead store has used it up.
+func limitAttempts(cfg *aws.Config, opts Options) error {
+	if opts.S3AttemptTimeout > 0 {
+		switch c := cfg.HTTPClient.(type) {
+		case nil:
+			cfg.HTTPClient = awshttp.NewBuildableClient().WithTimeout(opts.S3AttemptTimeout)
+		case *awshttp.BuildableClient:
+			cfg.HTTPClient = c.WithTimeout(opts.S3AttemptTimeout)
+		case *http.Client:
+			bounded := *c
+			bounded.Timeout = opts.S3AttemptTimeout
+			cfg.HTTPClient = &bounded
+		default:
+			return fmt.Errorf("storage: cannot bound S3 attempts with an HTTP client of type %T", cfg.HTTPClient)
+		}
+	}
+	cfg.Retryer = func() aws.Retryer {
+		return retry.NewStandard(func(o *retry.StandardOptions) {
+			if opts.S3MaxAttempts > 0 {
+				o.MaxAttempts = opts.S3MaxAttempts
+			}
+			if opts.S3MaxBackoff > 0 {
+				o.MaxBackoff = opts.S3MaxBackoff
+			}
+		})
+	}
+	return nil
 }
 
 // Get implements [Store]. It refuses an object larger than maxBytes from

@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Errors reported by a Store. They are always wrapped with the key and the
@@ -81,6 +82,18 @@ type Options struct {
 	// The SDK cannot apply AWS_CA_BUNDLE to a client given here, and Open
 	// fails if both are set.
 	HTTPClient *http.Client
+	// S3AttemptTimeout bounds one S3 attempt, connection, request and the
+	// reading of the response body included, so that a store that has
+	// stopped answering fails the attempt instead of holding the request
+	// until its own deadline. Zero means no bound.
+	S3AttemptTimeout time.Duration
+	// S3MaxAttempts is how many times a failed S3 call that may succeed
+	// later is tried (connection errors, timeouts, throttling, 5xx); zero
+	// means the SDK's default of 3.
+	S3MaxAttempts int
+	// S3MaxBackoff caps the jittered wait between attempts; zero means the
+	// SDK's default of 20s.
+	S3MaxBackoff time.Duration
 }
 
 // Open opens the store named by rawURL:
