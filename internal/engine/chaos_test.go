@@ -316,13 +316,15 @@ func TestChaosSIGKILLNotFromTheKernel(t *testing.T) {
 func TestChaosNeverReady(t *testing.T) {
 	t.Parallel()
 	o := python(t, "--start-fault", "never-ready")
-	o.StartTimeout = time.Second
+	// Long enough for a loaded machine to start the engine's Python and
+	// reach live; the test is about what happens after.
+	o.StartTimeout = 5 * time.Second
 	h := start(t, o)
-	h.waitFor("live", 10*time.Second, func() bool { return testutil.ToFloat64(h.s.m.up) == 1 })
+	h.waitFor("live", 20*time.Second, func() bool { return testutil.ToFloat64(h.s.m.up) == 1 })
 	if err := h.s.Ready(); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Ready = %v", err)
 	}
-	h.waitFor("start_timeout restart", 10*time.Second, func() bool { return h.restarts(ReasonStartTimeout) >= 1 })
+	h.waitFor("start_timeout restart", 20*time.Second, func() bool { return h.restarts(ReasonStartTimeout) >= 1 })
 }
 
 // A slot is held until the engine says the job has ended, or is given up:
