@@ -21,14 +21,16 @@ PROMTOOL := bin/promtool-$(PROMTOOL_VERSION)/promtool
 
 ## run: build the sidecar and start it on 127.0.0.1:8080 in self mode, with a
 ## local store under ./var/storage seeded with the sample photo; prints a curl
-## to try. Without MODEL_DIR the engine runs its tiny random model on the CPU,
-## so the demo uses smaller images and fewer steps unless told otherwise
-## (not in mock or managed mode, which do not use the engine).
-run: build venv
+## to try. Without MODEL_DIR it asks the engine for its tiny random model
+## (ENGINE_TINY_MODEL=true) on the CPU, so the demo uses smaller images and
+## fewer steps unless told otherwise. Mock and managed mode use no engine, and
+## do not build its virtual environment.
+run: build $(if $(filter mock managed,$(INFERENCE_MODE)),,venv)
 	SEED_DEMO=true $(RUN_DEFAULTS) ./bin/sidecar
 
 ifeq ($(strip $(MODEL_DIR))$(filter mock managed,$(INFERENCE_MODE)),)
-RUN_DEFAULTS = ENGINE_MIN_LONG_SIDE=$${ENGINE_MIN_LONG_SIDE:-256} \
+RUN_DEFAULTS = ENGINE_TINY_MODEL=$${ENGINE_TINY_MODEL:-true} \
+	ENGINE_MIN_LONG_SIDE=$${ENGINE_MIN_LONG_SIDE:-256} \
 	OUTPUT_LONG_SIDE=$${OUTPUT_LONG_SIDE:-512} INFERENCE_STEPS=$${INFERENCE_STEPS:-12}
 endif
 

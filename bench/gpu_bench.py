@@ -47,7 +47,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from inference import config, errors, models, tiny  # noqa: E402
+from inference import config, models, tiny  # noqa: E402
+from inference._proto import engine_pb2 as pb  # noqa: E402
 from inference.diffusers_backend import DiffusersBackend  # noqa: E402
 from inference.jobs import JobContext, JobSpec, Work  # noqa: E402
 
@@ -163,7 +164,6 @@ class Bench:
             long_side=size,
             output_format="png",
             quality=90,
-            faults={},
         )
         stamps: list[float] = []
 
@@ -174,7 +174,7 @@ class Bench:
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
 
-        ctx = JobContext(threading.Event(), lambda: errors.CANCELLED, progress)
+        ctx = JobContext(threading.Event(), lambda: pb.FAILURE_REASON_CANCELLED, progress)
         t0 = time.perf_counter()
         out = self.backend.run(Work(spec=spec, image=picture(size), mask=None), ctx)
         wall = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the sidecar adds to a 1024 px job, and how fast it refuses work with
-# the GPU saturated. Self mode on the engine's torch-free test backend, so
+# the GPU saturated. Self mode on the torch-free test engine (enginetest), so
 # the engine's own time is small and exactly known; local-folder storage
 # under STORE_DIR (default a temporary folder; /dev/shm leaves the disk's
 # fsync latency out and shows the sidecar's own work).
@@ -18,7 +18,7 @@ go build -o "$tmp/sidecar" ./cmd/sidecar
 go build -o "$tmp/overhead" ./bench/overhead
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_ready() { for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return; sleep 0.1; done; echo "not ready" >&2; exit 1; }
-common=(INFERENCE_MODE=self ENGINE_BACKEND=test ENGINE_PYTHON=.venv/bin/python SEED_DEMO=true OUTPUT_LONG_SIDE=1024 ADMIN_ADDR=off)
+common=(INFERENCE_MODE=self ENGINE_MODULE=enginetest ENGINE_TINY_MODEL=true ENGINE_PYTHON=.venv/bin/python SEED_DEMO=true OUTPUT_LONG_SIDE=1024 ADMIN_ADDR=off)
 
 port=$(free_port)
 env "${common[@]}" LISTEN_ADDR=127.0.0.1:$port STORAGE_URL=file://$store/a "$tmp/sidecar" >/dev/null 2>"$tmp/a.log" &

@@ -29,6 +29,7 @@ lint-py: venv
 	$(VENV_PY) -m ruff check python $(BENCH_PY)
 	$(VENV_PY) -m ruff format --check python $(BENCH_PY)
 	$(VENV_PY) -m mypy
+	$(VENV_PY) -m mypy -p enginetest
 	$(VENV_PY) -m mypy $(BENCH_PY)
 
 proto: venv

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/vstage/vstage/internal/app"
@@ -27,7 +28,10 @@ func run() int {
 	}
 	cfg, err := config.Load(os.Getenv, wd)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "sidecar: invalid configuration:\n%v\n", err)
+		// One line per problem, each naming its variable.
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintf(os.Stderr, "sidecar: invalid configuration: %s\n", line)
+		}
 		return 2
 	}
 	log := telemetry.NewLogger(os.Stderr, cfg.LogLevel)

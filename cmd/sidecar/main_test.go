@@ -54,7 +54,7 @@ func sidecar(t *testing.T, env ...string) (*exec.Cmd, *bytes.Buffer, io.Reader) 
 }
 
 // selfMode starts the sidecar in self mode on the torch-free test engine
-// and waits until it is ready. It returns the address, the engine's pid and
+// (python -m enginetest) and waits until it is ready. It returns the address, the engine's pid and
 // a channel with the rest of the log once the process ends.
 func selfMode(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer, addr string, enginePID int, rest <-chan string) {
 	cmd, stdout, addr, _, enginePID, rest = selfModeAdmin(t, env...)
@@ -65,7 +65,7 @@ func selfMode(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer,
 func selfModeAdmin(t *testing.T, env ...string) (cmd *exec.Cmd, stdout *bytes.Buffer, addr, adminAddr string, enginePID int, rest <-chan string) {
 	t.Helper()
 	env = append([]string{"LISTEN_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "INFERENCE_MODE=self", "ENGINE_PYTHON=" + testsupport.EnginePython(t),
-		"ENGINE_BACKEND=test", "SHUTDOWN_TIMEOUT=5s"}, env...)
+		"ENGINE_MODULE=enginetest", "ENGINE_TINY_MODEL=true", "SHUTDOWN_TIMEOUT=5s"}, env...)
 	cmd, stdout, stderr := sidecar(t, env...)
 	logs := bufio.NewScanner(stderr)
 	for (addr == "" || enginePID == 0) && logs.Scan() {
@@ -106,13 +106,18 @@ func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 func TestServesTheDemoAndExitsZeroOnSIGTERM(t *testing.T) {
 	dir := t.TempDir()
 	cmd, stdout, addr, enginePID, rest := selfMode(t, "STORAGE_URL=file://"+dir, "SEED_DEMO=true")
-	if resp, err := http.Get("http://" + addr + "/readyz"); err != nil || resp.StatusCode != 200 {
-		b, _ := io.ReadAll(resp.Body)
-		t.Fatalf("/readyz after engine ready: %v %s", err, b)
+	resp, err := http.Get("http://" + addr + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(ready), `"model_rev":"test-invert-v1"`) {
+		t.Fatalf("/readyz after engine ready: %d %s, want 200 naming the engine's model_rev", resp.StatusCode, ready)
 	}
 
 	body := `{"image_id":"demo-1","original_key":"demo/empty_living_room.jpg","room_type":"living_room","style":"scandinavian"}`
-	resp, err := http.Post("http://"+addr+"/infer", "application/json", strings.NewReader(body))
+	resp, err = http.Post("http://"+addr+"/infer", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,6 +178,22 @@ func TestBadConfigurationExitsTwo(t *testing.T) {
 		if !strings.Contains(string(msg), want) {
 			t.Errorf("message lacks %s:\n%s", want, msg)
 		}
+	}
+}
+
+// TestSelfModeWithoutAModelExitsTwo: random weights are never served by
+// accident; the one line on stderr says what to set.
+func TestSelfModeWithoutAModelExitsTwo(t *testing.T) {
+	cmd, _, stderr := sidecar(t, "INFERENCE_MODE=self", "MODEL_DIR=", "ENGINE_TINY_MODEL=", "LISTEN_ADDR=127.0.0.1:0")
+	msg, _ := io.ReadAll(stderr)
+	err := cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 {
+		t.Fatalf("exit: %v, want status 2", err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(msg)), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], "MODEL_DIR") || !strings.Contains(lines[0], "ENGINE_TINY_MODEL") {
+		t.Errorf("stderr %q, want one line naming MODEL_DIR", msg)
 	}
 }
 

@@ -43,6 +43,10 @@ type Options struct {
 	// Ready reports why the service cannot take work, or nil when it can.
 	// Nil means ready whenever the server is not draining.
 	Ready func(context.Context) error
+	// Engine describes the engine for /readyz (its model_rev, backend and
+	// device), so that a test model is never taken for a real one; it
+	// returns nil before the engine has said. A nil Engine adds nothing.
+	Engine func() map[string]string
 }
 
 // Server holds the API's dependencies and its draining state.
@@ -149,8 +153,9 @@ func (s *Server) handleCatalog(w http.ResponseWriter, _ *http.Request) {
 }
 
 type statusBody struct {
-	Status string `json:"status"`
-	Reason string `json:"reason,omitempty"`
+	Status string            `json:"status"`
+	Reason string            `json:"reason,omitempty"`
+	Engine map[string]string `json:"engine,omitempty"`
 }
 
 // handleHealthz says the sidecar process is serving; it deliberately
@@ -165,13 +170,17 @@ func (s *Server) handleReadyz(w http.ResponseWriter, r *http.Request) {
 		httpjson.WriteJSON(w, http.StatusServiceUnavailable, statusBody{Status: "unavailable", Reason: "draining"})
 		return
 	}
+	var engine map[string]string
+	if s.opts.Engine != nil {
+		engine = s.opts.Engine()
+	}
 	if s.opts.Ready != nil {
 		if err := s.opts.Ready(r.Context()); err != nil {
-			httpjson.WriteJSON(w, http.StatusServiceUnavailable, statusBody{Status: "unavailable", Reason: err.Error()})
+			httpjson.WriteJSON(w, http.StatusServiceUnavailable, statusBody{Status: "unavailable", Reason: err.Error(), Engine: engine})
 			return
 		}
 	}
-	httpjson.WriteJSON(w, http.StatusOK, statusBody{Status: "ready"})
+	httpjson.WriteJSON(w, http.StatusOK, statusBody{Status: "ready", Engine: engine})
 }
 
 // fields collects what the handlers learn about a request for its one log

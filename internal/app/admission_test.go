@@ -23,10 +23,11 @@ func slowEngine(t *testing.T, stepDelay string, env map[string]string) (*service
 	dir := t.TempDir()
 	store := localBlobs{dir}
 	store.put(t, "listings/42/empty.jpg", photo(t, 320, 240))
-	t.Setenv("ENGINE_BACKEND", "test")
+	// The test engine reads its own settings from the environment it inherits.
 	t.Setenv("ENGINE_TEST_STEP_DELAY", stepDelay)
 	base := map[string]string{
-		"INFERENCE_MODE": "self", "ENGINE_PYTHON": py, "STORAGE_URL": "file://" + dir, "INFERENCE_STEPS": "10",
+		"INFERENCE_MODE": "self", "ENGINE_PYTHON": py, "ENGINE_MODULE": "enginetest", "ENGINE_TINY_MODEL": "true",
+		"STORAGE_URL": "file://" + dir, "INFERENCE_STEPS": "10",
 		"JOB_DURATION_PER_MEGAPIXEL": "1s", "CONCURRENCY": "1",
 	}
 	for k, v := range env {

@@ -93,6 +93,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		RequestTimeout: cfg.RequestTimeout,
 		Mode:           string(cfg.Mode),
 		Ready:          bs.ready,
+		Engine:         bs.engineInfo,
 	})
 	a := &App{cfg: cfg, log: log, store: store, api: srv, handler: srv.Handler(), backends: bs}
 	if cfg.Rollout.AdminAddr != "" {

@@ -79,11 +79,15 @@ func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registere
 func (b *backends) buildSelf(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, byName map[string]backend.Backend) error {
 	n := cfg.Admission.Concurrency
 	sup, err := engine.New(engine.Options{
-		Python:   cfg.Engine.Python,
-		ModelDir: cfg.Engine.ModelDir,
-		Device:   cfg.Engine.Device,
+		Python:    cfg.Engine.Python,
+		Module:    cfg.Engine.Module,
+		ModelDir:  cfg.Engine.ModelDir,
+		TinyModel: cfg.Engine.TinyModel,
+		Device:    cfg.Engine.Device,
+		// The warm-up renders what the jobs will ask for.
+		WarmupLongSide: cfg.OutputLongSide,
 		// The engine runs as many jobs as admission lets through, and a
-		// place is held until the engine acknowledges a job's end.
+		// place is held until the engine says a job has ended.
 		Args:          []string{"--concurrency", strconv.Itoa(n)},
 		Slots:         n,
 		StartTimeout:  cfg.Engine.StartTimeout,
@@ -183,6 +187,19 @@ func (b *backends) admit(ctx context.Context, name string, req admission.Request
 		return nil, err
 	}
 	return t.Release, nil
+}
+
+// engineInfo is what the engine said about itself when it was last ready,
+// for /readyz; nil without an engine or before it was first ready.
+func (b *backends) engineInfo() map[string]string {
+	if b.engine == nil {
+		return nil
+	}
+	info := b.engine.Info()
+	if info == nil {
+		return nil
+	}
+	return map[string]string{"model_rev": info.GetModelRev(), "backend": info.GetBackend(), "device": info.GetDevice()}
 }
 
 // ready says whether the backend the current rollout sends real jobs to can

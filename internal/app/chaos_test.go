@@ -14,7 +14,7 @@ import (
 )
 
 // TestEngineKilledDuringJobs SIGKILLs the engine (the torch-free test
-// backend, slowed down) while 8 /infer requests are in flight (two on the
+// engine, slowed down) while 8 /infer requests are in flight (two on the
 // engine, six queued for a place): every client
 // gets 503 unavailable, retryable, within 2 s; nothing is recorded; the
 // restart is counted; the service is ready again and the retries succeed.
@@ -23,10 +23,11 @@ func TestEngineKilledDuringJobs(t *testing.T) {
 	dir := t.TempDir()
 	store := localBlobs{dir}
 	store.put(t, "listings/42/empty.jpg", photo(t, 320, 240))
-	t.Setenv("ENGINE_BACKEND", "test")
+	// The test engine reads its own settings from the environment it inherits.
 	t.Setenv("ENGINE_TEST_STEP_DELAY", "0.2") // 30 steps: a 6 s job
 	svc := start(t, map[string]string{
-		"INFERENCE_MODE": "self", "ENGINE_PYTHON": py, "STORAGE_URL": "file://" + dir,
+		"INFERENCE_MODE": "self", "ENGINE_PYTHON": py, "ENGINE_MODULE": "enginetest", "ENGINE_TINY_MODEL": "true",
+		"STORAGE_URL": "file://" + dir,
 		"CONCURRENCY": "2", "QUEUE_DEPTH": "6", "QUEUE_TIMEOUT": "60s", "FREE_QUEUE_SHARE": "1",
 		"ENGINE_BACKOFF_MIN": "100ms", "ENGINE_BACKOFF_MAX": "1s",
 	})

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"image/jpeg"
 	"os"
@@ -37,9 +38,8 @@ func TestSelfModeEndToEnd(t *testing.T) {
 	// The engine reads its own ENGINE_* settings from the environment it
 	// inherits: small sizes keep the CPU run short.
 	t.Setenv("ENGINE_MIN_LONG_SIDE", "64")
-	t.Setenv("ENGINE_WARMUP_STEPS", "1")
 	svc := start(t, map[string]string{
-		"INFERENCE_MODE": "self", "ENGINE_PYTHON": py, "ENGINE_DEVICE": "cpu", "INFERENCE_STEPS": "2",
+		"INFERENCE_MODE": "self", "ENGINE_PYTHON": py, "ENGINE_TINY_MODEL": "true", "ENGINE_DEVICE": "cpu", "INFERENCE_STEPS": "2",
 		"OUTPUT_LONG_SIDE": "64", "STORAGE_URL": s3b.url(), "S3_ENDPOINT": s3b.srv.URL, "S3_FORCE_PATH_STYLE": "true",
 	})
 	if a := get(t, svc.url+"/readyz"); a.status != 503 {
@@ -47,6 +47,19 @@ func TestSelfModeEndToEnd(t *testing.T) {
 	}
 	waitReady(t, svc, 3*time.Minute)
 	s3b.put(t, "listings/42/empty.jpg", photo(t, 320, 240))
+	// Readiness names the model, so a random-weight engine is never taken
+	// for a real one.
+	var ready struct {
+		Status string
+		Engine map[string]string
+	}
+	if a := get(t, svc.url+"/readyz"); json.Unmarshal(a.body, &ready) != nil || ready.Status != "ready" ||
+		!strings.HasPrefix(ready.Engine["model_rev"], "tiny-random-") || ready.Engine["backend"] != "diffusers" || ready.Engine["device"] != "cpu" {
+		t.Errorf("/readyz = %d %s, want the tiny model's model_rev, backend and device", a.status, a.body)
+	}
+	if !strings.Contains(svc.logs.String(), `"warmup_long_side":64`) {
+		t.Error("the engine did not warm up at the served size (OUTPUT_LONG_SIDE=64)")
+	}
 
 	withSeed := func(id string) map[string]any {
 		m := job(id)

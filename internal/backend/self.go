@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -124,7 +125,7 @@ func (s *Self) fault(ctx context.Context, err error) error {
 	reason := engine.Reason(err)
 	// A cancellation or deadline of our own: the caller decides what the
 	// client sees, from ctx.
-	if ctx.Err() != nil && reason == "" {
+	if ctx.Err() != nil && reason == enginev1.FailureReason_FAILURE_REASON_UNSPECIFIED {
 		return fmt.Errorf("backend: self: %w", ctx.Err())
 	}
 	msg := "the engine failed"
@@ -133,12 +134,12 @@ func (s *Self) fault(ctx context.Context, err error) error {
 	}
 	switch code {
 	case codes.InvalidArgument:
-		if reason == engine.FailureImageTooLarge {
+		if reason == enginev1.FailureReason_FAILURE_REASON_IMAGE_TOO_LARGE {
 			return fault.Wrap(err, fault.ImageTooLarge, "%s", msg)
 		}
-		return fault.Wrap(err, fault.InvalidInput, "the engine rejected the job (%s): %s", reason, msg)
+		return fault.Wrap(err, fault.InvalidInput, "the engine rejected the job (%s): %s", reasonText(reason), msg)
 	case codes.ResourceExhausted:
-		if reason == engine.FailureOOM {
+		if reason == enginev1.FailureReason_FAILURE_REASON_OOM {
 			return fault.Wrap(err, fault.OOM, "the GPU ran out of memory; retry, or ask for a smaller output")
 		}
 	case codes.DeadlineExceeded:
@@ -149,4 +150,10 @@ func (s *Self) fault(ctx context.Context, err error) error {
 		return fault.Wrap(err, fault.Unavailable, "the staging engine is not available; retry shortly")
 	}
 	return fault.Wrap(err, fault.Internal, "the engine failed to stage the image")
+}
+
+// reasonText is a failure reason as clients read it in messages: the enum
+// value's name without its prefix, in lower case ("out_of_range").
+func reasonText(r enginev1.FailureReason) string {
+	return strings.ToLower(strings.TrimPrefix(r.String(), "FAILURE_REASON_"))
 }

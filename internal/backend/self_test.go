@@ -44,11 +44,11 @@ func (f *fakeEngine) Stage(ctx context.Context, req *enginev1.StageRequest) (*en
 
 func (f *fakeEngine) Info() *enginev1.InfoResponse { return f.info }
 
-func engineStatus(c codes.Code, reason, msg string) error {
+func engineStatus(c codes.Code, reason enginev1.FailureReason, msg string) error {
 	st := status.New(c, msg)
-	if reason != "" {
+	if reason != enginev1.FailureReason_FAILURE_REASON_UNSPECIFIED {
 		var err error
-		st, err = st.WithDetails(&errdetails.ErrorInfo{Domain: engine.Domain, Reason: reason})
+		st, err = st.WithDetails(&errdetails.ErrorInfo{Domain: engine.Domain, Reason: reason.String()})
 		if err != nil {
 			panic(err)
 		}
@@ -85,7 +85,7 @@ func TestSelfBuildsTheRequest(t *testing.T) {
 		if g.GetJobId() != "img" || g.GetSteps() != 30 || g.GetQuality() != 80 || g.GetSeed() != 9 ||
 			g.GetControl() != enginev1.ControlKind_CONTROL_KIND_CANNY || g.GetOutputFormat() != enginev1.ImageFormat_IMAGE_FORMAT_JPEG ||
 			g.GetStrength() != 0.5 || g.GetConditioningScale() != 0.8 || string(g.GetMask()) != "m" || g.GetPrompt() != "p" ||
-			g.GetNegativePrompt() != "n" || g.GetGuidanceScale() != 6 || len(g.GetTestFaults()) != 0 {
+			g.GetNegativePrompt() != "n" || g.GetGuidanceScale() != 6 {
 			t.Errorf("request %v", g)
 		}
 		if res.ModelRev != "rev" || res.PeakGPUMemoryBytes != 42 || res.ContentType != "image/jpeg" || res.Width != 8 {
@@ -107,14 +107,14 @@ func TestSelfMapsEngineFailures(t *testing.T) {
 		code      fault.Code
 		retryable bool
 	}{
-		{"bad image", engineStatus(codes.InvalidArgument, "bad_image", "the image could not be decoded"), fault.InvalidInput, false},
-		{"too large", engineStatus(codes.InvalidArgument, "image_too_large", "over the cap"), fault.ImageTooLarge, false},
-		{"oom", engineStatus(codes.ResourceExhausted, "oom", "out of memory"), fault.OOM, true},
-		{"engine deadline", engineStatus(codes.DeadlineExceeded, "deadline", "the deadline passed"), fault.Timeout, true},
-		{"not ready", engineStatus(codes.Unavailable, "not_ready", "loading"), fault.Unavailable, true},
+		{"bad image", engineStatus(codes.InvalidArgument, enginev1.FailureReason_FAILURE_REASON_BAD_IMAGE, "the image could not be decoded"), fault.InvalidInput, false},
+		{"too large", engineStatus(codes.InvalidArgument, enginev1.FailureReason_FAILURE_REASON_IMAGE_TOO_LARGE, "over the cap"), fault.ImageTooLarge, false},
+		{"oom", engineStatus(codes.ResourceExhausted, enginev1.FailureReason_FAILURE_REASON_OOM, "out of memory"), fault.OOM, true},
+		{"engine deadline", engineStatus(codes.DeadlineExceeded, enginev1.FailureReason_FAILURE_REASON_DEADLINE, "the deadline passed"), fault.Timeout, true},
+		{"not ready", engineStatus(codes.Unavailable, enginev1.FailureReason_FAILURE_REASON_NOT_READY, "loading"), fault.Unavailable, true},
 		{"connection lost", status.Error(codes.Unavailable, "connection closed"), fault.Unavailable, true},
 		{"engine died", fmt.Errorf("%w: died", engine.ErrUnavailable), fault.Unavailable, true},
-		{"internal", engineStatus(codes.Internal, "internal", "failed"), fault.Internal, false},
+		{"internal", engineStatus(codes.Internal, enginev1.FailureReason_FAILURE_REASON_INTERNAL, "failed"), fault.Internal, false},
 		{"unknown", errors.New("boom"), fault.Internal, false},
 	} {
 		s, _ := NewSelf(&fakeEngine{err: tc.err}, SelfOptions{})
@@ -124,7 +124,7 @@ func TestSelfMapsEngineFailures(t *testing.T) {
 			t.Errorf("%s: got %v (retryable %v), want %s (retryable %v)", tc.name, err, fe.Retryable, tc.code, tc.retryable)
 		}
 	}
-	s, _ := NewSelf(&fakeEngine{err: engineStatus(codes.InvalidArgument, "out_of_range", "steps must be in [1, 100]")}, SelfOptions{})
+	s, _ := NewSelf(&fakeEngine{err: engineStatus(codes.InvalidArgument, enginev1.FailureReason_FAILURE_REASON_OUT_OF_RANGE, "steps must be in [1, 100]")}, SelfOptions{})
 	_, err := s.Stage(context.Background(), Job{})
 	if msg := fault.From(err).Message; msg != "the engine rejected the job (out_of_range): steps must be in [1, 100]" {
 		t.Errorf("message %q", msg)
@@ -144,8 +144,9 @@ func TestSelfMapsEngineFailures(t *testing.T) {
 func TestSelfWithTheRealEngine(t *testing.T) {
 	sup, err := engine.New(engine.Options{
 		Python: testsupport.EnginePython(t),
-		Args: []string{"--backend", "test", "--test-faults", "--min-long-side", "64",
-			"--default-long-side", "128", "--max-long-side", "256", "--test-step-delay", "0.3"},
+		Module: "enginetest",
+		Args: []string{"--min-long-side", "64", "--default-long-side", "128", "--max-long-side", "256",
+			"--step-delay", "0.3"},
 		StopGrace: 2 * time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -122,7 +122,9 @@ type GPU struct {
 // inherits; these are the ones the sidecar acts on.
 type Engine struct {
 	Python        string
+	Module        string
 	ModelDir      string
+	TinyModel     bool
 	Device        string
 	Steps         int
 	StartTimeout  time.Duration
@@ -174,14 +176,16 @@ var Settings = []Setting{
 	{"SHUTDOWN_TIMEOUT", "30s", "How long requests in flight may take to finish after SIGTERM."},
 	{"DRAIN_DELAY", "0s", "After SIGTERM, how long /readyz answers 503 before the listener closes (lets load balancers notice)."},
 	{"LOG_LEVEL", "info", "debug, info, warn or error."},
-	{"ENGINE_PYTHON", ".venv/bin/python if present, else python3", "Interpreter that runs the engine (python -m inference)."},
-	{"MODEL_DIR", "", "Folder of diffusers-format models for the engine; empty: the engine's tiny random model (tests, demos)."},
+	{"ENGINE_PYTHON", ".venv/bin/python if present, else python3", "Interpreter that runs the engine (python -m ENGINE_MODULE)."},
+	{"ENGINE_MODULE", "inference", "Python module run as the engine; tests run enginetest, a fault-injecting stand-in."},
+	{"MODEL_DIR", "", "Folder of diffusers-format models for the engine; self mode needs it, or ENGINE_TINY_MODEL."},
+	{"ENGINE_TINY_MODEL", "false", "true: the engine builds a tiny model with random weights instead of loading MODEL_DIR (tests, demos; its model_rev starts with tiny-random)."},
 	{"ENGINE_DEVICE", "auto", "auto, cpu or cuda."},
 	{"INFERENCE_STEPS", "30", "Denoising steps per job."},
 	{"ENGINE_START_TIMEOUT", "10m", "Longest time from spawn to ready (model load and warm-up included) before the engine is restarted."},
 	{"ENGINE_HEALTH_TIMEOUT", "10s", "How long health checks may fail before the engine is restarted."},
 	{"ENGINE_STOP_GRACE", "10s", "Time between SIGTERM and SIGKILL when the engine is stopped."},
-	{"ENGINE_WEDGE_GRACE", "10s", "How long a job may outlive its deadline unacknowledged before the engine is declared wedged and restarted."},
+	{"ENGINE_WEDGE_GRACE", "10s", "How long the engine may take to confirm that a job it was asked to cancel has ended (while no other job progresses) before it is declared wedged and restarted."},
 	{"ENGINE_MAX_RSS", "0", "Engine resident memory that triggers a restart between jobs (e.g. 24GiB); 0: no limit."},
 	{"ENGINE_MAX_JOBS", "0", "Restart the engine after this many jobs; 0: never."},
 	{"ENGINE_BACKOFF_MIN", "500ms", "First wait between restart attempts; doubles per consecutive failure, with jitter."},
@@ -290,6 +294,10 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		p.fail("ADMIN_ADDR", "must be host:port or off, got %q", c.Rollout.AdminAddr)
 	}
 	c.Engine = p.engine(wd)
+	// Random weights are never served by accident: self mode names its model.
+	if c.Mode == ModeSelf && c.Engine.ModelDir == "" && !c.Engine.TinyModel {
+		p.fail("MODEL_DIR", "is required with INFERENCE_MODE=self (or ENGINE_TINY_MODEL=true for the tiny random model of tests and demos)")
+	}
 	c.Admission = Admission{
 		Concurrency:          int(p.integer("CONCURRENCY", 1, 64)),
 		QueueDepth:           int(p.integer("QUEUE_DEPTH", 0, 10000)),
@@ -323,6 +331,8 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 
 func (p *parser) engine(wd string) Engine {
 	e := Engine{
+		Module:        p.str("ENGINE_MODULE"),
+		TinyModel:     p.boolean("ENGINE_TINY_MODEL"),
 		Device:        strings.ToLower(p.str("ENGINE_DEVICE")),
 		Steps:         int(p.integer("INFERENCE_STEPS", 1, 200)),
 		StartTimeout:  p.duration("ENGINE_START_TIMEOUT", time.Second),
@@ -347,6 +357,12 @@ func (p *parser) engine(wd string) Engine {
 			p.fail("MODEL_DIR", "%q is not a folder", dir)
 		}
 		e.ModelDir = dir
+		if e.TinyModel {
+			p.fail("ENGINE_TINY_MODEL", "must not be true when MODEL_DIR is set: the engine loads one model")
+		}
+	}
+	if !validModule(e.Module) {
+		p.fail("ENGINE_MODULE", "must be a Python module name such as inference, got %q", e.Module)
 	}
 	// The documented default depends on the working directory.
 	if py, ok := p.lookup("ENGINE_PYTHON"); ok {
@@ -357,6 +373,21 @@ func (p *parser) engine(wd string) Engine {
 		e.Python = "python3"
 	}
 	return e
+}
+
+// validModule reports whether name is a dotted Python module name.
+func validModule(name string) bool {
+	for _, part := range strings.Split(name, ".") {
+		if part == "" || (part[0] >= '0' && part[0] <= '9') {
+			return false
+		}
+		for _, r := range part {
+			if r != '_' && !(r >= 'a' && r <= 'z') && !(r >= 'A' && r <= 'Z') && !(r >= '0' && r <= '9') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 func isFile(path string) bool {

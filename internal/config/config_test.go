@@ -12,8 +12,20 @@ import (
 
 func env(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
 
+// tiny is the least a self-mode configuration needs: a model.
+var tiny = map[string]string{"ENGINE_TINY_MODEL": "true"}
+
+// withTiny returns kv with ENGINE_TINY_MODEL=true added.
+func withTiny(kv map[string]string) map[string]string {
+	out := map[string]string{"ENGINE_TINY_MODEL": "true"}
+	for k, v := range kv {
+		out[k] = v
+	}
+	return out
+}
+
 func TestDefaults(t *testing.T) {
-	c, err := Load(env(nil), "/srv/app")
+	c, err := Load(env(tiny), "/srv/app")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +66,7 @@ func TestOverrides(t *testing.T) {
 }
 
 func TestStagedKeyDefault(t *testing.T) {
-	c, err := Load(env(nil), "/")
+	c, err := Load(env(tiny), "/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,7 +116,7 @@ func TestManagedNeedsAVersionAndOneToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c, err := Load(env(map[string]string{"ADMIN_ADDR": "off"}), "/"); err != nil || c.Rollout.AdminAddr != "" {
+	if c, err := Load(env(withTiny(map[string]string{"ADMIN_ADDR": "off"})), "/"); err != nil || c.Rollout.AdminAddr != "" {
 		t.Errorf("ADMIN_ADDR=off: %q %v", c.Rollout.AdminAddr, err)
 	}
 	if c.Mode != ModeManaged || c.Managed.Version != "v1" || c.Rollout.CanaryPercent != 10 || c.Rollout.Enabled || !c.Managed.FallbackToMock ||
@@ -117,8 +129,8 @@ func TestManagedNeedsAVersionAndOneToken(t *testing.T) {
 }
 
 func TestAdmissionAndGPUSettings(t *testing.T) {
-	c, err := Load(env(map[string]string{"CONCURRENCY": "2", "QUEUE_DEPTH": "4", "QUEUE_TIMEOUT": "5s", "FREE_QUEUE_SHARE": "0.25",
-		"VRAM_HEADROOM_MB": "512", "ENGINE_MAX_GPU_MEMORY": "30GiB", "GPU_DEDICATED": "true"}), "/")
+	c, err := Load(env(withTiny(map[string]string{"CONCURRENCY": "2", "QUEUE_DEPTH": "4", "QUEUE_TIMEOUT": "5s", "FREE_QUEUE_SHARE": "0.25",
+		"VRAM_HEADROOM_MB": "512", "ENGINE_MAX_GPU_MEMORY": "30GiB", "GPU_DEDICATED": "true"})), "/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,12 +148,12 @@ func TestAdmissionAndGPUSettings(t *testing.T) {
 
 func TestEngineSettings(t *testing.T) {
 	wd := t.TempDir()
-	c, err := Load(env(nil), wd)
+	c, err := Load(env(tiny), wd)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := c.Engine
-	if e.Python != "python3" || e.Device != "auto" || e.Steps != 30 || e.HealthTimeout != 10*time.Second || e.MaxRSS != 0 || e.BackoffMax != 30*time.Second {
+	if e.Python != "python3" || e.Module != "inference" || !e.TinyModel || e.Device != "auto" || e.Steps != 30 || e.HealthTimeout != 10*time.Second || e.MaxRSS != 0 || e.BackoffMax != 30*time.Second {
 		t.Errorf("engine defaults: %+v", e)
 	}
 	venv := filepath.Join(wd, ".venv", "bin", "python")
@@ -155,7 +167,7 @@ func TestEngineSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e := c.Engine; e.Python != venv || e.MaxRSS != 24<<30 || e.ModelDir != wd || e.Device != "cuda" || e.Steps != 8 {
+	if e := c.Engine; e.Python != venv || e.MaxRSS != 24<<30 || e.ModelDir != wd || e.TinyModel || e.Device != "cuda" || e.Steps != 8 {
 		t.Errorf("engine settings: %+v", e)
 	}
 	_, err = Load(env(map[string]string{"MODEL_DIR": filepath.Join(wd, "nope"), "ENGINE_DEVICE": "tpu", "INFERENCE_STEPS": "0",
@@ -163,6 +175,36 @@ func TestEngineSettings(t *testing.T) {
 	for _, name := range []string{"MODEL_DIR", "ENGINE_DEVICE", "INFERENCE_STEPS", "ENGINE_BACKOFF_MAX"} {
 		if err == nil || !strings.Contains(err.Error(), name+":") {
 			t.Errorf("error does not mention %s: %v", name, err)
+		}
+	}
+}
+
+// TestSelfModeNamesItsModel: self mode starts only with MODEL_DIR or the
+// tiny model asked for by name, never both; the other modes need neither.
+func TestSelfModeNamesItsModel(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		kv   map[string]string
+		fail string
+	}{
+		{nil, "MODEL_DIR: is required with INFERENCE_MODE=self"},
+		{map[string]string{"ENGINE_TINY_MODEL": "false"}, "MODEL_DIR:"},
+		{map[string]string{"MODEL_DIR": dir, "ENGINE_TINY_MODEL": "true"}, "ENGINE_TINY_MODEL:"},
+		{map[string]string{"ENGINE_TINY_MODEL": "yes please"}, "ENGINE_TINY_MODEL:"},
+		{map[string]string{"ENGINE_TINY_MODEL": "true", "ENGINE_MODULE": "engine test"}, "ENGINE_MODULE:"},
+		{map[string]string{"ENGINE_TINY_MODEL": "true", "ENGINE_MODULE": ".inference"}, "ENGINE_MODULE:"},
+		{map[string]string{"MODEL_DIR": dir}, ""},
+		{map[string]string{"ENGINE_TINY_MODEL": "true", "ENGINE_MODULE": "enginetest"}, ""},
+		{map[string]string{"INFERENCE_MODE": "mock"}, ""},
+	} {
+		c, err := Load(env(tc.kv), "/")
+		switch {
+		case tc.fail == "" && err != nil:
+			t.Errorf("%v: %v", tc.kv, err)
+		case tc.fail != "" && (err == nil || !strings.Contains(err.Error(), tc.fail)):
+			t.Errorf("%v: got %v, want an error with %q", tc.kv, err, tc.fail)
+		case tc.fail == "" && tc.kv["ENGINE_MODULE"] != "" && c.Engine.Module != tc.kv["ENGINE_MODULE"]:
+			t.Errorf("%v: module %q", tc.kv, c.Engine.Module)
 		}
 	}
 }

@@ -12,13 +12,13 @@ import (
 )
 
 // BenchmarkRecoveryAfterSIGKILL measures the time from a SIGKILL of a ready
-// engine (test backend) to a new engine being ready, with the default
+// engine (the test engine) to a new engine being ready, with the default
 // backoff and health settings.
 func BenchmarkRecoveryAfterSIGKILL(b *testing.B) {
 	py := testsupport.EnginePython(b)
 	s, err := New(Options{
 		Python: py,
-		Args:   []string{"--backend", "test"},
+		Module: "enginetest",
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -58,8 +59,8 @@ type instance struct {
 
 	restart chan restartRequest
 
-	// lastProgress is the UnixNano time of the last stream event or job
-	// acknowledgement: the engine moved.
+	// lastProgress is the UnixNano time of the last stream event or answer
+	// to Cancel: the engine moved.
 	lastProgress atomic.Int64
 
 	// Guarded by Supervisor.mu.
@@ -70,7 +71,6 @@ type instance struct {
 	inFlight int
 	jobs     int
 	seq      uint64
-	acks     map[string]*job
 }
 
 type restartRequest struct {
@@ -102,8 +102,33 @@ func (i *instance) hasExited() bool {
 // spawn starts an engine process. The goroutines it starts are counted in
 // s.wg and end once the process has been reaped and its stderr closed.
 func (s *Supervisor) spawn() (*instance, error) {
-	o := s.opts
-	dir, err := os.MkdirTemp(o.SocketDir, "vstage-engine-")
+	i, err := newInstance(s.opts.SocketDir)
+	if err != nil {
+		return nil, err
+	}
+	// The process's lifetime is not tied to Run's context: stopping is an
+	// explicit step so that jobs are failed and the socket removed in order.
+	procCtx, stopProc := context.WithCancel(context.Background())
+	cmd := s.command(procCtx, i)
+	i.oomBefore, i.haveOOM = s.oomKills()
+	stderr, err := s.startProcess(cmd)
+	if err != nil {
+		stopProc()
+		os.RemoveAll(i.dir)
+		return nil, err
+	}
+	i.cmd, i.pid, i.stopProc, i.stderr = cmd, cmd.Process.Pid, stopProc, stderr
+	i.touch()
+	if s.onSpawn != nil {
+		s.onSpawn(i.pid)
+	}
+	s.track(i)
+	return i, nil
+}
+
+// newInstance makes the instance's private socket directory.
+func newInstance(socketDir string) (*instance, error) {
+	dir, err := os.MkdirTemp(socketDir, "vstage-engine-")
 	if err != nil {
 		return nil, fmt.Errorf("engine: socket directory: %w", err)
 	}
@@ -118,27 +143,34 @@ func (s *Supervisor) spawn() (*instance, error) {
 		socket:  filepath.Join(dir, socketName),
 		exited:  make(chan struct{}),
 		restart: make(chan restartRequest, 1),
-		acks:    make(map[string]*job),
 	}
 	i.dead, i.giveUp = context.WithCancel(context.Background())
-	// Info level at least: the engine's "job stopped" lines are how a
-	// cancelled job's end is acknowledged (see Stage). Args may raise it to
-	// debug; New refuses a quieter level.
-	args := []string{"-m", "inference", "--socket", i.socket, "--log-level", "info"}
+	return i, nil
+}
+
+// args returns the engine's command line after the interpreter.
+func (o Options) args(socket string) []string {
+	args := []string{"-m", o.Module, "--socket", socket}
 	if o.ModelDir != "" {
 		args = append(args, "--model-dir", o.ModelDir)
+	}
+	if o.TinyModel {
+		args = append(args, "--tiny-model")
 	}
 	if o.Device != "" {
 		args = append(args, "--device", o.Device)
 	}
-	args = append(args, o.Args...)
+	if o.WarmupLongSide > 0 {
+		args = append(args, "--warmup-long-side", strconv.Itoa(o.WarmupLongSide))
+	}
+	return append(args, o.Args...)
+}
 
-	// The process's lifetime is not tied to Run's context: stopping is an
-	// explicit step so that jobs are failed and the socket removed in order.
-	procCtx, stopProc := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(procCtx, o.Python, args...)
-	cmd.Dir = o.Dir
-	cmd.Env = append(scrubEnv(os.Environ(), o.KeepEnv), o.Env...)
+// command builds the engine's command; cancelling ctx stops it (SIGTERM to
+// its process group, SIGKILL after StopGrace).
+func (s *Supervisor) command(ctx context.Context, i *instance) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, s.opts.Python, s.opts.args(i.socket)...)
+	cmd.Env = append(scrubEnv(os.Environ()), s.opts.Env...)
 	// Setpgid: the engine and anything it forks form one group that a
 	// single kill reaches. Pdeathsig: if the sidecar dies, even by SIGKILL,
 	// the kernel kills the engine. Pdeathsig follows the OS thread that
@@ -149,39 +181,40 @@ func (s *Supervisor) spawn() (*instance, error) {
 		i.killedByUs.Store(true)
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 	}
-	cmd.WaitDelay = o.StopGrace
+	cmd.WaitDelay = s.opts.StopGrace
+	return cmd
+}
+
+// startProcess starts cmd with its stdout and stderr on a pipe and returns
+// the pipe's read end.
+func (s *Supervisor) startProcess(cmd *exec.Cmd) (*os.File, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
-		stopProc()
-		os.RemoveAll(dir)
 		return nil, fmt.Errorf("engine: stderr pipe: %w", err)
 	}
 	// Our own pipe, not StderrPipe: Wait must not depend on the reader
 	// having drained it, and the reader must not block Wait.
 	cmd.Stdout, cmd.Stderr = w, w
-	i.oomBefore, i.haveOOM = s.oomKills()
-	if err := cmd.Start(); err != nil {
-		stopProc()
-		r.Close()
-		w.Close()
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("engine: start %s: %w", o.Python, err)
-	}
+	err = cmd.Start()
 	w.Close()
-	i.cmd, i.pid, i.stopProc, i.stderr = cmd, cmd.Process.Pid, stopProc, r
-	i.touch()
-	if s.onSpawn != nil {
-		s.onSpawn(i.pid)
+	if err != nil {
+		r.Close()
+		return nil, fmt.Errorf("engine: start %s: %w", s.opts.Python, err)
 	}
+	return r, nil
+}
 
+// track starts the goroutines that forward the engine's stderr to the log
+// and reap the process.
+func (s *Supervisor) track(i *instance) {
 	log := s.log.With("source", "engine", "engine_pid", i.pid)
-	fwd := newForwarder(log, o.StderrLines, s.m.dropped.Inc, func(id string) { s.acknowledge(i, id) })
+	fwd := newForwarder(log, s.opts.StderrLines, s.m.dropped.Inc)
 	i.readDone, i.writeDone = make(chan struct{}), make(chan struct{})
 	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()
 		defer close(i.readDone)
-		fwd.read(r)
+		fwd.read(i.stderr)
 	}()
 	go func() {
 		defer s.wg.Done()
@@ -190,15 +223,14 @@ func (s *Supervisor) spawn() (*instance, error) {
 	}()
 	go func() {
 		defer s.wg.Done()
-		_ = cmd.Wait() // the status is read from ProcessState
-		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
+		_ = i.cmd.Wait() // the status is read from ProcessState
+		if ws, ok := i.cmd.ProcessState.Sys().(syscall.WaitStatus); ok {
 			i.status = ws
 		}
 		// The leader is gone; anything it left in its group goes too.
 		_ = syscall.Kill(-i.pid, syscall.SIGKILL)
 		close(i.exited)
 	}()
-	return i, nil
 }
 
 // connect dials the socket once it exists. gRPC's default reconnect backoff

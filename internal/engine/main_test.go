@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/vstage/vstage/internal/testsupport"
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
@@ -94,14 +95,25 @@ type harness struct {
 	backoff []time.Duration
 }
 
-// python returns options that run the real engine with its test backend.
+// python returns options that run the test engine: the real engine server
+// with a torch-free backend that obeys fault commands (see withFault).
 func python(t *testing.T, extra ...string) Options {
 	args := []string{
-		"--backend", "test", "--test-faults", "--concurrency", "8",
+		"--concurrency", "8",
 		"--min-long-side", "64", "--default-long-side", "128", "--max-long-side", "256",
 		"--shutdown-grace", "1",
 	}
-	return Options{Python: testsupport.EnginePython(t), Args: append(args, extra...)}
+	return Options{Python: testsupport.EnginePython(t), Module: "enginetest", Args: append(args, extra...)}
+}
+
+// faultKey is the metadata key of a job's fault commands, which only the
+// test engine reads (python/enginetest/faults.py lists them).
+const faultKey = "vstage-test-fault"
+
+// withFault returns ctx carrying fault commands, such as "sleep=2" or
+// "crash=70", for the job staged with it.
+func withFault(ctx context.Context, commands string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, faultKey, commands)
 }
 
 // fake returns options that run the test binary as a fake engine.
@@ -218,12 +230,11 @@ var testPNG = func() []byte {
 	return b.Bytes()
 }()
 
-func stageRequest(id string, faults map[string]string) *enginev1.StageRequest {
+func stageRequest(id string) *enginev1.StageRequest {
 	return &enginev1.StageRequest{
 		JobId: id, Image: testPNG, Prompt: "a room", NegativePrompt: "blurry",
 		Seed: 7, Strength: 0.6, GuidanceScale: 5, Steps: 4, ConditioningScale: 1,
 		OutputLongSide: 128, OutputFormat: enginev1.ImageFormat_IMAGE_FORMAT_JPEG, Quality: 85,
-		TestFaults: faults,
 	}
 }
 

@@ -77,7 +77,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		inFlight: f.NewGauge(prometheus.GaugeOpts{
 			Name: name("jobs_in_flight"),
-			Help: "Jobs sent to the engine whose end it has not acknowledged yet.",
+			Help: "Jobs sent to the engine that it has not yet said have ended (stream status or Cancel answer).",
 		}),
 		dropped: f.NewCounter(prometheus.CounterOpts{
 			Name: name("stderr_lines_dropped_total"),

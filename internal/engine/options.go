@@ -16,29 +16,34 @@ import (
 // default written next to it; the environment variable named in brackets is
 // the setting the sidecar's configuration maps onto the field.
 type Options struct {
-	// Python is the interpreter that runs "-m inference" [ENGINE_PYTHON].
+	// Python is the interpreter that runs the engine [ENGINE_PYTHON].
 	// Empty means python3 from PATH.
 	Python string
-	// Dir is the engine's working directory; empty means the sidecar's.
-	Dir string
+	// Module is the Python module run as the engine, "python -m Module"
+	// [ENGINE_MODULE]. Empty means "inference"; tests run "enginetest", the
+	// same server with a fault-injecting backend.
+	Module string
 	// Args are extra engine flags appended after the ones the supervisor
-	// sets, such as "--backend", "test". The engine's log level is set to
-	// info and may only be raised to debug: quieter levels would hide the
-	// lines that acknowledge cancelled jobs.
+	// sets, such as "--concurrency", "2".
 	Args []string
-	// ModelDir is passed as --model-dir when not empty [MODEL_DIR]; empty
-	// lets the engine load its tiny built-in model.
+	// ModelDir is passed as --model-dir when not empty [MODEL_DIR].
 	ModelDir string
+	// TinyModel passes --tiny-model: the engine builds its tiny model with
+	// random weights, for tests and demos [ENGINE_TINY_MODEL]. The engine
+	// refuses to start with neither a ModelDir nor TinyModel, or with both.
+	TinyModel bool
 	// Device is passed as --device when not empty [ENGINE_DEVICE]: auto,
 	// cpu or cuda.
 	Device string
+	// WarmupLongSide, when not zero, is passed as --warmup-long-side: the
+	// long side of the output the jobs will ask for [OUTPUT_LONG_SIDE], so
+	// the warm-up job renders at that size. The engine clamps it to its
+	// limits.
+	WarmupLongSide int
 	// Env holds extra KEY=VALUE entries for the engine's environment. They
 	// are added after the sidecar's own environment has been scrubbed of
 	// credentials, and are not scrubbed themselves.
 	Env []string
-	// KeepEnv names variables of the sidecar's environment that pass to the
-	// engine even though their names look like credentials.
-	KeepEnv []string
 	// SocketDir is where the private socket directory is created; empty
 	// means os.TempDir(). A Unix socket path must stay under 100 bytes.
 	SocketDir string
@@ -54,10 +59,10 @@ type Options struct {
 	// StopGrace is the time between SIGTERM and SIGKILL when the engine is
 	// stopped [ENGINE_STOP_GRACE]. Default 10s.
 	StopGrace time.Duration
-	// WedgeGrace is how long a job may outlive its end (its deadline or its
-	// cancellation) without the engine acknowledging it, while no other job
-	// makes progress, before the engine is declared wedged and restarted
-	// [ENGINE_WEDGE_GRACE]. Default 10s.
+	// WedgeGrace is how long the engine may take to answer Cancel for a job
+	// that ended on the sidecar's side (its deadline passed or its caller
+	// left), while no other job makes progress, before it is declared
+	// wedged and restarted [ENGINE_WEDGE_GRACE]. Default 10s.
 	WedgeGrace time.Duration
 	// MaxRSS is the engine's resident memory above which it is restarted
 	// between jobs [ENGINE_MAX_RSS], in bytes. Zero disables the check.
@@ -72,9 +77,10 @@ type Options struct {
 	BackoffMax time.Duration
 	// Slots caps the jobs in flight: Stage waits (until its context ends)
 	// for one of them to end before it sends another. A job holds its slot
-	// until the engine acknowledges its end or is given up, so a cancelled
-	// job the engine is still stopping keeps its slot. Zero means no limit;
-	// set it to the sidecar's admission slots per engine.
+	// until the engine says it has ended (its stream's status, or its
+	// answer to Cancel) or is given up, so a cancelled job the engine is
+	// still stopping keeps its slot. Zero means no limit; set it to the
+	// sidecar's admission slots per engine.
 	Slots int
 	// StderrLines is the number of engine log lines buffered on their way
 	// to Logger; more are dropped and counted. Default 1024.
@@ -90,6 +96,9 @@ type Options struct {
 func (o Options) withDefaults() (Options, error) {
 	if o.Python == "" {
 		o.Python = "python3"
+	}
+	if o.Module == "" {
+		o.Module = "inference"
 	}
 	if o.SocketDir == "" {
 		o.SocketDir = os.TempDir()
@@ -130,15 +139,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, errors.New("engine: Slots must not be negative")
 	case o.StderrLines < 0:
 		return o, errors.New("engine: StderrLines must not be negative")
-	}
-	for k, a := range o.Args {
-		level, ok := strings.CutPrefix(a, "--log-level=")
-		if a == "--log-level" && k+1 < len(o.Args) {
-			level, ok = o.Args[k+1], true
-		}
-		if ok && !strings.EqualFold(level, "info") && !strings.EqualFold(level, "debug") {
-			return o, fmt.Errorf("engine: Args: --log-level %s would hide job acknowledgements; use info or debug", level)
-		}
+	case o.WarmupLongSide < 0:
+		return o, errors.New("engine: WarmupLongSide must not be negative")
 	}
 	// A socket path of 108 bytes is the kernel's limit; the engine wants
 	// under 100, and the private directory adds a random name.
@@ -156,15 +158,13 @@ const socketName = "engine.sock"
 var credentialMarkers = []string{"_TOKEN", "SECRET", "PASSWORD", "PASSWD", "_KEY", "CREDENTIAL"}
 
 // scrubEnv returns env without the variables whose names look like
-// credentials, except those named in keep.
-func scrubEnv(env, keep []string) []string {
+// credentials.
+func scrubEnv(env []string) []string {
 	out := make([]string, 0, len(env))
 	for _, kv := range env {
-		name, _, _ := strings.Cut(kv, "=")
-		if isCredential(name) && !contains(keep, name) {
-			continue
+		if name, _, _ := strings.Cut(kv, "="); !isCredential(name) {
+			out = append(out, kv)
 		}
-		out = append(out, kv)
 	}
 	return out
 }
@@ -177,15 +177,6 @@ func isCredential(name string) bool {
 	}
 	for _, m := range credentialMarkers {
 		if strings.Contains(upper, m) || strings.HasPrefix(upper, strings.TrimPrefix(m, "_")+"_") {
-			return true
-		}
-	}
-	return false
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
 			return true
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -20,12 +21,12 @@ import (
 // reports itself.
 const Domain = "engine.vstage"
 
-// Failure reasons the engine attaches to its status codes (see the
-// protocol's documentation for the full list).
+// Cancel retries: an engine that answers Cancel with an error (not a
+// dropped connection, which the call waits out) is asked again at this
+// pace until it answers, or is declared wedged and given up.
 const (
-	FailureOOM           = "oom"
-	FailureImageTooLarge = "image_too_large"
-	FailureNotReady      = "not_ready"
+	cancelRetryMin = 100 * time.Millisecond
+	cancelRetryMax = 2 * time.Second
 )
 
 // maxJobIDBytes leaves room in the engine's 128-byte job id for the
@@ -35,30 +36,37 @@ const maxJobIDBytes = 100
 // errNoResult marks a stream that the engine ended cleanly without a result.
 var errNoResult = errors.New("engine: the job's stream ended without a result")
 
-// Reason returns the reason the engine attached to the gRPC status in err's
-// chain, or "" when err carries none: the error did not come from the
-// engine's own code, such as a transport failure or a local cancellation.
-func Reason(err error) string {
+// Reason returns the failure reason the engine attached to the gRPC status
+// in err's chain, or FAILURE_REASON_UNSPECIFIED when err carries none: the
+// error did not come from the engine's own code, such as a transport
+// failure or a local cancellation.
+func Reason(err error) enginev1.FailureReason {
+	info := errorInfo(err)
+	if info == nil {
+		return enginev1.FailureReason_FAILURE_REASON_UNSPECIFIED
+	}
+	return enginev1.FailureReason(enginev1.FailureReason_value[info.GetReason()])
+}
+
+// errorInfo returns the engine's ErrorInfo in err's status, or nil.
+func errorInfo(err error) *errdetails.ErrorInfo {
 	st, ok := status.FromError(err)
 	if !ok || st.Code() == codes.OK {
-		return ""
+		return nil
 	}
 	for _, d := range st.Details() {
 		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == Domain {
-			return info.GetReason()
+			return info
 		}
 	}
-	return ""
+	return nil
 }
 
 // job is the supervisor's record of a job sent to the engine, kept until
-// the engine acknowledges its end or is given up.
+// the engine says that it has ended or is given up.
 type job struct {
 	wire    string
 	endOnce sync.Once
-	// Guarded by Supervisor.mu.
-	acked bool
-	onAck func()
 }
 
 // Stage sends req to the engine and returns the job's result.
@@ -71,13 +79,18 @@ type job struct {
 // whose reason Reason returns; a job cancelled by ctx returns the gRPC
 // status of the cancellation.
 //
+// Outgoing gRPC metadata in ctx travels with the call, as with any gRPC
+// client.
+//
 // A job counts as in flight, for the jobs_in_flight metric, for
 // Options.Slots and for restarts that wait for jobs to end, until the
-// engine acknowledges its end (the stream ends with a status, or after a
-// cancellation the engine logs that the job stopped) or the engine is given
-// up. An engine that acknowledges no end for WedgeGrace after one was due,
-// while no other job progresses, is restarted as wedged. A job without a
-// deadline that is never cancelled is never judged wedged.
+// engine says that it has ended or the engine is given up. The engine says
+// so by ending the stream with a result or a status; for a job that ended
+// on this side first (ctx ended, or the connection broke under a live
+// engine), by answering the Engine.Cancel call the supervisor then makes.
+// An engine that does not answer it within WedgeGrace, while no other job
+// progresses, is restarted as wedged. A job without a deadline that is
+// never cancelled is never judged wedged.
 func (s *Supervisor) Stage(ctx context.Context, req *enginev1.StageRequest) (*enginev1.Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -109,9 +122,9 @@ func (s *Supervisor) Stage(ctx context.Context, req *enginev1.StageRequest) (*en
 	case errors.Is(err, errNoResult):
 		s.end(i, j)
 		return nil, err
-	case Reason(err) != "":
-		// The engine ended the job itself: that is its acknowledgement.
-		if status.Code(err) == codes.ResourceExhausted && Reason(err) == FailureOOM {
+	case errorInfo(err) != nil:
+		// The engine ended the job itself and said so.
+		if status.Code(err) == codes.ResourceExhausted && Reason(err) == enginev1.FailureReason_FAILURE_REASON_OOM {
 			s.drainAndRestart(i, ReasonCUDAOOM, "job "+j.wire+" ran out of accelerator memory")
 		}
 		s.end(i, j)
@@ -166,7 +179,6 @@ func (s *Supervisor) begin(id string) (*instance, *job, error) {
 		id = id[:maxJobIDBytes]
 	}
 	j := &job{wire: fmt.Sprintf("%s~%d", id, i.seq)}
-	i.acks[j.wire] = j
 	i.inFlight++
 	i.jobs++
 	limit := s.opts.MaxJobs > 0 && i.jobs >= s.opts.MaxJobs
@@ -183,7 +195,6 @@ func (s *Supervisor) begin(id string) (*instance, *job, error) {
 func (s *Supervisor) end(i *instance, j *job) {
 	j.endOnce.Do(func() {
 		s.mu.Lock()
-		delete(i.acks, j.wire)
 		i.inFlight--
 		idle, req := i.inFlight == 0, i.pending
 		s.mu.Unlock()
@@ -204,47 +215,70 @@ func (s *Supervisor) releaseSlot() {
 	}
 }
 
-// acknowledge records that the engine logged the end of job id.
-func (s *Supervisor) acknowledge(i *instance, id string) {
-	i.touch()
+// awaitEnd keeps j in flight until the engine answers Cancel for it or is
+// given up. The Cancel call runs on a goroutine counted in s.wg, which ends
+// with the instance at the latest; a job that ends while the supervisor is
+// stopping is released at once.
+func (s *Supervisor) awaitEnd(i *instance, j *job) {
 	s.mu.Lock()
-	j := i.acks[id]
-	var hook func()
-	if j != nil {
-		j.acked = true
-		hook = j.onAck
+	if s.closed || i.dead.Err() != nil {
+		s.mu.Unlock()
+		s.end(i, j)
+		return
 	}
+	s.wg.Add(1)
 	s.mu.Unlock()
-	if hook != nil {
-		hook()
+	go func() {
+		defer s.wg.Done()
+		defer s.end(i, j)
+		stop := s.watchWedge(i, j)
+		defer stop()
+		s.cancel(i, j)
+	}()
+}
+
+// cancel asks the engine to stop j until it answers or the instance is
+// given up. A broken connection is waited out (WaitForReady); an error
+// answer is retried with a growing pause.
+func (s *Supervisor) cancel(i *instance, j *job) {
+	pause := cancelRetryMin
+	for {
+		resp, err := i.engine.Cancel(i.dead, &enginev1.CancelRequest{JobId: j.wire}, grpc.WaitForReady(true))
+		if err == nil {
+			i.touch()
+			s.log.Debug("engine job ended", "job_id", j.wire, "outcome", resp.GetOutcome().String())
+			return
+		}
+		if i.dead.Err() != nil {
+			return
+		}
+		s.log.Warn("engine cancel failed", "job_id", j.wire, "error", err, "retry_in_seconds", pause.Seconds())
+		t := time.NewTimer(pause)
+		select {
+		case <-i.dead.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		pause = min(2*pause, cancelRetryMax)
 	}
 }
 
-// awaitEnd keeps j in flight until the engine acknowledges its end or is
-// given up, and declares the engine wedged if neither happens within
-// WedgeGrace while nothing else progresses. It uses timers and callbacks,
-// not a goroutine, so nothing outlives the instance.
-func (s *Supervisor) awaitEnd(i *instance, j *job) {
+// watchWedge declares the engine wedged when j is still in flight
+// WedgeGrace from now while nothing else progressed meanwhile, and returns
+// a function that stops the watch. It uses timers, not a goroutine.
+func (s *Supervisor) watchWedge(i *instance, j *job) (stop func()) {
 	grace := s.opts.WedgeGrace
 	var (
-		mu       sync.Mutex
-		done     bool
-		timer    *time.Timer
-		stopDead func() bool
+		mu      sync.Mutex
+		stopped bool
+		timer   *time.Timer
 	)
-	finish := func() {
-		mu.Lock()
-		done = true
-		timer.Stop()
-		stopDead()
-		mu.Unlock()
-		s.end(i, j)
-	}
 	var check func()
 	check = func() {
 		mu.Lock()
 		defer mu.Unlock()
-		if done || i.dead.Err() != nil {
+		if stopped || i.dead.Err() != nil {
 			return
 		}
 		if idle := i.sinceProgress(); idle < grace {
@@ -255,22 +289,13 @@ func (s *Supervisor) awaitEnd(i *instance, j *job) {
 		i.requestRestart(ReasonWedged, fmt.Sprintf(
 			"job %s did not end within %v of its cancellation or deadline, and no job progressed", j.wire, grace))
 	}
-
-	// Held while registering, so that an acknowledgement or the engine's
-	// end arriving meanwhile finds the timer and the callback in place.
 	mu.Lock()
-	defer mu.Unlock()
-	s.mu.Lock()
-	acked := j.acked
-	if !acked {
-		j.onAck = finish
-	}
-	s.mu.Unlock()
-	if acked {
-		done = true
-		s.end(i, j)
-		return
-	}
 	timer = time.AfterFunc(grace, check)
-	stopDead = context.AfterFunc(i.dead, finish)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		timer.Stop()
+		mu.Unlock()
+	}
 }

@@ -16,27 +16,19 @@ import (
 // discarded so a runaway traceback cannot grow the buffer.
 const maxLineBytes = 64 << 10
 
-// jobEndMessages are the engine's log messages that end a job; each carries
-// a job_id field. Together with the stream status they are how the
-// supervisor learns that a job it cancelled has let go of its worker: after
-// a cancellation gRPC gives the client no way to hear from that call again.
-var jobEndMessages = map[string]bool{
-	"job done": true, "job stopped": true, "job failed": true, "job rejected": true,
-}
-
 // forwarder copies the engine's stderr into the sidecar's log. read never
 // blocks on the logger: it hands lines to a bounded channel and drops (and
 // counts) what does not fit, so a slow log sink cannot stall the engine on a
-// full pipe.
+// full pipe. The lines are only logged: nothing the supervisor decides
+// rests on their text.
 type forwarder struct {
 	log     *slog.Logger
 	lines   chan string
 	dropped func()
-	jobEnd  func(jobID string)
 }
 
-func newForwarder(log *slog.Logger, size int, dropped func(), jobEnd func(string)) *forwarder {
-	return &forwarder{log: log, lines: make(chan string, size), dropped: dropped, jobEnd: jobEnd}
+func newForwarder(log *slog.Logger, size int, dropped func()) *forwarder {
+	return &forwarder{log: log, lines: make(chan string, size), dropped: dropped}
 }
 
 // read reads r until EOF or an error and closes the channel.
@@ -54,11 +46,6 @@ func (f *forwarder) read(r io.Reader) {
 			continue
 		}
 		if line := strings.TrimRight(sb.String(), "\r\n"); line != "" {
-			// Acknowledgements are read here, not by the writer, so that
-			// neither a slow log sink nor a dropped line can lose one.
-			if f.jobEnd != nil && strings.Contains(line, `"job `) {
-				f.ack(line)
-			}
 			select {
 			case f.lines <- line:
 			default:
@@ -106,16 +93,6 @@ func (f *forwarder) emit(line string) {
 		level = slog.LevelWarn
 	}
 	f.log.LogAttrs(context.Background(), level, msg, attrs...)
-}
-
-func (f *forwarder) ack(line string) {
-	var entry struct {
-		Msg   string `json:"msg"`
-		JobID string `json:"job_id"`
-	}
-	if json.Unmarshal([]byte(line), &entry) == nil && entry.JobID != "" && jobEndMessages[entry.Msg] {
-		f.jobEnd(entry.JobID)
-	}
 }
 
 func parseLevel(s string) slog.Level {

@@ -59,6 +59,7 @@ type Supervisor struct {
 	restarts int
 	failures int
 	last     restartRequest
+	closed   bool // Run is returning: no more goroutines
 }
 
 // Status is a snapshot of the supervisor for logs, tests and debugging.
@@ -73,7 +74,7 @@ type Status struct {
 	// LastReason and LastDetail describe the latest restart.
 	LastReason string
 	LastDetail string
-	// InFlight counts jobs whose end the engine has not acknowledged.
+	// InFlight counts jobs the engine has not said have ended.
 	InFlight int
 }
 
@@ -104,7 +105,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if !s.running.CompareAndSwap(false, true) {
 		return errors.New("engine: Run called twice")
 	}
-	defer s.wg.Wait()
+	// Every instance is stopped by the time this runs; closed keeps a job
+	// ending late from adding to the group being waited for.
+	defer func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.wg.Wait()
+	}()
 	for {
 		i, req := s.start(ctx)
 		if i != nil {

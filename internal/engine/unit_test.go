@@ -22,7 +22,7 @@ func TestOptionsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.Python != "python3" || o.StartTimeout != 10*time.Minute || o.HealthTimeout != 10*time.Second ||
+	if o.Python != "python3" || o.Module != "inference" || o.StartTimeout != 10*time.Minute || o.HealthTimeout != 10*time.Second ||
 		o.StopGrace != 10*time.Second || o.WedgeGrace != 10*time.Second || o.BackoffMin != 500*time.Millisecond ||
 		o.BackoffMax != 30*time.Second || o.StderrLines != 1024 || o.Logger == nil {
 		t.Errorf("defaults: %+v", o)
@@ -32,11 +32,33 @@ func TestOptionsDefaults(t *testing.T) {
 		{HealthTimeout: -1},
 		{MaxJobs: -1},
 		{SocketDir: "/" + strings.Repeat("d", 90)},
-		{Args: []string{"--log-level", "warning"}},
-		{Args: []string{"--log-level=error"}},
+		{WarmupLongSide: -1},
 	} {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("%+v: want an error", bad)
+		}
+	}
+}
+
+func TestEngineCommandLine(t *testing.T) {
+	for _, tc := range []struct {
+		o    Options
+		want []string
+	}{
+		{Options{}, []string{"-m", "inference", "--socket", "/s"}},
+		{
+			Options{Module: "enginetest", ModelDir: "/models", Device: "cuda", WarmupLongSide: 512, Args: []string{"--concurrency", "2"}},
+			[]string{"-m", "enginetest", "--socket", "/s", "--model-dir", "/models", "--device", "cuda",
+				"--warmup-long-side", "512", "--concurrency", "2"},
+		},
+		{Options{TinyModel: true}, []string{"-m", "inference", "--socket", "/s", "--tiny-model"}},
+	} {
+		o, err := tc.o.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := o.args("/s"); !slices.Equal(got, tc.want) {
+			t.Errorf("%+v:\n got %q\nwant %q", tc.o, got, tc.want)
 		}
 	}
 }
@@ -46,11 +68,11 @@ func TestScrubEnv(t *testing.T) {
 		"PATH=/usr/bin", "HOME=/root", "AWS_ACCESS_KEY_ID=a", "AWS_SECRET_ACCESS_KEY=b",
 		"HF_TOKEN=c", "HF_HOME=/cache", "GITHUB_TOKEN=d", "DB_PASSWORD=e", "API_KEY=f",
 		"CUDA_VISIBLE_DEVICES=0", "ENGINE_CONCURRENCY=2", "OTEL_EXPORTER_OTLP_HEADERS_SECRET=g",
-		"LD_LIBRARY_PATH=/lib", "SIGNING_KEY_ID=h", "KEEP_API_KEY=i",
+		"LD_LIBRARY_PATH=/lib", "SIGNING_KEY_ID=h",
 	}
-	got := scrubEnv(env, []string{"KEEP_API_KEY"})
+	got := scrubEnv(env)
 	want := []string{"PATH=/usr/bin", "HOME=/root", "HF_HOME=/cache", "CUDA_VISIBLE_DEVICES=0",
-		"ENGINE_CONCURRENCY=2", "LD_LIBRARY_PATH=/lib", "KEEP_API_KEY=i"}
+		"ENGINE_CONCURRENCY=2", "LD_LIBRARY_PATH=/lib"}
 	if !slices.Equal(got, want) {
 		t.Errorf("scrubEnv:\n got %q\nwant %q", got, want)
 	}
@@ -98,8 +120,7 @@ func TestForwarder(t *testing.T) {
 	var logs testsupport.LogBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With("source", "engine")
 	dropped := 0
-	var acked []string
-	f := newForwarder(log, 100, func() { dropped++ }, func(id string) { acked = append(acked, id) })
+	f := newForwarder(log, 100, func() { dropped++ })
 	in := strings.Join([]string{
 		`{"time":"2026-01-01T00:00:00Z","level":"warning","msg":"job stopped","job_id":"a~1","reason":"cancelled"}`,
 		`Traceback (most recent call last):`,
@@ -131,15 +152,12 @@ func TestForwarder(t *testing.T) {
 	if n := len(entries[3]["msg"].(string)); n != maxLineBytes {
 		t.Errorf("long line kept %d bytes, want %d", n, maxLineBytes)
 	}
-	if !slices.Equal(acked, []string{"a~1"}) {
-		t.Errorf("acknowledged %q, want only a~1", acked)
-	}
 	if dropped != 0 {
 		t.Errorf("dropped %d", dropped)
 	}
 
 	// Nobody reads the lines: the reader must not block, and counts drops.
-	f = newForwarder(log, 2, func() { dropped++ }, nil)
+	f = newForwarder(log, 2, func() { dropped++ })
 	f.read(strings.NewReader(strings.Repeat("line\n", 10)))
 	if dropped != 8 {
 		t.Errorf("dropped %d lines, want 8", dropped)

@@ -1,5 +1,6 @@
 // Package testsupport holds what tests across packages share: the engine's
-// Python for tests that start the real engine process, and a log buffer
+// Python for tests that start the real engine process (or the test engine,
+// python/enginetest), and a log buffer
 // safe for concurrent writers. Only tests import it.
 package testsupport
 
@@ -50,7 +51,7 @@ func find() (string, error) {
 	if _, err := os.Stat(py); err != nil {
 		return "", fmt.Errorf("the engine's Python is missing (%w): run `make venv` at the repository root", err)
 	}
-	if out, err := exec.Command(py, "-c", "import grpc, grpc_health, inference, inference.testbackend").CombinedOutput(); err != nil {
+	if out, err := exec.Command(py, "-c", "import grpc, grpc_health, inference, enginetest").CombinedOutput(); err != nil {
 		return "", fmt.Errorf("%s cannot import the engine (%w): run `make venv` at the repository root\n%s", py, err, out)
 	}
 	return py, nil

@@ -13,10 +13,8 @@ from collections.abc import Mapping, Sequence
 
 MIB = 1024 * 1024
 
-BACKENDS = ("diffusers", "test")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-START_FAULTS = ("", "crash", "never-ready")
 
 
 class ConfigError(ValueError):
@@ -28,8 +26,8 @@ class Settings:
     """Settings is the engine's whole configuration."""
 
     socket: str = ""
-    backend: str = "diffusers"
     model_dir: str = ""
+    tiny_model: bool = False
     model_rev: str = ""
     device: str = "auto"
     dtype: str = "auto"
@@ -41,23 +39,25 @@ class Settings:
     max_input_pixels: int = 50_000_000
     max_message_bytes: int = 64 * MIB
     mask_feather: int = 4
-    warmup_steps: int = 2
+    warmup_steps: int = 1
+    warmup_long_side: int = 0
     compile: bool = False
     channels_last: bool = False
     parent_pid: int = 0
     shutdown_grace: float = 10.0
     log_level: str = "info"
-    test_faults: bool = False
-    test_start_fault: str = ""
-    test_start_delay: float = 0.0
-    test_step_delay: float = 0.0
+
+    def warmup_side(self) -> int:
+        """The warm-up job's long side: warmup_long_side (or the default) within the limits."""
+        side = self.warmup_long_side or self.default_long_side
+        return min(max(side - side % 8, self.min_long_side), self.max_long_side)
 
 
 # Each option: flag, environment variable, type, help. The defaults come from Settings.
 _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("socket", "ENGINE_SOCKET", str, "Unix socket path to serve on (required)"),
-    ("backend", "ENGINE_BACKEND", str, "diffusers (the model) or test (torch-free stand-in)"),
-    ("model_dir", "MODEL_DIR", str, "folder of diffusers-format models; empty: tiny random model"),
+    ("model_dir", "MODEL_DIR", str, "folder of diffusers-format models"),
+    ("tiny_model", "ENGINE_TINY_MODEL", bool, "build the tiny random model (tests, demos)"),
     ("model_rev", "ENGINE_MODEL_REV", str, "model revision to report; empty: derived from files"),
     ("device", "ENGINE_DEVICE", str, "auto, cpu or cuda"),
     ("dtype", "ENGINE_DTYPE", str, "auto, float32, float16 or bfloat16 (auto: fp32 on CPU)"),
@@ -70,15 +70,17 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("max_message_bytes", "ENGINE_MAX_MESSAGE_BYTES", int, "gRPC message limit each way"),
     ("mask_feather", "ENGINE_MASK_FEATHER", int, "inpaint blend width in output pixels"),
     ("warmup_steps", "ENGINE_WARMUP_STEPS", int, "steps of the warm-up job before SERVING"),
+    (
+        "warmup_long_side",
+        "ENGINE_WARMUP_LONG_SIDE",
+        int,
+        "long side of the warm-up job, clamped to the limits; 0: default-long-side",
+    ),
     ("compile", "ENGINE_COMPILE", bool, "torch.compile the UNet and ControlNet"),
     ("channels_last", "ENGINE_CHANNELS_LAST", bool, "channels-last memory format"),
     ("parent_pid", "ENGINE_PARENT_PID", int, "exit when this process dies; 0: the parent"),
     ("shutdown_grace", "ENGINE_SHUTDOWN_GRACE", float, "seconds jobs get to finish on SIGTERM"),
     ("log_level", "ENGINE_LOG_LEVEL", str, "debug, info, warning or error"),
-    ("test_faults", "ENGINE_TEST_FAULTS", bool, "test backend: obey test_faults in requests"),
-    ("test_start_fault", "ENGINE_TEST_START_FAULT", str, "test backend: crash or never-ready"),
-    ("test_start_delay", "ENGINE_TEST_START_DELAY", float, "test backend: warm-up seconds"),
-    ("test_step_delay", "ENGINE_TEST_STEP_DELAY", float, "test backend: seconds per step"),
 )
 
 _TRUE = ("1", "true", "yes", "on")
@@ -103,8 +105,12 @@ def _convert(kind: type, text: str, name: str) -> object:
         raise ConfigError(f"{name}: want {kind.__name__}, got {text!r}") from None
 
 
-def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
-    """Builds Settings from flags and environment variables, or raises ConfigError."""
+def parse(argv: Sequence[str], environ: Mapping[str, str], needs_model: bool = True) -> Settings:
+    """Builds Settings from flags and environment variables, or raises ConfigError.
+
+    needs_model requires a choice of model: MODEL_DIR, or the tiny model asked
+    for by name; a backend that loads no model passes False.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m inference",
         description="vstage engine: SDXL + ControlNet over gRPC on a Unix socket.",
@@ -130,26 +136,20 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         elif env in environ:
             values[name] = _convert(kind, environ[env], env)
     settings = Settings(**values)  # type: ignore[arg-type]
-    validate(settings)
+    validate(settings, needs_model)
     return settings
 
 
-def validate(s: Settings) -> None:
+def validate(s: Settings, needs_model: bool = True) -> None:
     """Raises ConfigError naming the first setting that is out of range."""
     if not s.socket:
         raise ConfigError("--socket (ENGINE_SOCKET) is required")
     if len(os.fsencode(s.socket)) > 100:
         raise ConfigError("--socket: a Unix socket path must be under 100 bytes")
-    if s.backend not in BACKENDS:
-        raise ConfigError(f"--backend: want one of {BACKENDS}, got {s.backend!r}")
     if s.device not in DEVICES:
         raise ConfigError(f"--device: want one of {DEVICES}, got {s.device!r}")
     if s.dtype not in DTYPES:
         raise ConfigError(f"--dtype: want one of {DTYPES}, got {s.dtype!r}")
-    if s.test_start_fault not in START_FAULTS:
-        raise ConfigError(f"--test-start-fault: want one of {START_FAULTS[1:]}")
-    if s.backend != "test" and (s.test_faults or s.test_start_fault or s.test_start_delay):
-        raise ConfigError("--test-faults and --test-start-* need --backend test")
     if not 1 <= s.concurrency <= 64:
         raise ConfigError("--concurrency (ENGINE_CONCURRENCY): want 1 to 64")
     for name in ("min_long_side", "max_long_side", "default_long_side"):
@@ -168,7 +168,17 @@ def validate(s: Settings) -> None:
         raise ConfigError("--mask-feather: want 0 to 64")
     if not 1 <= s.warmup_steps <= 50:
         raise ConfigError("--warmup-steps: want 1 to 50")
-    if s.shutdown_grace < 0 or s.test_start_delay < 0 or s.test_step_delay < 0:
-        raise ConfigError("durations must not be negative")
+    if not 0 <= s.warmup_long_side <= 4096:
+        raise ConfigError("--warmup-long-side: want 0 to 4096")
+    if s.shutdown_grace < 0:
+        raise ConfigError("--shutdown-grace: must not be negative")
     if s.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError("--log-level: want debug, info, warning or error")
+    # Random weights are never served by accident: the model is always named.
+    if s.model_dir and s.tiny_model:
+        raise ConfigError("MODEL_DIR (--model-dir) and --tiny-model exclude each other")
+    if needs_model and not s.model_dir and not s.tiny_model:
+        raise ConfigError(
+            "MODEL_DIR (--model-dir) is required; --tiny-model (ENGINE_TINY_MODEL=true) "
+            "builds a tiny random model for tests and demos instead"
+        )

@@ -20,6 +20,7 @@ from diffusers import (
 from PIL import Image
 
 from . import conditioning, errors, logs, models, tiny
+from ._proto import engine_pb2 as pb
 from .config import Settings
 from .jobs import BackendInfo, JobContext, JobSpec, Output, Work
 
@@ -94,9 +95,11 @@ class DiffusersBackend:
             probe = self._probe_vae_fp16_safe(s.model_dir)
             self._dtype = pick_dtype(s.dtype, self._device, probe)
             c = models.load_dir(s.model_dir, self._dtype)
-        else:
+        elif s.tiny_model:
             c = tiny.build()
             self._dtype = pick_dtype(s.dtype, self._device, fp16_safe_vae=True)
+        else:
+            raise RuntimeError("no model: set MODEL_DIR, or ask for the tiny model")
         # The pipelines upcast a force_upcast VAE to fp32 and back around every
         # encode, in place on the shared module; with a dtype that needs no
         # upcast (fp32, bf16, or an fp16-safe VAE) that churn is switched off.
@@ -129,8 +132,11 @@ class DiffusersBackend:
         return False
 
     def warmup(self) -> None:
+        # At the size jobs will have, so that the first job finds its kernels
+        # chosen and its memory allocated; square, the largest image of that
+        # long side. One step already runs every module once.
         s = self._settings
-        side = s.default_long_side
+        side = s.warmup_side()
         img = Image.fromarray(
             (np.indices((side, side)).sum(axis=0) % 64 * 4).astype(np.uint8)
         ).convert("RGB")
@@ -147,10 +153,9 @@ class DiffusersBackend:
             long_side=side,
             output_format="png",
             quality=90,
-            faults={},
         )
         never = threading.Event()
-        ctx = JobContext(never, lambda: errors.CANCELLED, lambda step, total: None)
+        ctx = JobContext(never, lambda: pb.FAILURE_REASON_CANCELLED, lambda step, total: None)
         self.run(Work(spec=spec, image=img, mask=None), ctx)
 
     def info(self) -> BackendInfo:
@@ -220,7 +225,9 @@ class DiffusersBackend:
         t0 = time.monotonic()
         if spec.control == "depth":
             if c.depth_estimator is None:
-                raise errors.invalid(errors.CONTROL_UNAVAILABLE, "depth control is not loaded")
+                raise errors.invalid(
+                    pb.FAILURE_REASON_CONTROL_UNAVAILABLE, "depth control is not loaded"
+                )
             control = c.depth_estimator(work.image)
         else:
             control = conditioning.canny(work.image)

@@ -1,28 +1,17 @@
-"""Failures the engine reports to its caller, each with a stable reason string."""
+"""Failures the engine reports to its caller, each with a FailureReason from the protocol."""
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import grpc
+
+from ._proto import engine_pb2 as pb
 
 # DOMAIN is the google.rpc.ErrorInfo domain of every engine failure.
 DOMAIN = "engine.vstage"
 
-# REASON_METADATA_KEY repeats the reason in trailing metadata for clients that
-# do not decode status details.
-REASON_METADATA_KEY = "vstage-reason"
-
-BAD_IMAGE = "bad_image"
-IMAGE_TOO_LARGE = "image_too_large"
-MASK_SIZE_MISMATCH = "mask_size_mismatch"
-OUT_OF_RANGE = "out_of_range"
-UNSUPPORTED_FORMAT = "unsupported_format"
-CONTROL_UNAVAILABLE = "control_unavailable"
-TEST_FAULTS_DISABLED = "test_faults_disabled"
-OOM = "oom"
-CANCELLED = "cancelled"
-DEADLINE = "deadline"
-NOT_READY = "not_ready"
-INTERNAL = "internal"
+Reason: TypeAlias = pb.FailureReason
 
 
 class EngineError(Exception):
@@ -32,14 +21,19 @@ class EngineError(Exception):
     is allowed, and never carries internals.
     """
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
 
+    @property
+    def reason_name(self) -> str:
+        """The reason as ErrorInfo carries it: the enum value's name."""
+        return pb.FailureReason.Name(self.reason)
 
-def invalid(reason: str, message: str) -> EngineError:
+
+def invalid(reason: Reason, message: str) -> EngineError:
     """Returns an INVALID_ARGUMENT failure."""
     return EngineError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
 
@@ -47,17 +41,45 @@ def invalid(reason: str, message: str) -> EngineError:
 def out_of_memory() -> EngineError:
     """Returns the failure for an accelerator out of memory."""
     return EngineError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, OOM, "the accelerator ran out of memory for this job"
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        pb.FAILURE_REASON_OOM,
+        "the accelerator ran out of memory for this job",
+    )
+
+
+def not_ready() -> EngineError:
+    """Returns the failure for a job sent before the model is loaded."""
+    return EngineError(
+        grpc.StatusCode.UNAVAILABLE, pb.FAILURE_REASON_NOT_READY, "the model is still loading"
+    )
+
+
+def stopped(reason: Reason) -> EngineError:
+    """Returns the failure for a job that stopped early: cancelled or past its deadline."""
+    if reason == pb.FAILURE_REASON_DEADLINE:
+        return EngineError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, pb.FAILURE_REASON_DEADLINE, "the deadline passed"
+        )
+    return EngineError(
+        grpc.StatusCode.CANCELLED, pb.FAILURE_REASON_CANCELLED, "the job was cancelled"
+    )
+
+
+def internal() -> EngineError:
+    """Returns the failure for anything unexpected; the message names no internals."""
+    return EngineError(
+        grpc.StatusCode.INTERNAL, pb.FAILURE_REASON_INTERNAL, "the engine failed to run the job"
     )
 
 
 class JobCancelled(Exception):
-    """Raised inside a job to unwind it when its RPC ended (cancel or deadline).
+    """Raised inside a job to unwind it when its RPC ended or Cancel named it.
 
     Raising, rather than setting a pipeline's interrupt flag, is what keeps the
-    VAE decode and everything after it from running.
+    VAE decode and everything after it from running. reason is
+    FAILURE_REASON_CANCELLED or FAILURE_REASON_DEADLINE.
     """
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(pb.FailureReason.Name(reason))
         self.reason = reason

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
 from . import errors
+from ._proto import engine_pb2 as pb
 
 # Formats the engine decodes: the ones the sidecar lets through.
 INPUT_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
@@ -24,19 +25,20 @@ def decode(data: bytes, max_pixels: int, what: str = "image") -> Image.Image:
     so an oversized (or crafted) file costs nothing.
     """
     if not data:
-        raise errors.invalid(errors.BAD_IMAGE, f"{what} is empty")
+        raise errors.invalid(pb.FAILURE_REASON_BAD_IMAGE, f"{what} is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             if img.format not in INPUT_FORMATS:
                 raise errors.invalid(
-                    errors.BAD_IMAGE, f"{what} must be JPEG, PNG or WebP, got {img.format}"
+                    pb.FAILURE_REASON_BAD_IMAGE,
+                    f"{what} must be JPEG, PNG or WebP, got {img.format}",
                 )
             width, height = img.size
             if width < 1 or height < 1 or width * height > max_pixels:
                 raise errors.invalid(
-                    errors.IMAGE_TOO_LARGE,
+                    pb.FAILURE_REASON_IMAGE_TOO_LARGE,
                     f"{what} is {width}x{height}; at most {max_pixels} pixels are allowed",
                 )
             img.load()
@@ -44,9 +46,13 @@ def decode(data: bytes, max_pixels: int, what: str = "image") -> Image.Image:
     except errors.EngineError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise errors.invalid(errors.IMAGE_TOO_LARGE, f"{what} has too many pixels") from None
+        raise errors.invalid(
+            pb.FAILURE_REASON_IMAGE_TOO_LARGE, f"{what} has too many pixels"
+        ) from None
     except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError):
-        raise errors.invalid(errors.BAD_IMAGE, f"{what} is not a readable image") from None
+        raise errors.invalid(
+            pb.FAILURE_REASON_BAD_IMAGE, f"{what} is not a readable image"
+        ) from None
     return upright
 
 

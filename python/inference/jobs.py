@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from PIL import Image
@@ -30,7 +30,6 @@ FORMATS = {name: value for value, name in FORMAT_NAMES.items()}
 DEFAULT_QUALITY = 90
 MAX_JOB_ID_BYTES = 128
 MAX_PROMPT_CHARS = 8192
-FAULT_KEYS = frozenset({"crash", "hang", "oom", "sleep"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +48,6 @@ class JobSpec:
     long_side: int
     output_format: str
     quality: int
-    faults: dict[str, str]
 
 
 @dataclasses.dataclass
@@ -87,17 +85,23 @@ class BackendInfo:
 
 
 class JobContext:
-    """JobContext links a running job to its RPC: progress out, cancellation in."""
+    """JobContext links a running job to its RPC: progress out, cancellation and metadata in.
+
+    metadata is the call's request metadata, for backends that act on it; the
+    model backend reads none.
+    """
 
     def __init__(
         self,
         cancelled: threading.Event,
-        reason: Callable[[], str],
+        reason: Callable[[], errors.Reason],
         progress: Callable[[int, int], None],
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
         self._cancelled = cancelled
         self._reason = reason
         self._progress = progress
+        self.metadata: Mapping[str, str] = metadata or {}
 
     def check(self) -> None:
         """Raises JobCancelled when the RPC has ended."""
@@ -141,54 +145,50 @@ def _finite_in(value: float, lo: float, hi: float, name: str, lo_open: bool = Fa
     ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
     if not ok:
         left = "(" if lo_open else "["
-        raise errors.invalid(errors.OUT_OF_RANGE, f"{name} must be in {left}{lo:g}, {hi:g}]")
+        raise errors.invalid(
+            pb.FAILURE_REASON_OUT_OF_RANGE, f"{name} must be in {left}{lo:g}, {hi:g}]"
+        )
     return float(value)
 
 
 def validate(req: pb.StageRequest, settings: Settings, control_kinds: tuple[str, ...]) -> JobSpec:
     """Checks every field of req against the engine's limits; raises EngineError."""
-    if len(req.job_id.encode()) > MAX_JOB_ID_BYTES:
-        raise errors.invalid(errors.OUT_OF_RANGE, f"job_id is longer than {MAX_JOB_ID_BYTES} bytes")
-    if req.test_faults:
-        if not settings.test_faults:
-            raise errors.invalid(
-                errors.TEST_FAULTS_DISABLED,
-                "test_faults needs an engine started with --test-faults",
-            )
-        unknown = sorted(set(req.test_faults) - FAULT_KEYS)
-        if unknown:
-            raise errors.invalid(
-                errors.OUT_OF_RANGE, f"unknown test_faults {unknown}; known: {sorted(FAULT_KEYS)}"
-            )
+    check_job_id(req.job_id)
     for name in ("prompt", "negative_prompt"):
         if len(getattr(req, name)) > MAX_PROMPT_CHARS:
             raise errors.invalid(
-                errors.OUT_OF_RANGE, f"{name} is longer than {MAX_PROMPT_CHARS} characters"
+                pb.FAILURE_REASON_OUT_OF_RANGE,
+                f"{name} is longer than {MAX_PROMPT_CHARS} characters",
             )
     strength = _finite_in(req.strength, 0.0, 1.0, "strength", lo_open=True)
     guidance = _finite_in(req.guidance_scale, 0.0, 30.0, "guidance_scale")
     cond = _finite_in(req.conditioning_scale, 0.0, 2.0, "conditioning_scale")
     if not 1 <= req.steps <= settings.max_steps:
-        raise errors.invalid(errors.OUT_OF_RANGE, f"steps must be in [1, {settings.max_steps}]")
+        raise errors.invalid(
+            pb.FAILURE_REASON_OUT_OF_RANGE, f"steps must be in [1, {settings.max_steps}]"
+        )
     # img2img runs only the last steps*strength steps; zero of them is no job.
     if int(req.steps * strength) < 1:
-        raise errors.invalid(errors.OUT_OF_RANGE, "steps * strength must be at least 1")
+        raise errors.invalid(pb.FAILURE_REASON_OUT_OF_RANGE, "steps * strength must be at least 1")
     long_side = req.output_long_side or settings.default_long_side
     lo, hi = settings.min_long_side, settings.max_long_side
     if long_side % 8 or not lo <= long_side <= hi:
         raise errors.invalid(
-            errors.OUT_OF_RANGE, f"output_long_side must be a multiple of 8 in [{lo}, {hi}], or 0"
+            pb.FAILURE_REASON_OUT_OF_RANGE,
+            f"output_long_side must be a multiple of 8 in [{lo}, {hi}], or 0",
         )
     fmt = FORMAT_NAMES.get(req.output_format)
     if fmt is None:
-        raise errors.invalid(errors.UNSUPPORTED_FORMAT, "output_format must be JPEG, PNG or WEBP")
+        raise errors.invalid(
+            pb.FAILURE_REASON_UNSUPPORTED_FORMAT, "output_format must be JPEG, PNG or WEBP"
+        )
     quality = req.quality or DEFAULT_QUALITY
     if not 1 <= quality <= 100:
-        raise errors.invalid(errors.OUT_OF_RANGE, "quality must be in [1, 100], or 0")
+        raise errors.invalid(pb.FAILURE_REASON_OUT_OF_RANGE, "quality must be in [1, 100], or 0")
     control = CONTROL_NAMES.get(req.control)
     if control is None or control not in control_kinds:
         raise errors.invalid(
-            errors.CONTROL_UNAVAILABLE, f"control must be one of {list(control_kinds)}"
+            pb.FAILURE_REASON_CONTROL_UNAVAILABLE, f"control must be one of {list(control_kinds)}"
         )
     return JobSpec(
         job_id=req.job_id,
@@ -203,5 +203,12 @@ def validate(req: pb.StageRequest, settings: Settings, control_kinds: tuple[str,
         long_side=long_side,
         output_format=fmt,
         quality=quality,
-        faults=dict(req.test_faults),
     )
+
+
+def check_job_id(job_id: str) -> None:
+    """Raises EngineError when job_id is over MAX_JOB_ID_BYTES."""
+    if len(job_id.encode()) > MAX_JOB_ID_BYTES:
+        raise errors.invalid(
+            pb.FAILURE_REASON_OUT_OF_RANGE, f"job_id is longer than {MAX_JOB_ID_BYTES} bytes"
+        )

@@ -9,7 +9,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 from . import config, logs
@@ -20,9 +20,10 @@ from .server import Server
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 1
 EXIT_CONFIG = 2
-EXIT_START_FAULT = 3
 
 WATCH_INTERVAL = 0.25
+
+BackendFactory = Callable[[Settings], Backend]
 
 
 def _offline() -> None:
@@ -35,12 +36,8 @@ def _offline() -> None:
     os.environ["DIFFUSERS_NO_ADVISORY_WARNINGS"] = "1"
 
 
-def make_backend(settings: Settings) -> Backend:
-    """Returns the backend chosen at start; only the diffusers one imports torch."""
-    if settings.backend == "test":
-        from .testbackend import TestBackend
-
-        return TestBackend(settings)
+def diffusers_backend(settings: Settings) -> Backend:
+    """Returns the model backend; importing it imports torch and diffusers."""
     # Before the heavy imports: they log while importing.
     logs.adopt_library_loggers()
     from .diffusers_backend import DiffusersBackend
@@ -87,39 +84,53 @@ def _watch(settings: Settings, parent: int, inode: int, stop: _Stop) -> None:
             stop.request("socket removed", graceful=False)
 
 
-def _load(server: Server, backend: Backend, settings: Settings, stop: _Stop) -> None:
+def _load(
+    server: Server, backend: Backend, settings: Settings, stop: _Stop, t0: float, import_s: float
+) -> None:
     log = logs.get()
     try:
-        t0 = time.monotonic()
-        backend.load()
         t1 = time.monotonic()
-        backend.warmup()
+        backend.load()
         t2 = time.monotonic()
+        backend.warmup()
+        t3 = time.monotonic()
     except Exception:
         log.exception("model load failed")
         stop.request("model load failed", EXIT_LOAD_FAILED, graceful=False)
         return
-    if settings.test_start_fault == "never-ready":
-        log.warning("test start fault: staying NOT_SERVING")
-        return
     server.set_serving()
     info = backend.info()
+    # Where start-up time goes: imports (torch, diffusers), building or
+    # loading the model, the warm-up job; ready_s counts from run().
     log.info(
         "engine ready",
         extra=logs.fields(
             model_rev=settings.model_rev or info.model_rev,
             device=info.device,
             dtype=info.dtype,
-            load_s=round(t1 - t0, 3),
-            warmup_s=round(t2 - t1, 3),
+            import_s=round(import_s, 3),
+            load_s=round(t2 - t1, 3),
+            warmup_s=round(t3 - t2, 3),
+            warmup_long_side=settings.warmup_side(),
+            ready_s=round(t3 - t0, 3),
         ),
     )
 
 
-def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    """Runs the engine until it is stopped; returns the exit code."""
+def run(
+    argv: Sequence[str],
+    environ: Mapping[str, str],
+    make_backend: BackendFactory = diffusers_backend,
+    needs_model: bool = True,
+) -> int:
+    """Runs the engine until it is stopped; returns the exit code.
+
+    make_backend builds the backend from the settings; a backend that loads no
+    model passes needs_model=False, so that no model has to be named.
+    """
+    t0 = time.monotonic()
     try:
-        settings = config.parse(argv, environ)
+        settings = config.parse(argv, environ, needs_model)
     except config.ConfigError as err:
         logs.setup("info").error("bad configuration", extra=logs.fields(error=str(err)))
         return EXIT_CONFIG
@@ -128,19 +139,14 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     log.info(
         "engine starting",
         extra=logs.fields(
-            pid=os.getpid(),
-            backend=settings.backend,
-            socket=settings.socket,
-            concurrency=settings.concurrency,
-            test_faults=settings.test_faults,
+            pid=os.getpid(), socket=settings.socket, concurrency=settings.concurrency
         ),
     )
-    if settings.test_start_fault == "crash":
-        log.error("test start fault: crashing before listening")
-        return EXIT_START_FAULT
 
     parent = settings.parent_pid or os.getppid()
+    t1 = time.monotonic()
     backend = make_backend(settings)
+    import_s = time.monotonic() - t1
     # A socket left by a dead engine would make the bind fail; anything else
     # at the path is not ours to delete, and the bind reports it.
     with contextlib.suppress(FileNotFoundError):
@@ -166,9 +172,12 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
     threading.Thread(
         target=_watch, args=(settings, parent, inode, stop), name="watch", daemon=True
     ).start()
-    log.info("engine listening", extra=logs.fields(socket=settings.socket))
+    log.info("engine listening", extra=logs.fields(socket=settings.socket, backend=backend.name))
     threading.Thread(
-        target=_load, args=(server, backend, settings, stop), name="load", daemon=True
+        target=_load,
+        args=(server, backend, settings, stop, t0, import_s),
+        name="load",
+        daemon=True,
     ).start()
 
     # A bounded wait keeps the main thread able to run signal handlers.

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import platform
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import grpc
 from google.protobuf import any_pb2
@@ -19,51 +19,93 @@ from . import errors, imageio, logs
 from ._proto import engine_pb2 as pb
 from ._proto import engine_pb2_grpc as pb_grpc
 from .config import Settings
-from .jobs import CONTROL_KINDS, FORMATS, Backend, JobContext, JobSpec, Output, Work, validate
+from .jobs import (
+    CONTROL_KINDS,
+    FORMATS,
+    Backend,
+    BackendInfo,
+    JobContext,
+    JobSpec,
+    Work,
+    check_job_id,
+    validate,
+)
+from .registry import Job, Jobs
 
 SERVICE_NAME = "vstage.engine.v1.Engine"
 
 # Handler threads: every Stage call holds one while it streams, queued or not,
-# so this is sized well above the job slots to keep Info and Health answering
-# while jobs wait (or hang).
+# and every Cancel while its job stops, so this is sized well above the job
+# slots to keep Info and Health answering while jobs wait (or hang).
 EXTRA_HANDLER_THREADS = 32
 
 DEADLINE_SLACK = 0.05
 
 
 class _Status(grpc.Status):
-    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple[Any, ...]) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, bytes], ...]
+    ) -> None:
         self.code = code
         self.details = details
         self.trailing_metadata = trailing
 
 
 def rich_status(err: errors.EngineError) -> grpc.Status:
-    """Builds a status with a google.rpc.ErrorInfo detail and the vstage-reason trailer."""
-    info = error_details_pb2.ErrorInfo(reason=err.reason, domain=errors.DOMAIN)
+    """Builds a status with a google.rpc.ErrorInfo detail naming the failure reason."""
+    info = error_details_pb2.ErrorInfo(reason=err.reason_name, domain=errors.DOMAIN)
     detail = any_pb2.Any()
     detail.Pack(info)
     code_value: int = err.code.value[0]
     status = status_pb2.Status(code=code_value, message=err.message, details=[detail])
-    trailing = (
-        ("grpc-status-details-bin", status.SerializeToString()),
-        (errors.REASON_METADATA_KEY, err.reason),
+    return _Status(
+        err.code, err.message, (("grpc-status-details-bin", status.SerializeToString()),)
     )
-    return _Status(err.code, err.message, trailing)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    """Failed ends a job's event stream with the failure its caller is told."""
+
+    error: errors.EngineError
+
+
+# What a job thread hands the RPC thread: the protocol's own events, then
+# either a result event or a Failed.
+StreamItem = pb.StageEvent | Failed
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Prepared is a request checked, decoded and resized: ready for a worker."""
+
+    spec: JobSpec
+    work: Work
+    info: BackendInfo
+    decode_ms: float
+    resize_ms: float
+    # started is when the call arrived, queued when the job was ready to queue
+    # (time.monotonic()).
+    started: float
+    queued: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.work.image.size
 
 
 class EngineService(pb_grpc.EngineServicer):
     """EngineService runs jobs on a backend, at most `concurrency` at once, in order."""
 
-    def __init__(self, settings: Settings, backend: Backend, test_faults: bool) -> None:
+    def __init__(self, settings: Settings, backend: Backend) -> None:
         self._settings = settings
         self._backend = backend
-        self._test_faults = test_faults
         self._ready = threading.Event()
         # The executor's FIFO queue is the job queue; its threads are the job slots.
         self._slots = concurrent.futures.ThreadPoolExecutor(
             max_workers=settings.concurrency, thread_name_prefix="job"
         )
+        self._jobs = Jobs()
         self._log = logs.get()
 
     def set_ready(self) -> None:
@@ -77,7 +119,6 @@ class EngineService(pb_grpc.EngineServicer):
         s = self._settings
         resp = pb.InfoResponse(
             backend=self._backend.name,
-            test_faults=self._test_faults,
             ready=self.ready,
             limits=pb.Limits(
                 min_long_side=s.min_long_side,
@@ -100,187 +141,237 @@ class EngineService(pb_grpc.EngineServicer):
             resp.control_kinds.extend(CONTROL_KINDS[k] for k in info.control_kinds)
         return resp
 
+    def Cancel(  # noqa: N802
+        self, request: pb.CancelRequest, context: grpc.ServicerContext
+    ) -> pb.CancelResponse:
+        job_id = request.job_id
+        try:
+            if not job_id:
+                raise errors.invalid(pb.FAILURE_REASON_OUT_OF_RANGE, "job_id is required")
+            check_job_id(job_id)
+        except errors.EngineError as err:
+            context.abort_with_status(rich_status(err))
+        # A caller that gives up waiting frees this thread at once.
+        context.add_callback(self._jobs.wake)
+        outcome = self._jobs.cancel(job_id, context.is_active)
+        if outcome is None:
+            return pb.CancelResponse()
+        self._log.info(
+            "job cancel",
+            extra=logs.fields(job_id=job_id, outcome=pb.CancelResponse.Outcome.Name(outcome)),
+        )
+        return pb.CancelResponse(outcome=outcome)
+
     def Stage(  # noqa: N802
         self, request: pb.StageRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StageEvent]:
         started = time.monotonic()
-        ended = threading.Event()
-        context.add_callback(ended.set)
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        job_id = request.job_id
-
         remaining = context.time_remaining()
         deadline = None if remaining is None else started + remaining
+        stop = threading.Event()
+        if not context.add_callback(stop.set):
+            stop.set()
+        job = self._jobs.arrive(request.job_id, stop)
+        if job is None:
+            self._fail(
+                context,
+                request.job_id,
+                errors.EngineError(
+                    grpc.StatusCode.CANCELLED,
+                    pb.FAILURE_REASON_CANCELLED,
+                    "the job was cancelled before it arrived",
+                ),
+            )
+            return
+        try:
+            prepared = self._prepare(request, started)
+        except errors.EngineError as err:
+            self._jobs.release(job)
+            self._fail(context, request.job_id, err)
+            return
 
-        def reason() -> str:
+        def reason() -> errors.Reason:
             # Once the RPC has ended, the context no longer says why; the clock does.
             # The slack covers the caller's and our clocks expiring a moment apart.
             if deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK:
-                return errors.DEADLINE
-            return errors.CANCELLED
+                return pb.FAILURE_REASON_DEADLINE
+            return pb.FAILURE_REASON_CANCELLED
 
-        try:
-            if not self.ready:
-                raise errors.EngineError(
-                    grpc.StatusCode.UNAVAILABLE, errors.NOT_READY, "the model is still loading"
-                )
-            info = self._backend.info()
-            spec = validate(request, self._settings, info.control_kinds)
-            t0 = time.monotonic()
-            image = imageio.as_rgb(imageio.decode(request.image, self._settings.max_input_pixels))
-            mask = None
-            if request.mask:
-                mask = imageio.decode(request.mask, self._settings.max_input_pixels, "mask")
-                if mask.size != image.size:
-                    raise errors.invalid(
-                        errors.MASK_SIZE_MISMATCH,
-                        f"mask is {mask.size[0]}x{mask.size[1]}, "
-                        f"image is {image.size[0]}x{image.size[1]}; they must match",
-                    )
-            decode_ms = _ms(t0)
-            t1 = time.monotonic()
-            size = imageio.target_size(image.size[0], image.size[1], spec.long_side)
-            work = Work(
-                spec=spec,
-                image=imageio.resize(image, size),
-                mask=imageio.resize_mask(mask, size) if mask is not None else None,
-            )
-            resize_ms = _ms(t1)
-        except errors.EngineError as err:
-            self._fail(context, job_id, err)
+        events: queue.Queue[StreamItem] = queue.Queue()
+        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        ctx = JobContext(stop, reason, _progress_to(events), metadata)
+        submitted = self._jobs.submit(
+            job,
+            self._slots,
+            lambda: self._run(prepared, ctx, events, job),
+            lambda: self._stopped_in_queue(job, events, reason()),
+        )
+        if not submitted:
+            self._jobs.release(job)
+            self._fail(context, request.job_id, errors.stopped(reason()))
             return
+        self._log_queued(prepared)
+        yield from self._stream(events, context)
 
-        ctx = JobContext(ended, reason, lambda step, total: events.put(("progress", (step, total))))
-        enqueued = time.monotonic()
+    def _prepare(self, request: pb.StageRequest, started: float) -> Prepared:
+        """Checks, decodes and resizes the input in the RPC thread; raises EngineError."""
+        if not self.ready:
+            raise errors.not_ready()
+        info = self._backend.info()
+        spec = validate(request, self._settings, info.control_kinds)
+        t0 = time.monotonic()
+        max_pixels = self._settings.max_input_pixels
+        image = imageio.as_rgb(imageio.decode(request.image, max_pixels))
+        mask = imageio.decode(request.mask, max_pixels, "mask") if request.mask else None
+        if mask is not None and mask.size != image.size:
+            raise errors.invalid(
+                pb.FAILURE_REASON_MASK_SIZE_MISMATCH,
+                f"mask is {mask.size[0]}x{mask.size[1]}, "
+                f"image is {image.size[0]}x{image.size[1]}; they must match",
+            )
+        decode_ms = _ms(t0)
+        t1 = time.monotonic()
+        size = imageio.target_size(image.size[0], image.size[1], spec.long_side)
+        work = Work(
+            spec=spec,
+            image=imageio.resize(image, size),
+            mask=imageio.resize_mask(mask, size) if mask is not None else None,
+        )
+        return Prepared(spec, work, info, decode_ms, _ms(t1), started, time.monotonic())
 
-        def job() -> None:
-            # Outcomes are logged here, not in the RPC thread: once the caller
-            # has gone, grpc stops pulling events and that thread never resumes.
-            try:
-                ctx.check()
-                events.put(("accepted", _ms(enqueued)))
-                out = self._backend.run(work, ctx)
-                if work.mask is not None:
-                    out.image = imageio.composite(
-                        work.image, out.image, work.mask, self._settings.mask_feather
-                    )
-                ctx.check()
-                t2 = time.monotonic()
-                data = imageio.encode(out.image, spec.output_format, spec.quality)
-                timings = pb.Timings(
-                    decode_ms=decode_ms,
-                    preprocess_ms=resize_ms + out.preprocess_ms,
-                    denoise_ms=out.denoise_ms,
-                    vae_decode_ms=out.vae_decode_ms,
-                    encode_ms=_ms(t2),
-                    total_ms=_ms(started),
+    def _run(self, p: Prepared, ctx: JobContext, events: queue.Queue[StreamItem], job: Job) -> None:
+        """Runs a job on a worker thread and hands its events to the RPC thread.
+
+        Outcomes are logged here, not in the RPC thread: once the caller has
+        gone, grpc stops pulling events and that thread never resumes.
+        """
+        try:
+            ctx.check()
+            width, height = p.size
+            accepted = pb.Accepted(
+                job_id=p.spec.job_id, queue_ms=_ms(p.queued), width=width, height=height
+            )
+            events.put(pb.StageEvent(accepted=accepted))
+            out = self._backend.run(p.work, ctx)
+            if p.work.mask is not None:
+                out.image = imageio.composite(
+                    p.work.image, out.image, p.work.mask, self._settings.mask_feather
                 )
-                events.put(("result", self._result(spec, info.model_rev, out, data, size, timings)))
-            except BaseException as exc:
-                events.put(("error", self._job_error(job_id, exc)))
+            ctx.check()
+            t2 = time.monotonic()
+            data = imageio.encode(out.image, p.spec.output_format, p.spec.quality)
+            timings = pb.Timings(
+                decode_ms=p.decode_ms,
+                preprocess_ms=p.resize_ms + out.preprocess_ms,
+                denoise_ms=out.denoise_ms,
+                vae_decode_ms=out.vae_decode_ms,
+                encode_ms=_ms(t2),
+                total_ms=_ms(p.started),
+            )
+            result = pb.Result(
+                image=data,
+                width=width,
+                height=height,
+                format=FORMATS[p.spec.output_format],
+                model_rev=self._settings.model_rev or p.info.model_rev,
+                seed=p.spec.seed,
+                timings=timings,
+                peak_gpu_memory_bytes=out.peak_gpu_memory_bytes,
+            )
+            self._log_done(p.spec, result)
+            events.put(pb.StageEvent(result=result))
+        except BaseException as exc:
+            events.put(Failed(self._job_error(p.spec.job_id, exc)))
+        finally:
+            self._jobs.release(job)
 
-        self._slots.submit(job)
+    def _stopped_in_queue(
+        self, job: Job, events: queue.Queue[StreamItem], reason: errors.Reason
+    ) -> None:
+        """Ends a job that Cancel took out of the queue before it reached a worker."""
+        self._log.info(
+            "job stopped",
+            extra=logs.fields(job_id=job.job_id, reason=pb.FailureReason.Name(reason)),
+        )
+        events.put(Failed(errors.stopped(reason)))
+
+    def _stream(
+        self, events: queue.Queue[StreamItem], context: grpc.ServicerContext
+    ) -> Iterator[pb.StageEvent]:
+        """Yields a job's events until its result, or ends the call with its failure."""
+        while True:
+            item = events.get()
+            if isinstance(item, Failed):
+                # The caller may be gone already; the status is for one that is not.
+                context.abort_with_status(rich_status(item.error))
+                return
+            yield item
+            if item.HasField("result"):
+                return
+
+    def _log_queued(self, p: Prepared) -> None:
+        spec = p.spec
         self._log.info(
             "job queued",
             extra=logs.fields(
-                job_id=job_id,
+                job_id=spec.job_id,
                 seed=spec.seed,
                 steps=spec.steps,
-                width=size[0],
-                height=size[1],
+                width=p.size[0],
+                height=p.size[1],
                 control=spec.control,
-                inpaint=work.mask is not None,
+                inpaint=p.work.mask is not None,
             ),
         )
         self._log.debug(
             "job prompts",
             extra=logs.fields(
-                job_id=job_id, prompt=spec.prompt, negative_prompt=spec.negative_prompt
+                job_id=spec.job_id, prompt=spec.prompt, negative_prompt=spec.negative_prompt
             ),
         )
-        while True:
-            kind, value = events.get()
-            if kind == "accepted":
-                yield pb.StageEvent(
-                    accepted=pb.Accepted(
-                        job_id=job_id, queue_ms=value, width=size[0], height=size[1]
-                    )
-                )
-            elif kind == "progress":
-                yield pb.StageEvent(progress=pb.Progress(step=value[0], total=value[1]))
-            elif kind == "result":
-                yield value
-                return
-            else:
-                # The caller may be gone already; the status is for one that is not.
-                context.abort_with_status(rich_status(value))
-                return
 
-    def _result(
-        self,
-        spec: JobSpec,
-        model_rev: str,
-        out: Output,
-        data: bytes,
-        size: tuple[int, int],
-        timings: pb.Timings,
-    ) -> pb.StageEvent:
+    def _log_done(self, spec: JobSpec, result: pb.Result) -> None:
+        t = result.timings
         self._log.info(
             "job done",
             extra=logs.fields(
                 job_id=spec.job_id,
                 seed=spec.seed,
-                bytes=len(data),
-                decode_ms=round(timings.decode_ms, 1),
-                preprocess_ms=round(timings.preprocess_ms, 1),
-                denoise_ms=round(timings.denoise_ms, 1),
-                vae_decode_ms=round(timings.vae_decode_ms, 1),
-                encode_ms=round(timings.encode_ms, 1),
-                total_ms=round(timings.total_ms, 1),
-                peak_gpu_memory_bytes=out.peak_gpu_memory_bytes,
+                bytes=len(result.image),
+                decode_ms=round(t.decode_ms, 1),
+                preprocess_ms=round(t.preprocess_ms, 1),
+                denoise_ms=round(t.denoise_ms, 1),
+                vae_decode_ms=round(t.vae_decode_ms, 1),
+                encode_ms=round(t.encode_ms, 1),
+                total_ms=round(t.total_ms, 1),
+                peak_gpu_memory_bytes=result.peak_gpu_memory_bytes,
             ),
-        )
-        return pb.StageEvent(
-            result=pb.Result(
-                image=data,
-                width=size[0],
-                height=size[1],
-                format=FORMATS[spec.output_format],
-                model_rev=self._settings.model_rev or model_rev,
-                seed=spec.seed,
-                timings=timings,
-                peak_gpu_memory_bytes=out.peak_gpu_memory_bytes,
-            )
         )
 
     def _job_error(self, job_id: str, exc: BaseException) -> errors.EngineError:
         """Logs a job's failure and returns what the caller is told."""
         if isinstance(exc, errors.JobCancelled):
-            self._log.info("job stopped", extra=logs.fields(job_id=job_id, reason=exc.reason))
-            if exc.reason == errors.DEADLINE:
-                return errors.EngineError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, errors.DEADLINE, "the deadline passed"
-                )
-            return errors.EngineError(
-                grpc.StatusCode.CANCELLED, errors.CANCELLED, "the job was cancelled"
+            self._log.info(
+                "job stopped",
+                extra=logs.fields(job_id=job_id, reason=pb.FailureReason.Name(exc.reason)),
             )
+            return errors.stopped(exc.reason)
         if isinstance(exc, errors.EngineError):
             self._log_failure(job_id, exc)
             return exc
+        err = errors.internal()
         self._log.error(
             "job failed",
-            extra=logs.fields(job_id=job_id, code="INTERNAL", reason=errors.INTERNAL),
+            extra=logs.fields(job_id=job_id, code=err.code.name, reason=err.reason_name),
             exc_info=(type(exc), exc, exc.__traceback__),
         )
-        return errors.EngineError(
-            grpc.StatusCode.INTERNAL, errors.INTERNAL, "the engine failed to run the job"
-        )
+        return err
 
     def _log_failure(self, job_id: str, err: errors.EngineError) -> None:
         self._log.info(
             "job rejected" if err.code == grpc.StatusCode.INVALID_ARGUMENT else "job failed",
             extra=logs.fields(
-                job_id=job_id, code=err.code.name, reason=err.reason, error=err.message
+                job_id=job_id, code=err.code.name, reason=err.reason_name, error=err.message
             ),
         )
 
@@ -291,6 +382,13 @@ class EngineService(pb_grpc.EngineServicer):
     def close(self) -> None:
         # Never wait: a hung job would hold the process forever.
         self._slots.shutdown(wait=False, cancel_futures=True)
+
+
+def _progress_to(events: queue.Queue[StreamItem]) -> Callable[[int, int], None]:
+    def progress(step: int, total: int) -> None:
+        events.put(pb.StageEvent(progress=pb.Progress(step=step, total=total)))
+
+    return progress
 
 
 def _ms(since: float) -> float:
@@ -313,7 +411,7 @@ class Server:
             ),
             options=opts,
         )
-        self.engine = EngineService(settings, backend, settings.test_faults)
+        self.engine = EngineService(settings, backend)
         self.health = health.HealthServicer()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -8,13 +8,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import SMALL_LIMITS, Engine, start
+from helpers import SMALL_LIMITS, Engine, start, start_test
 
 
 @pytest.fixture(scope="session")
 def test_engine() -> Iterator[Engine]:
-    """A torch-free engine with fault commands enabled, shared by tests that leave it healthy."""
-    engine = start(["--backend", "test", "--test-faults", "--concurrency", "1", *SMALL_LIMITS])
+    """The torch-free test engine, shared by tests that leave it healthy."""
+    engine = start_test(["--concurrency", "1", *SMALL_LIMITS])
     yield engine
     engine.close()
 
@@ -22,6 +22,6 @@ def test_engine() -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def tiny_engine() -> Iterator[Engine]:
     """The real Diffusers pipeline with the tiny random model, on the CPU."""
-    engine = start(["--backend", "diffusers", "--device", "cpu", *SMALL_LIMITS])
+    engine = start(["--tiny-model", "--device", "cpu", *SMALL_LIMITS])
     yield engine
     engine.close()

@@ -28,6 +28,9 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 # Small sizes keep the tiny model fast on a 2-core CPU.
 SMALL_LIMITS = ("--min-long-side", "64", "--max-long-side", "256", "--default-long-side", "128")
 
+# The metadata key of a job's fault commands, read by the test engine only.
+FAULT_KEY = "vstage-test-fault"
+
 
 def png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
@@ -70,8 +73,8 @@ def request(image: bytes, /, **kw: object) -> pb.StageRequest:
     return pb.StageRequest(**base)  # type: ignore[arg-type]
 
 
-def reason_of(err: grpc.RpcError) -> str:
-    """Returns the ErrorInfo reason of a failed call, checking the trailer agrees."""
+def reason_of(err: grpc.RpcError) -> int:
+    """Returns the FailureReason named by the ErrorInfo of a failed call."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     assert status is not None, f"no status details in {err}"
     reasons = []
@@ -79,11 +82,14 @@ def reason_of(err: grpc.RpcError) -> str:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
             assert info.domain == "engine.vstage"
-            reasons.append(info.reason)
+            reasons.append(pb.FailureReason.Value(info.reason))
     assert len(reasons) == 1
-    trailer = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
-    assert trailer.get("vstage-reason") == reasons[0]
     return reasons[0]
+
+
+def fault(commands: str) -> tuple[tuple[str, str], ...]:
+    """Returns call metadata carrying fault commands for the test engine."""
+    return ((FAULT_KEY, commands),)
 
 
 @dataclass
@@ -124,11 +130,15 @@ class Engine:
             time.sleep(0.05)
         raise AssertionError(f"health never reached {status}:\n{self.logs()}")
 
-    def stage(self, req: pb.StageRequest, timeout: float = 60) -> list[pb.StageEvent]:
-        return list(self.stub.Stage(req, timeout=timeout))
+    def stage(
+        self, req: pb.StageRequest, timeout: float = 60, faults: str = ""
+    ) -> list[pb.StageEvent]:
+        return list(
+            self.stub.Stage(req, timeout=timeout, metadata=fault(faults) if faults else None)
+        )
 
-    def result(self, req: pb.StageRequest, timeout: float = 60) -> pb.Result:
-        events = self.stage(req, timeout)
+    def result(self, req: pb.StageRequest, timeout: float = 60, faults: str = "") -> pb.Result:
+        events = self.stage(req, timeout, faults)
         assert events[-1].WhichOneof("event") == "result"
         return events[-1].result
 
@@ -154,9 +164,15 @@ class Engine:
 
 
 def start(
-    args: Sequence[str], env: dict[str, str] | None = None, wait_serving: float | None = 120
+    args: Sequence[str],
+    env: dict[str, str] | None = None,
+    wait_serving: float | None = 120,
+    module: str = "inference",
 ) -> Engine:
-    """Starts `python -m inference` on a fresh socket; waits for SERVING unless None."""
+    """Starts `python -m MODULE` on a fresh socket; waits for SERVING unless None.
+
+    MODULE is the engine (inference) or the fault-injecting test engine (enginetest).
+    """
     # A short private directory: socket paths are limited to about 100 bytes.
     workdir = tempfile.mkdtemp(prefix="vse")
     sock = os.path.join(workdir, "engine.sock")
@@ -166,7 +182,7 @@ def start(
     full_env.update(env or {})
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "inference", "--socket", sock, *args],
+            [sys.executable, "-m", module, "--socket", sock, *args],
             env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -184,3 +200,10 @@ def start(
 
 def kinds(events: Iterable[pb.StageEvent]) -> list[str]:
     return [str(e.WhichOneof("event")) for e in events]
+
+
+def start_test(
+    args: Sequence[str], env: dict[str, str] | None = None, wait_serving: float | None = 120
+) -> Engine:
+    """Starts the test engine (python -m enginetest)."""
+    return start(args, env, wait_serving, module="enginetest")

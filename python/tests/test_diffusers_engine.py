@@ -135,15 +135,15 @@ def test_inpaint_keeps_pixels_outside_mask(tiny_engine: Engine) -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"image": b"\xff\xd8\xff\xe0 truncated jpeg"}, "bad_image"),
-        ({"mask": png(Image.new("L", (60, 40)))}, "mask_size_mismatch"),
-        ({"steps": 0}, "out_of_range"),
-        ({"guidance_scale": math.nan}, "out_of_range"),
-        ({"output_format": pb.IMAGE_FORMAT_UNSPECIFIED}, "unsupported_format"),
-        ({"control": 7}, "control_unavailable"),
+        ({"image": b"\xff\xd8\xff\xe0 truncated jpeg"}, pb.FAILURE_REASON_BAD_IMAGE),
+        ({"mask": png(Image.new("L", (60, 40)))}, pb.FAILURE_REASON_MASK_SIZE_MISMATCH),
+        ({"steps": 0}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"guidance_scale": math.nan}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"output_format": pb.IMAGE_FORMAT_UNSPECIFIED}, pb.FAILURE_REASON_UNSUPPORTED_FORMAT),
+        ({"control": 7}, pb.FAILURE_REASON_CONTROL_UNAVAILABLE),
     ],
 )
-def test_bad_input(tiny_engine: Engine, change: dict, reason: str) -> None:
+def test_bad_input(tiny_engine: Engine, change: dict, reason: int) -> None:
     with pytest.raises(grpc.RpcError) as info:
         tiny_engine.stage(request(IMAGE, **change))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -171,7 +171,9 @@ def test_cancel_mid_run_frees_the_worker(tiny_engine: Engine) -> None:
     assert events[0].accepted.queue_ms < 3000, events[0].accepted.queue_ms
     # The RPC thread logs the stop; it may trail the next job by a moment.
     deadline = time.monotonic() + 5
-    while '"reason": "cancelled"' not in tiny_engine.logs() and time.monotonic() < deadline:
+    while '"reason": "FAILURE_REASON_CANCELLED"' not in tiny_engine.logs() and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.05)
     assert '"msg": "job stopped"' in tiny_engine.logs()
 
@@ -194,8 +196,6 @@ def test_model_dir_loads_offline_and_matches_tiny(tiny_engine: Engine) -> None:
     # A long warm-up makes the NOT_SERVING phase long enough to observe.
     engine = start(
         [
-            "--backend",
-            "diffusers",
             "--model-dir",
             folder,
             "--device",
@@ -232,9 +232,7 @@ def test_concurrent_jobs_match_sequential(tiny_engine: Engine) -> None:
         request(IMAGE, job_id=f"c{i}", seed=100 + i, steps=6, output_long_side=96) for i in range(3)
     ]
     want = [tiny_engine.result(r).image for r in reqs]
-    engine = start(
-        ["--backend", "diffusers", "--device", "cpu", "--concurrency", "3", *SMALL_LIMITS]
-    )
+    engine = start(["--tiny-model", "--device", "cpu", "--concurrency", "3", *SMALL_LIMITS])
     try:
         got: dict[int, bytes] = {}
 
@@ -247,5 +245,40 @@ def test_concurrent_jobs_match_sequential(tiny_engine: Engine) -> None:
         for t in threads:
             t.join()
         assert [got[i] for i in range(3)] == want
+    finally:
+        engine.close()
+
+
+def test_fault_commands_mean_nothing_to_the_engine(tiny_engine: Engine) -> None:
+    # Only the test engine reads them; the production engine runs the job.
+    result = tiny_engine.result(request(IMAGE, steps=2), faults="crash")
+    assert (result.width, result.height) == (64, 40)
+    assert tiny_engine.proc.poll() is None
+
+
+def test_warmup_renders_at_the_served_size(tiny_engine: Engine) -> None:
+    ready = [
+        json.loads(line)
+        for line in tiny_engine.logs().splitlines()
+        if '"msg": "engine ready"' in line
+    ]
+    assert len(ready) == 1
+    # No --warmup-long-side: the default long side (128 here).
+    assert ready[0]["warmup_long_side"] == 128
+    assert ready[0]["import_s"] > 0 and ready[0]["ready_s"] >= ready[0]["warmup_s"]
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [([], {}), (["--tiny-model", "--model-dir", "/models"], {}), ([], {"MODEL_DIR": ""})],
+)
+def test_no_model_or_two_models_is_a_config_error(args: list[str], env: dict[str, str]) -> None:
+    engine = start(args, env=env, wait_serving=None)
+    try:
+        assert engine.wait_exit(60) == 2
+        lines = [line for line in engine.logs().splitlines() if line.strip()]
+        assert len(lines) == 1
+        entry = json.loads(lines[0])
+        assert entry["msg"] == "bad configuration" and "MODEL_DIR" in entry["error"]
     finally:
         engine.close()

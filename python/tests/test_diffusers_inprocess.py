@@ -10,6 +10,7 @@ from PIL import Image
 
 from helpers import gradient
 from inference import config, errors
+from inference._proto import engine_pb2 as pb
 from inference.diffusers_backend import DiffusersBackend
 from inference.jobs import JobContext, JobSpec, Work
 
@@ -18,7 +19,12 @@ from inference.jobs import JobContext, JobSpec, Work
 def backend() -> DiffusersBackend:
     b = DiffusersBackend(
         config.Settings(
-            socket="unused", device="cpu", min_long_side=64, default_long_side=64, max_long_side=256
+            socket="unused",
+            tiny_model=True,
+            device="cpu",
+            min_long_side=64,
+            default_long_side=64,
+            max_long_side=256,
         )
     )
     b.load()
@@ -39,7 +45,6 @@ def _work(steps: int = 8) -> Work:
         long_side=64,
         output_format="png",
         quality=90,
-        faults={},
     )
     return Work(spec=spec, image=gradient(64, 64), mask=None)
 
@@ -58,7 +63,7 @@ def test_cancel_stops_at_next_step_without_vae_decode(
         if step == 3:
             ended.set()
 
-    ctx = JobContext(ended, lambda: errors.CANCELLED, progress)
+    ctx = JobContext(ended, lambda: pb.FAILURE_REASON_CANCELLED, progress)
     with pytest.raises(errors.JobCancelled):
         backend.run(_work(), ctx)
     assert steps == [1, 2, 3]
@@ -78,7 +83,7 @@ def test_oom_maps_to_resource_exhausted(
     monkeypatch.setattr(backend, "_run", boom)
     with pytest.raises(errors.EngineError) as info:
         backend.run(_work(), JobContext(threading.Event(), lambda: "", lambda s, t: None))
-    assert info.value.reason == errors.OOM
+    assert info.value.reason == pb.FAILURE_REASON_OOM
     assert info.value.code.name == "RESOURCE_EXHAUSTED"
 
 

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from inference import errors, imageio
+from inference._proto import engine_pb2 as pb
 
 
 @pytest.mark.parametrize(
@@ -51,17 +52,17 @@ def test_exif_orientation_applied() -> None:
 def test_decode_rejects() -> None:
     with pytest.raises(errors.EngineError) as info:
         imageio.decode(b"\x89PNG\r\n\x1a\n" + b"\0" * 30, 10_000)
-    assert info.value.reason == errors.BAD_IMAGE
+    assert info.value.reason == pb.FAILURE_REASON_BAD_IMAGE
     buf = io.BytesIO()
     Image.new("RGB", (200, 200)).save(buf, "BMP")
     with pytest.raises(errors.EngineError) as info:
         imageio.decode(buf.getvalue(), 100_000)
-    assert info.value.reason == errors.BAD_IMAGE
+    assert info.value.reason == pb.FAILURE_REASON_BAD_IMAGE
     buf = io.BytesIO()
     Image.new("RGB", (200, 200)).save(buf, "PNG")
     with pytest.raises(errors.EngineError) as info:
         imageio.decode(buf.getvalue(), 39_999)
-    assert info.value.reason == errors.IMAGE_TOO_LARGE
+    assert info.value.reason == pb.FAILURE_REASON_IMAGE_TOO_LARGE
 
 
 def test_transparency_flattened_on_white() -> None:

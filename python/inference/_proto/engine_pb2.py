@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvstage/engine/v1/engine.proto\x12\x10vstage.engine.v1\"\xd0\x03\n\x0cStageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0c\n\x04mask\x18\x03 \x01(\x0c\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x10\n\x08strength\x18\x07 \x01(\x02\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\r\n\x05steps\x18\t \x01(\r\x12.\n\x07\x63ontrol\x18\n \x01(\x0e\x32\x1d.vstage.engine.v1.ControlKind\x12\x1a\n\x12\x63onditioning_scale\x18\x0b \x01(\x02\x12\x18\n\x10output_long_side\x18\x0c \x01(\r\x12\x34\n\routput_format\x18\r \x01(\x0e\x32\x1d.vstage.engine.v1.ImageFormat\x12\x0f\n\x07quality\x18\x0e \x01(\r\x12\x43\n\x0btest_faults\x18\x0f \x03(\x0b\x32..vstage.engine.v1.StageRequest.TestFaultsEntry\x1a\x31\n\x0fTestFaultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa1\x01\n\nStageEvent\x12.\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1a.vstage.engine.v1.AcceptedH\x00\x12.\n\x08progress\x18\x02 \x01(\x0b\x32\x1a.vstage.engine.v1.ProgressH\x00\x12*\n\x06result\x18\x03 \x01(\x0b\x32\x18.vstage.engine.v1.ResultH\x00\x42\x07\n\x05\x65vent\"K\n\x08\x41\x63\x63\x65pted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"\'\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\"\x83\x01\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x12\n\ndenoise_ms\x18\x03 \x01(\x01\x12\x15\n\rvae_decode_ms\x18\x04 \x01(\x01\x12\x11\n\tencode_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"\xd1\x01\n\x06Result\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12-\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1d.vstage.engine.v1.ImageFormat\x12\x11\n\tmodel_rev\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12*\n\x07timings\x18\x07 \x01(\x0b\x32\x19.vstage.engine.v1.Timings\x12\x1d\n\x15peak_gpu_memory_bytes\x18\x08 \x01(\x04\"\r\n\x0bInfoRequest\"\xae\x01\n\x06Limits\x12\x15\n\rmin_long_side\x18\x01 \x01(\r\x12\x15\n\rmax_long_side\x18\x02 \x01(\r\x12\x19\n\x11\x64\x65\x66\x61ult_long_side\x18\x03 \x01(\r\x12\x11\n\tmax_steps\x18\x04 \x01(\r\x12\x18\n\x10max_input_pixels\x18\x05 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63oncurrency\x18\x07 \x01(\r\"\xc6\x02\n\x0cInfoResponse\x12\x11\n\tmodel_rev\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12>\n\x08versions\x18\x05 \x03(\x0b\x32,.vstage.engine.v1.InfoResponse.VersionsEntry\x12(\n\x06limits\x18\x06 \x01(\x0b\x32\x18.vstage.engine.v1.Limits\x12\x34\n\rcontrol_kinds\x18\x07 \x03(\x0e\x32\x1d.vstage.engine.v1.ControlKind\x12\x13\n\x0btest_faults\x18\x08 \x01(\x08\x12\r\n\x05ready\x18\t \x01(\x08\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*[\n\x0b\x43ontrolKind\x12\x1c\n\x18\x43ONTROL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONTROL_KIND_CANNY\x10\x01\x12\x16\n\x12\x43ONTROL_KIND_DEPTH\x10\x02*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x01\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x32\x98\x01\n\x06\x45ngine\x12G\n\x05Stage\x12\x1e.vstage.engine.v1.StageRequest\x1a\x1c.vstage.engine.v1.StageEvent0\x01\x12\x45\n\x04Info\x12\x1d.vstage.engine.v1.InfoRequest\x1a\x1e.vstage.engine.v1.InfoResponseB:Z8github.com/vstage/vstage/proto/vstage/engine/v1;enginev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dvstage/engine/v1/engine.proto\x12\x10vstage.engine.v1\"\xeb\x02\n\x0cStageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x0c\n\x04mask\x18\x03 \x01(\x0c\x12\x0e\n\x06prompt\x18\x04 \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12\x10\n\x08strength\x18\x07 \x01(\x02\x12\x16\n\x0eguidance_scale\x18\x08 \x01(\x02\x12\r\n\x05steps\x18\t \x01(\r\x12.\n\x07\x63ontrol\x18\n \x01(\x0e\x32\x1d.vstage.engine.v1.ControlKind\x12\x1a\n\x12\x63onditioning_scale\x18\x0b \x01(\x02\x12\x18\n\x10output_long_side\x18\x0c \x01(\r\x12\x34\n\routput_format\x18\r \x01(\x0e\x32\x1d.vstage.engine.v1.ImageFormat\x12\x0f\n\x07quality\x18\x0e \x01(\rJ\x04\x08\x0f\x10\x10R\x0btest_faults\"\xa1\x01\n\nStageEvent\x12.\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1a.vstage.engine.v1.AcceptedH\x00\x12.\n\x08progress\x18\x02 \x01(\x0b\x32\x1a.vstage.engine.v1.ProgressH\x00\x12*\n\x06result\x18\x03 \x01(\x0b\x32\x18.vstage.engine.v1.ResultH\x00\x42\x07\n\x05\x65vent\"K\n\x08\x41\x63\x63\x65pted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0e\n\x06height\x18\x04 \x01(\r\"\'\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\r\n\x05total\x18\x02 \x01(\r\"\x83\x01\n\x07Timings\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x02 \x01(\x01\x12\x12\n\ndenoise_ms\x18\x03 \x01(\x01\x12\x15\n\rvae_decode_ms\x18\x04 \x01(\x01\x12\x11\n\tencode_ms\x18\x05 \x01(\x01\x12\x10\n\x08total_ms\x18\x06 \x01(\x01\"\xd1\x01\n\x06Result\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12-\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1d.vstage.engine.v1.ImageFormat\x12\x11\n\tmodel_rev\x18\x05 \x01(\t\x12\x0c\n\x04seed\x18\x06 \x01(\x04\x12*\n\x07timings\x18\x07 \x01(\x0b\x32\x19.vstage.engine.v1.Timings\x12\x1d\n\x15peak_gpu_memory_bytes\x18\x08 \x01(\x04\"\r\n\x0bInfoRequest\"\xae\x01\n\x06Limits\x12\x15\n\rmin_long_side\x18\x01 \x01(\r\x12\x15\n\rmax_long_side\x18\x02 \x01(\r\x12\x19\n\x11\x64\x65\x66\x61ult_long_side\x18\x03 \x01(\r\x12\x11\n\tmax_steps\x18\x04 \x01(\r\x12\x18\n\x10max_input_pixels\x18\x05 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63oncurrency\x18\x07 \x01(\r\"\xc4\x02\n\x0cInfoResponse\x12\x11\n\tmodel_rev\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12>\n\x08versions\x18\x05 \x03(\x0b\x32,.vstage.engine.v1.InfoResponse.VersionsEntry\x12(\n\x06limits\x18\x06 \x01(\x0b\x32\x18.vstage.engine.v1.Limits\x12\x34\n\rcontrol_kinds\x18\x07 \x03(\x0e\x32\x1d.vstage.engine.v1.ControlKind\x12\r\n\x05ready\x18\t \x01(\x08\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x08\x10\tR\x0btest_faults\"\x1f\n\rCancelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x99\x01\n\x0e\x43\x61ncelResponse\x12\x39\n\x07outcome\x18\x01 \x01(\x0e\x32(.vstage.engine.v1.CancelResponse.Outcome\"L\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_STOPPED\x10\x01\x12\x13\n\x0fOUTCOME_UNKNOWN\x10\x02*\x96\x03\n\rFailureReason\x12\x1e\n\x1a\x46\x41ILURE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x41ILURE_REASON_BAD_IMAGE\x10\x01\x12\"\n\x1e\x46\x41ILURE_REASON_IMAGE_TOO_LARGE\x10\x02\x12%\n!FAILURE_REASON_MASK_SIZE_MISMATCH\x10\x03\x12\x1f\n\x1b\x46\x41ILURE_REASON_OUT_OF_RANGE\x10\x04\x12%\n!FAILURE_REASON_UNSUPPORTED_FORMAT\x10\x05\x12&\n\"FAILURE_REASON_CONTROL_UNAVAILABLE\x10\x06\x12\x16\n\x12\x46\x41ILURE_REASON_OOM\x10\x07\x12\x1c\n\x18\x46\x41ILURE_REASON_CANCELLED\x10\x08\x12\x1b\n\x17\x46\x41ILURE_REASON_DEADLINE\x10\t\x12\x1c\n\x18\x46\x41ILURE_REASON_NOT_READY\x10\n\x12\x1b\n\x17\x46\x41ILURE_REASON_INTERNAL\x10\x0b*[\n\x0b\x43ontrolKind\x12\x1c\n\x18\x43ONTROL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43ONTROL_KIND_CANNY\x10\x01\x12\x16\n\x12\x43ONTROL_KIND_DEPTH\x10\x02*o\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x01\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x32\xe5\x01\n\x06\x45ngine\x12G\n\x05Stage\x12\x1e.vstage.engine.v1.StageRequest\x1a\x1c.vstage.engine.v1.StageEvent0\x01\x12K\n\x06\x43\x61ncel\x12\x1f.vstage.engine.v1.CancelRequest\x1a .vstage.engine.v1.CancelResponse\x12\x45\n\x04Info\x12\x1d.vstage.engine.v1.InfoRequest\x1a\x1e.vstage.engine.v1.InfoResponseB:Z8github.com/vstage/vstage/proto/vstage/engine/v1;enginev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,36 +32,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vstage.engine.v1.engine_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z8github.com/vstage/vstage/proto/vstage/engine/v1;enginev1'
-  _globals['_STAGEREQUEST_TESTFAULTSENTRY']._loaded_options = None
-  _globals['_STAGEREQUEST_TESTFAULTSENTRY']._serialized_options = b'8\001'
   _globals['_INFORESPONSE_VERSIONSENTRY']._loaded_options = None
   _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_CONTROLKIND']._serialized_start=1667
-  _globals['_CONTROLKIND']._serialized_end=1758
-  _globals['_IMAGEFORMAT']._serialized_start=1760
-  _globals['_IMAGEFORMAT']._serialized_end=1871
+  _globals['_FAILUREREASON']._serialized_start=1754
+  _globals['_FAILUREREASON']._serialized_end=2160
+  _globals['_CONTROLKIND']._serialized_start=2162
+  _globals['_CONTROLKIND']._serialized_end=2253
+  _globals['_IMAGEFORMAT']._serialized_start=2255
+  _globals['_IMAGEFORMAT']._serialized_end=2366
   _globals['_STAGEREQUEST']._serialized_start=52
-  _globals['_STAGEREQUEST']._serialized_end=516
-  _globals['_STAGEREQUEST_TESTFAULTSENTRY']._serialized_start=467
-  _globals['_STAGEREQUEST_TESTFAULTSENTRY']._serialized_end=516
-  _globals['_STAGEEVENT']._serialized_start=519
-  _globals['_STAGEEVENT']._serialized_end=680
-  _globals['_ACCEPTED']._serialized_start=682
-  _globals['_ACCEPTED']._serialized_end=757
-  _globals['_PROGRESS']._serialized_start=759
-  _globals['_PROGRESS']._serialized_end=798
-  _globals['_TIMINGS']._serialized_start=801
-  _globals['_TIMINGS']._serialized_end=932
-  _globals['_RESULT']._serialized_start=935
-  _globals['_RESULT']._serialized_end=1144
-  _globals['_INFOREQUEST']._serialized_start=1146
-  _globals['_INFOREQUEST']._serialized_end=1159
-  _globals['_LIMITS']._serialized_start=1162
-  _globals['_LIMITS']._serialized_end=1336
-  _globals['_INFORESPONSE']._serialized_start=1339
-  _globals['_INFORESPONSE']._serialized_end=1665
-  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_start=1618
-  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_end=1665
-  _globals['_ENGINE']._serialized_start=1874
-  _globals['_ENGINE']._serialized_end=2026
+  _globals['_STAGEREQUEST']._serialized_end=415
+  _globals['_STAGEEVENT']._serialized_start=418
+  _globals['_STAGEEVENT']._serialized_end=579
+  _globals['_ACCEPTED']._serialized_start=581
+  _globals['_ACCEPTED']._serialized_end=656
+  _globals['_PROGRESS']._serialized_start=658
+  _globals['_PROGRESS']._serialized_end=697
+  _globals['_TIMINGS']._serialized_start=700
+  _globals['_TIMINGS']._serialized_end=831
+  _globals['_RESULT']._serialized_start=834
+  _globals['_RESULT']._serialized_end=1043
+  _globals['_INFOREQUEST']._serialized_start=1045
+  _globals['_INFOREQUEST']._serialized_end=1058
+  _globals['_LIMITS']._serialized_start=1061
+  _globals['_LIMITS']._serialized_end=1235
+  _globals['_INFORESPONSE']._serialized_start=1238
+  _globals['_INFORESPONSE']._serialized_end=1562
+  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_start=1496
+  _globals['_INFORESPONSE_VERSIONSENTRY']._serialized_end=1543
+  _globals['_CANCELREQUEST']._serialized_start=1564
+  _globals['_CANCELREQUEST']._serialized_end=1595
+  _globals['_CANCELRESPONSE']._serialized_start=1598
+  _globals['_CANCELRESPONSE']._serialized_end=1751
+  _globals['_CANCELRESPONSE_OUTCOME']._serialized_start=1675
+  _globals['_CANCELRESPONSE_OUTCOME']._serialized_end=1751
+  _globals['_ENGINE']._serialized_start=2369
+  _globals['_ENGINE']._serialized_end=2598
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,21 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAILURE_REASON_UNSPECIFIED: _ClassVar[FailureReason]
+    FAILURE_REASON_BAD_IMAGE: _ClassVar[FailureReason]
+    FAILURE_REASON_IMAGE_TOO_LARGE: _ClassVar[FailureReason]
+    FAILURE_REASON_MASK_SIZE_MISMATCH: _ClassVar[FailureReason]
+    FAILURE_REASON_OUT_OF_RANGE: _ClassVar[FailureReason]
+    FAILURE_REASON_UNSUPPORTED_FORMAT: _ClassVar[FailureReason]
+    FAILURE_REASON_CONTROL_UNAVAILABLE: _ClassVar[FailureReason]
+    FAILURE_REASON_OOM: _ClassVar[FailureReason]
+    FAILURE_REASON_CANCELLED: _ClassVar[FailureReason]
+    FAILURE_REASON_DEADLINE: _ClassVar[FailureReason]
+    FAILURE_REASON_NOT_READY: _ClassVar[FailureReason]
+    FAILURE_REASON_INTERNAL: _ClassVar[FailureReason]
+
 class ControlKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CONTROL_KIND_UNSPECIFIED: _ClassVar[ControlKind]
@@ -19,6 +34,18 @@ class ImageFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     IMAGE_FORMAT_JPEG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_PNG: _ClassVar[ImageFormat]
     IMAGE_FORMAT_WEBP: _ClassVar[ImageFormat]
+FAILURE_REASON_UNSPECIFIED: FailureReason
+FAILURE_REASON_BAD_IMAGE: FailureReason
+FAILURE_REASON_IMAGE_TOO_LARGE: FailureReason
+FAILURE_REASON_MASK_SIZE_MISMATCH: FailureReason
+FAILURE_REASON_OUT_OF_RANGE: FailureReason
+FAILURE_REASON_UNSUPPORTED_FORMAT: FailureReason
+FAILURE_REASON_CONTROL_UNAVAILABLE: FailureReason
+FAILURE_REASON_OOM: FailureReason
+FAILURE_REASON_CANCELLED: FailureReason
+FAILURE_REASON_DEADLINE: FailureReason
+FAILURE_REASON_NOT_READY: FailureReason
+FAILURE_REASON_INTERNAL: FailureReason
 CONTROL_KIND_UNSPECIFIED: ControlKind
 CONTROL_KIND_CANNY: ControlKind
 CONTROL_KIND_DEPTH: ControlKind
@@ -28,14 +55,7 @@ IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
 
 class StageRequest(_message.Message):
-    __slots__ = ("job_id", "image", "mask", "prompt", "negative_prompt", "seed", "strength", "guidance_scale", "steps", "control", "conditioning_scale", "output_long_side", "output_format", "quality", "test_faults")
-    class TestFaultsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: str
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    __slots__ = ("job_id", "image", "mask", "prompt", "negative_prompt", "seed", "strength", "guidance_scale", "steps", "control", "conditioning_scale", "output_long_side", "output_format", "quality")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
@@ -50,7 +70,6 @@ class StageRequest(_message.Message):
     OUTPUT_LONG_SIDE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
-    TEST_FAULTS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     image: bytes
     mask: bytes
@@ -65,8 +84,7 @@ class StageRequest(_message.Message):
     output_long_side: int
     output_format: ImageFormat
     quality: int
-    test_faults: _containers.ScalarMap[str, str]
-    def __init__(self, job_id: _Optional[str] = ..., image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., steps: _Optional[int] = ..., control: _Optional[_Union[ControlKind, str]] = ..., conditioning_scale: _Optional[float] = ..., output_long_side: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., test_faults: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., steps: _Optional[int] = ..., control: _Optional[_Union[ControlKind, str]] = ..., conditioning_scale: _Optional[float] = ..., output_long_side: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
 
 class StageEvent(_message.Message):
     __slots__ = ("accepted", "progress", "result")
@@ -157,7 +175,7 @@ class Limits(_message.Message):
     def __init__(self, min_long_side: _Optional[int] = ..., max_long_side: _Optional[int] = ..., default_long_side: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., concurrency: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model_rev", "backend", "device", "dtype", "versions", "limits", "control_kinds", "test_faults", "ready")
+    __slots__ = ("model_rev", "backend", "device", "dtype", "versions", "limits", "control_kinds", "ready")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -172,7 +190,6 @@ class InfoResponse(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     CONTROL_KINDS_FIELD_NUMBER: _ClassVar[int]
-    TEST_FAULTS_FIELD_NUMBER: _ClassVar[int]
     READY_FIELD_NUMBER: _ClassVar[int]
     model_rev: str
     backend: str
@@ -181,6 +198,25 @@ class InfoResponse(_message.Message):
     versions: _containers.ScalarMap[str, str]
     limits: Limits
     control_kinds: _containers.RepeatedScalarFieldContainer[ControlKind]
-    test_faults: bool
     ready: bool
-    def __init__(self, model_rev: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., control_kinds: _Optional[_Iterable[_Union[ControlKind, str]]] = ..., test_faults: _Optional[bool] = ..., ready: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model_rev: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., control_kinds: _Optional[_Iterable[_Union[ControlKind, str]]] = ..., ready: _Optional[bool] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("outcome",)
+    class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OUTCOME_UNSPECIFIED: _ClassVar[CancelResponse.Outcome]
+        OUTCOME_STOPPED: _ClassVar[CancelResponse.Outcome]
+        OUTCOME_UNKNOWN: _ClassVar[CancelResponse.Outcome]
+    OUTCOME_UNSPECIFIED: CancelResponse.Outcome
+    OUTCOME_STOPPED: CancelResponse.Outcome
+    OUTCOME_UNKNOWN: CancelResponse.Outcome
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    outcome: CancelResponse.Outcome
+    def __init__(self, outcome: _Optional[_Union[CancelResponse.Outcome, str]] = ...) -> None: ...

@@ -41,6 +41,11 @@ class EngineStub:
                 request_serializer=vstage_dot_engine_dot_v1_dot_engine__pb2.StageRequest.SerializeToString,
                 response_deserializer=vstage_dot_engine_dot_v1_dot_engine__pb2.StageEvent.FromString,
                 _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/vstage.engine.v1.Engine/Cancel',
+                request_serializer=vstage_dot_engine_dot_v1_dot_engine__pb2.CancelRequest.SerializeToString,
+                response_deserializer=vstage_dot_engine_dot_v1_dot_engine__pb2.CancelResponse.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/vstage.engine.v1.Engine/Info',
                 request_serializer=vstage_dot_engine_dot_v1_dot_engine__pb2.InfoRequest.SerializeToString,
@@ -61,6 +66,20 @@ class EngineServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cancel(self, request, context):
+        """Cancel stops the jobs with the given job_id and answers once none of them
+        holds a worker: at once for a job that has ended or was never seen, after
+        the job's current denoising step for a running one. A job that ignores
+        cancellation (a wedged accelerator call) keeps Cancel waiting; the caller
+        bounds the wait. An id the engine has not seen is remembered (at least the
+        latest 1024 such ids), and a Stage that arrives later with it fails with
+        CANCELLED without taking a worker, so an answer is never overtaken by its
+        own job.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Info describes the loaded model, the device and the engine's limits.
         """
@@ -75,6 +94,11 @@ def add_EngineServicer_to_server(servicer, server):
                     servicer.Stage,
                     request_deserializer=vstage_dot_engine_dot_v1_dot_engine__pb2.StageRequest.FromString,
                     response_serializer=vstage_dot_engine_dot_v1_dot_engine__pb2.StageEvent.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=vstage_dot_engine_dot_v1_dot_engine__pb2.CancelRequest.FromString,
+                    response_serializer=vstage_dot_engine_dot_v1_dot_engine__pb2.CancelResponse.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -111,6 +135,33 @@ class Engine:
             '/vstage.engine.v1.Engine/Stage',
             vstage_dot_engine_dot_v1_dot_engine__pb2.StageRequest.SerializeToString,
             vstage_dot_engine_dot_v1_dot_engine__pb2.StageEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vstage.engine.v1.Engine/Cancel',
+            vstage_dot_engine_dot_v1_dot_engine__pb2.CancelRequest.SerializeToString,
+            vstage_dot_engine_dot_v1_dot_engine__pb2.CancelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,4 +1,5 @@
-"""The torch-free backend over a real socket: protocol, faults and process lifecycle."""
+"""The engine server with the test engine's torch-free backend over a real socket:
+protocol, Cancel, faults and process lifecycle."""
 
 from __future__ import annotations
 
@@ -18,17 +19,19 @@ import pytest
 from PIL import Image, ImageOps
 
 from helpers import (
+    FAULT_KEY,
     NOT_SERVING,
     SERVING,
     SMALL_LIMITS,
     Engine,
     decode,
+    fault,
     gradient,
     kinds,
     png,
     reason_of,
     request,
-    start,
+    start_test,
 )
 from inference._proto import engine_pb2 as pb
 
@@ -72,29 +75,27 @@ def test_inpaint_keeps_pixels_outside_mask(test_engine: Engine) -> None:
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"image": b"not an image"}, "bad_image"),
-        ({"image": b""}, "bad_image"),
-        ({"image": b"GIF89a" + bytes(40)}, "bad_image"),
-        ({"mask": png(Image.new("L", (95, 48)))}, "mask_size_mismatch"),
-        ({"steps": 0}, "out_of_range"),
-        ({"steps": 101}, "out_of_range"),
-        ({"strength": math.nan}, "out_of_range"),
-        ({"strength": 0.0}, "out_of_range"),
-        ({"strength": 0.1, "steps": 5}, "out_of_range"),
-        ({"guidance_scale": math.inf}, "out_of_range"),
-        ({"conditioning_scale": -0.5}, "out_of_range"),
-        ({"output_long_side": 60}, "out_of_range"),
-        ({"output_long_side": 512}, "out_of_range"),
-        ({"output_format": pb.IMAGE_FORMAT_UNSPECIFIED}, "unsupported_format"),
-        ({"output_format": 42}, "unsupported_format"),
-        ({"quality": 101}, "out_of_range"),
-        ({"control": 9}, "control_unavailable"),
-        ({"job_id": "x" * 129}, "out_of_range"),
-        ({"test_faults": {"explode": "1"}}, "out_of_range"),
-        ({"test_faults": {"sleep": "soon"}}, "out_of_range"),
+        ({"image": b"not an image"}, pb.FAILURE_REASON_BAD_IMAGE),
+        ({"image": b""}, pb.FAILURE_REASON_BAD_IMAGE),
+        ({"image": b"GIF89a" + bytes(40)}, pb.FAILURE_REASON_BAD_IMAGE),
+        ({"mask": png(Image.new("L", (95, 48)))}, pb.FAILURE_REASON_MASK_SIZE_MISMATCH),
+        ({"steps": 0}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"steps": 101}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"strength": math.nan}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"strength": 0.0}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"strength": 0.1, "steps": 5}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"guidance_scale": math.inf}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"conditioning_scale": -0.5}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"output_long_side": 60}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"output_long_side": 512}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"output_format": pb.IMAGE_FORMAT_UNSPECIFIED}, pb.FAILURE_REASON_UNSUPPORTED_FORMAT),
+        ({"output_format": 42}, pb.FAILURE_REASON_UNSUPPORTED_FORMAT),
+        ({"quality": 101}, pb.FAILURE_REASON_OUT_OF_RANGE),
+        ({"control": 9}, pb.FAILURE_REASON_CONTROL_UNAVAILABLE),
+        ({"job_id": "x" * 129}, pb.FAILURE_REASON_OUT_OF_RANGE),
     ],
 )
-def test_bad_input_is_invalid_argument(test_engine: Engine, change: dict, reason: str) -> None:
+def test_bad_input_is_invalid_argument(test_engine: Engine, change: dict, reason: int) -> None:
     with pytest.raises(grpc.RpcError) as info:
         test_engine.stage(request(IMAGE, **change))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -103,43 +104,39 @@ def test_bad_input_is_invalid_argument(test_engine: Engine, change: dict, reason
 
 
 def test_pixel_cap_checked_on_header() -> None:
-    engine = start(["--backend", "test", "--max-input-pixels", "5000", *SMALL_LIMITS])
+    engine = start_test(["--max-input-pixels", "5000", *SMALL_LIMITS])
     try:
         with pytest.raises(grpc.RpcError) as info:
             engine.stage(request(png(Image.new("RGB", (100, 51)))))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert reason_of(info.value) == "image_too_large"
+        assert reason_of(info.value) == pb.FAILURE_REASON_IMAGE_TOO_LARGE
         assert engine.result(request(png(Image.new("RGB", (100, 50))))).width == 64
     finally:
         engine.close()
 
 
-def test_faults_rejected_without_flag() -> None:
-    engine = start(["--backend", "test", *SMALL_LIMITS])
-    try:
-        with pytest.raises(grpc.RpcError) as info:
-            engine.stage(request(IMAGE, test_faults={"crash": ""}))
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert reason_of(info.value) == "test_faults_disabled"
-        assert engine.proc.poll() is None
-        assert engine.stub.Info(pb.InfoRequest()).test_faults is False
-    finally:
-        engine.close()
+@pytest.mark.parametrize("commands", ["explode=1", "sleep=soon", "hang=forever"])
+def test_bad_fault_commands_are_invalid_argument(test_engine: Engine, commands: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        test_engine.stage(request(IMAGE), faults=commands)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(info.value) == pb.FAILURE_REASON_OUT_OF_RANGE
+    assert FAULT_KEY in (info.value.details() or "")
 
 
 def test_oom_fault_then_next_job_runs(test_engine: Engine) -> None:
     got: list[pb.StageEvent] = []
     with pytest.raises(grpc.RpcError) as info:
-        for event in test_engine.stub.Stage(request(IMAGE, test_faults={"oom": ""}), timeout=10):
+        for event in test_engine.stub.Stage(request(IMAGE), timeout=10, metadata=fault("oom")):
             got.append(event)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert reason_of(info.value) == "oom"
+    assert reason_of(info.value) == pb.FAILURE_REASON_OOM
     assert kinds(got) == ["accepted", "progress"]
     assert test_engine.result(request(IMAGE)).width == 64
 
 
 def test_cancel_stops_sleeping_job(test_engine: Engine) -> None:
-    call = test_engine.stub.Stage(request(IMAGE, steps=10, test_faults={"sleep": "30"}))
+    call = test_engine.stub.Stage(request(IMAGE, steps=10), metadata=fault("sleep=30"))
     first = next(call)
     assert first.WhichOneof("event") == "accepted"
     t0 = time.monotonic()
@@ -151,32 +148,34 @@ def test_cancel_stops_sleeping_job(test_engine: Engine) -> None:
     result = test_engine.result(request(IMAGE), timeout=10)
     assert result.width == 64
     assert time.monotonic() - t0 < 8
-    assert '"reason": "cancelled"' in test_engine.logs()
+    assert '"reason": "FAILURE_REASON_CANCELLED"' in test_engine.logs()
 
 
 def test_deadline_stops_sleeping_job(test_engine: Engine) -> None:
     t0 = time.monotonic()
     with pytest.raises(grpc.RpcError) as info:
-        test_engine.stage(request(IMAGE, steps=10, test_faults={"sleep": "30"}), timeout=1.0)
+        test_engine.stage(request(IMAGE, steps=10), timeout=1.0, faults="sleep=30")
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert test_engine.result(request(IMAGE), timeout=10).width == 64
     assert time.monotonic() - t0 < 8
-    assert '"reason": "deadline"' in test_engine.logs()
+    assert '"reason": "FAILURE_REASON_DEADLINE"' in test_engine.logs()
 
 
 def test_sleep_fault_streams_progress(test_engine: Engine) -> None:
     t0 = time.monotonic()
-    events = test_engine.stage(request(IMAGE, steps=4, test_faults={"sleep": "0.8"}))
+    events = test_engine.stage(request(IMAGE, steps=4), faults="sleep=0.8")
     assert time.monotonic() - t0 >= 0.8
     assert kinds(events) == ["accepted"] + ["progress"] * 4 + ["result"]
 
 
-@pytest.mark.parametrize(("value", "code"), [("", 70), ("9", 9), ("kill", -signal.SIGKILL)])
-def test_crash_fault_exits_and_fails_call(value: str, code: int) -> None:
-    engine = start(["--backend", "test", "--test-faults", *SMALL_LIMITS])
+@pytest.mark.parametrize(
+    ("commands", "code"), [("crash", 70), ("crash=9", 9), ("crash=kill", -signal.SIGKILL)]
+)
+def test_crash_fault_exits_and_fails_call(commands: str, code: int) -> None:
+    engine = start_test([*SMALL_LIMITS])
     try:
         with pytest.raises(grpc.RpcError) as info:
-            engine.stage(request(IMAGE, test_faults={"crash": value}), timeout=20)
+            engine.stage(request(IMAGE), timeout=20, faults=commands)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert engine.wait_exit(10) == code
     finally:
@@ -184,25 +183,103 @@ def test_crash_fault_exits_and_fails_call(value: str, code: int) -> None:
 
 
 def test_hang_job_ignores_cancel_but_health_answers() -> None:
-    engine = start(["--backend", "test", "--test-faults", *SMALL_LIMITS])
+    engine = start_test([*SMALL_LIMITS])
     try:
         with pytest.raises(grpc.RpcError) as info:
-            engine.stage(request(IMAGE, test_faults={"hang": "job"}), timeout=1.0)
+            engine.stage(request(IMAGE, job_id="hung"), timeout=1.0, faults="hang")
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert engine.health_status() == SERVING
         # The only slot is wedged: the next job cannot start.
         with pytest.raises(grpc.RpcError) as info:
             engine.stage(request(IMAGE), timeout=1.0)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # Cancel does not claim that the hung job let go of its worker.
+        with pytest.raises(grpc.RpcError) as info:
+            engine.stub.Cancel(pb.CancelRequest(job_id="hung"), timeout=1.0)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert engine.health_status() == SERVING
         assert engine.proc.poll() is None
     finally:
         engine.close()
 
 
-def test_hang_process_stops_health() -> None:
-    engine = start(["--backend", "test", "--test-faults", *SMALL_LIMITS])
+def test_cancel_stops_a_running_job_and_frees_its_worker(test_engine: Engine) -> None:
+    call = test_engine.stub.Stage(
+        request(IMAGE, job_id="run-1", steps=10), timeout=60, metadata=fault("sleep=30")
+    )
+    assert next(call).WhichOneof("event") == "accepted"
+    resp = test_engine.stub.Cancel(pb.CancelRequest(job_id="run-1"), timeout=10)
+    assert resp.outcome == pb.CancelResponse.OUTCOME_STOPPED
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    assert reason_of(info.value) == pb.FAILURE_REASON_CANCELLED
+    # One worker, and it is free: the next job runs long before the 30 s job would end.
+    assert test_engine.result(request(IMAGE, job_id="run-2"), timeout=10).width == 64
+
+
+def test_cancel_after_the_caller_left(test_engine: Engine) -> None:
+    call = test_engine.stub.Stage(
+        request(IMAGE, job_id="left-1", steps=10), timeout=60, metadata=fault("sleep=30")
+    )
+    assert next(call).WhichOneof("event") == "accepted"
+    call.cancel()
+    resp = test_engine.stub.Cancel(pb.CancelRequest(job_id="left-1"), timeout=10)
+    # Stopped by Cancel, or already stopped by the call's end: either way it let go.
+    assert resp.outcome in (
+        pb.CancelResponse.OUTCOME_STOPPED,
+        pb.CancelResponse.OUTCOME_UNKNOWN,
+    )
+    assert test_engine.result(request(IMAGE, job_id="left-2"), timeout=10).width == 64
+
+
+def test_cancel_takes_a_queued_job_out_of_the_queue() -> None:
+    engine = start_test(["--concurrency", "1", *SMALL_LIMITS])
     try:
-        call = engine.stub.Stage(request(IMAGE, test_faults={"hang": "process"}), timeout=30)
+        # The only worker hangs for good, so the queued job can never reach one.
+        hung = engine.stub.Stage(request(IMAGE, job_id="hung"), metadata=fault("hang"))
+        assert next(hung).WhichOneof("event") == "accepted"
+        queued = engine.stub.Stage(request(IMAGE, job_id="queued"), timeout=60)
+        deadline = time.monotonic() + 20
+        while '"job_id": "queued"' not in engine.logs() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        resp = engine.stub.Cancel(pb.CancelRequest(job_id="queued"), timeout=20)
+        assert resp.outcome == pb.CancelResponse.OUTCOME_STOPPED
+        with pytest.raises(grpc.RpcError) as info:
+            list(queued)
+        assert info.value.code() == grpc.StatusCode.CANCELLED
+        assert '"msg": "job done", "logger": "inference", "job_id": "queued"' not in engine.logs()
+        hung.cancel()
+    finally:
+        engine.close()
+
+
+def test_cancel_of_an_unknown_id_refuses_its_later_stage(test_engine: Engine) -> None:
+    resp = test_engine.stub.Cancel(pb.CancelRequest(job_id="late-1"), timeout=10)
+    assert resp.outcome == pb.CancelResponse.OUTCOME_UNKNOWN
+    with pytest.raises(grpc.RpcError) as info:
+        test_engine.stage(request(IMAGE, job_id="late-1"))
+    assert info.value.code() == grpc.StatusCode.CANCELLED
+    assert reason_of(info.value) == pb.FAILURE_REASON_CANCELLED
+    assert '"msg": "job queued", "logger": "inference", "job_id": "late-1"' not in (
+        test_engine.logs()
+    )
+    # The remembered id refused one call; the next one with it runs.
+    assert test_engine.result(request(IMAGE, job_id="late-1")).width == 64
+
+
+@pytest.mark.parametrize("job_id", ["", "x" * 129])
+def test_cancel_checks_the_job_id(test_engine: Engine, job_id: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        test_engine.stub.Cancel(pb.CancelRequest(job_id=job_id), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(info.value) == pb.FAILURE_REASON_OUT_OF_RANGE
+
+
+def test_hang_process_stops_health() -> None:
+    engine = start_test([*SMALL_LIMITS])
+    try:
+        call = engine.stub.Stage(request(IMAGE), timeout=30, metadata=fault("hang=process"))
         deadline = time.monotonic() + 10
         while _state(engine.proc.pid) != "T" and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -214,7 +291,7 @@ def test_hang_process_stops_health() -> None:
 
 
 def test_start_fault_crash() -> None:
-    engine = start(["--backend", "test", "--test-start-fault", "crash"], wait_serving=None)
+    engine = start_test(["--start-fault", "crash"], wait_serving=None)
     try:
         assert engine.wait_exit(20) == 3
         assert not os.path.exists(engine.socket)
@@ -223,16 +300,14 @@ def test_start_fault_crash() -> None:
 
 
 def test_health_not_serving_until_warm_then_serving() -> None:
-    engine = start(
-        ["--backend", "test", "--test-start-delay", "2", *SMALL_LIMITS], wait_serving=None
-    )
+    engine = start_test(["--start-delay", "2", *SMALL_LIMITS], wait_serving=None)
     try:
         engine.wait_for(NOT_SERVING, 20)
         assert engine.stub.Info(pb.InfoRequest()).ready is False
         with pytest.raises(grpc.RpcError) as info:
             engine.stage(request(IMAGE))
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert reason_of(info.value) == "not_ready"
+        assert reason_of(info.value) == pb.FAILURE_REASON_NOT_READY
         engine.wait_for(SERVING, 20)
         assert engine.stub.Info(pb.InfoRequest()).ready is True
     finally:
@@ -240,7 +315,7 @@ def test_health_not_serving_until_warm_then_serving() -> None:
 
 
 def test_never_ready_start_fault() -> None:
-    engine = start(["--backend", "test", "--test-start-fault", "never-ready"], wait_serving=None)
+    engine = start_test(["--start-fault", "never-ready"], wait_serving=None)
     try:
         engine.wait_for(NOT_SERVING, 20)
         time.sleep(1)
@@ -251,15 +326,13 @@ def test_never_ready_start_fault() -> None:
 
 def test_concurrency_runs_jobs_side_by_side() -> None:
     for concurrency, overlap in ((2, True), (1, False)):
-        engine = start(
-            ["--backend", "test", "--test-faults", "--concurrency", str(concurrency), *SMALL_LIMITS]
-        )
+        engine = start_test(["--concurrency", str(concurrency), *SMALL_LIMITS])
         try:
             spans: dict[str, tuple[float, float]] = {}
 
             def run(name: str, eng: Engine = engine, spans: dict = spans) -> None:
                 t0 = time.monotonic()
-                events = eng.stage(request(IMAGE, job_id=name, steps=2, test_faults={"sleep": "1"}))
+                events = eng.stage(request(IMAGE, job_id=name, steps=2), faults="sleep=1")
                 assert kinds(events)[-1] == "result"
                 spans[name] = (t0, time.monotonic())
 
@@ -277,7 +350,7 @@ def test_concurrency_runs_jobs_side_by_side() -> None:
 
 
 def test_sigterm_exits_cleanly_and_removes_socket() -> None:
-    engine = start(["--backend", "test", *SMALL_LIMITS])
+    engine = start_test([*SMALL_LIMITS])
     try:
         engine.proc.send_signal(signal.SIGTERM)
         assert engine.wait_exit(15) == 0
@@ -287,7 +360,7 @@ def test_sigterm_exits_cleanly_and_removes_socket() -> None:
 
 
 def test_exits_when_socket_removed() -> None:
-    engine = start(["--backend", "test", *SMALL_LIMITS])
+    engine = start_test([*SMALL_LIMITS])
     try:
         os.unlink(engine.socket)
         assert engine.wait_exit(10) == 0
@@ -298,8 +371,8 @@ def test_exits_when_socket_removed() -> None:
 
 PARENT = """
 import subprocess, sys, time
-child = subprocess.Popen([sys.executable, "-m", "inference", "--socket", sys.argv[1],
-                          "--backend", "test"], stderr=subprocess.DEVNULL)
+child = subprocess.Popen([sys.executable, "-m", "enginetest", "--socket", sys.argv[1]],
+                         stderr=subprocess.DEVNULL)
 print(child.pid, flush=True)
 time.sleep(600)
 """
@@ -346,7 +419,7 @@ def test_socket_is_private(test_engine: Engine) -> None:
     assert os.stat(test_engine.socket).st_mode & 0o777 == 0o600
 
 
-def test_test_backend_loads_no_torch(test_engine: Engine) -> None:
+def test_test_engine_loads_no_torch(test_engine: Engine) -> None:
     with open(f"/proc/{test_engine.proc.pid}/maps") as f:
         maps = f.read()
     assert "libtorch" not in maps
@@ -355,7 +428,7 @@ def test_test_backend_loads_no_torch(test_engine: Engine) -> None:
 
 def test_queued_job_whose_deadline_passes_never_runs(test_engine: Engine) -> None:
     first = test_engine.stub.Stage(
-        request(IMAGE, job_id="long", steps=2, test_faults={"sleep": "1.5"}), timeout=20
+        request(IMAGE, job_id="long", steps=2), timeout=20, metadata=fault("sleep=1.5")
     )
     assert next(first).WhichOneof("event") == "accepted"
     with pytest.raises(grpc.RpcError) as info:
@@ -364,7 +437,7 @@ def test_queued_job_whose_deadline_passes_never_runs(test_engine: Engine) -> Non
     assert kinds(list(first))[-1] == "result"
     assert test_engine.result(request(IMAGE, job_id="next")).width == 64
     log = test_engine.logs()
-    assert '"job_id": "queued", "reason": "deadline"' in log
+    assert '"job_id": "queued", "reason": "FAILURE_REASON_DEADLINE"' in log
     assert '"msg": "job done", "logger": "inference", "job_id": "queued"' not in log
 
 
@@ -382,7 +455,7 @@ def test_refuses_to_replace_a_regular_file() -> None:
     with open(path, "w") as f:
         f.write("keep me")
     proc = subprocess.run(
-        [sys.executable, "-m", "inference", "--socket", path, "--backend", "test"],
+        [sys.executable, "-m", "enginetest", "--socket", path],
         capture_output=True,
         timeout=60,
         check=False,
@@ -405,7 +478,7 @@ def test_replaces_a_stale_socket() -> None:
     stale.bind(path)
     stale.close()  # the file stays, as after a killed engine
     proc = subprocess.Popen(
-        [sys.executable, "-m", "inference", "--socket", path, "--backend", "test"],
+        [sys.executable, "-m", "enginetest", "--socket", path],
         stderr=subprocess.DEVNULL,
     )
     try:

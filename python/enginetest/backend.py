@@ -1,0 +1,115 @@
+"""A torch-free stand-in for the model: it inverts images and obeys fault commands."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import signal
+import threading
+import time
+
+from PIL import ImageOps
+
+from inference import errors, logs
+from inference.jobs import BackendInfo, JobContext, Output, Work
+
+from . import faults
+
+MODEL_REV = "test-invert-v1"
+HOLD_POLL = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Options are the test engine's own start-up settings.
+
+    start_delay is the warm-up's length in seconds, step_delay each step's;
+    never_ready makes the warm-up block forever (health stays NOT_SERVING).
+    """
+
+    start_delay: float = 0.0
+    step_delay: float = 0.0
+    never_ready: bool = False
+
+
+class FaultBackend:
+    """FaultBackend inverts images (deterministic and easy to check), streams one
+    progress event per step, and obeys the fault commands of faults.KEY."""
+
+    name = "test"
+
+    def __init__(self, options: Options) -> None:
+        self._options = options
+
+    def load(self) -> None:
+        pass
+
+    def warmup(self) -> None:
+        if self._options.never_ready:
+            logs.get().warning("test start fault: staying NOT_SERVING")
+            threading.Event().wait()
+        if self._options.start_delay:
+            time.sleep(self._options.start_delay)
+
+    def info(self) -> BackendInfo:
+        return BackendInfo(
+            model_rev=MODEL_REV,
+            device="cpu",
+            dtype="uint8",
+            versions={"python": platform.python_version()},
+            control_kinds=("canny", "depth"),
+        )
+
+    def run(self, work: Work, ctx: JobContext) -> Output:
+        f = faults.parse(ctx.metadata)
+        if f:
+            logs.get().warning(
+                "test fault", extra=logs.fields(job_id=work.spec.job_id, faults=str(f))
+            )
+        if f.crash is not None:
+            _crash(f.crash)
+        if f.hang is not None:
+            _hang(f.hang)
+        if f.hold is None:
+            return self._steps(work, ctx, f)
+        with open(os.path.join(f.hold, "running"), "w"):
+            pass
+        try:
+            return self._steps(work, ctx, f)
+        except errors.JobCancelled:
+            release = os.path.join(f.hold, "release")
+            while not os.path.exists(release):
+                time.sleep(HOLD_POLL)
+            raise
+
+    def _steps(self, work: Work, ctx: JobContext, f: faults.Faults) -> Output:
+        steps = work.spec.steps
+        step_delay = self._options.step_delay if f.sleep is None else f.sleep / steps
+        start = time.monotonic()
+        for step in range(1, steps + 1):
+            if step_delay:
+                ctx.sleep(step_delay)
+            ctx.progress(step, steps)
+            if f.oom:
+                raise errors.out_of_memory()
+        denoise_ms = (time.monotonic() - start) * 1000
+        return Output(image=ImageOps.invert(work.image), denoise_ms=denoise_ms)
+
+
+def _crash(value: str) -> None:
+    # Flush nothing and run no handlers: the point is an abrupt death.
+    if value == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        code = int(value) if value else faults.DEFAULT_CRASH_CODE
+    except ValueError:
+        code = faults.DEFAULT_CRASH_CODE
+    os._exit(code)
+
+
+def _hang(value: str) -> None:
+    if value == "process":
+        os.kill(os.getpid(), signal.SIGSTOP)
+    # Blocks this job forever and ignores cancellation, as a wedged CUDA call would.
+    threading.Event().wait()
