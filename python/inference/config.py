@@ -11,10 +11,17 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 
+from . import buckets
+
 MIB = 1024 * 1024
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# CUDA_GRAPH_MODES record CUDA graphs, which are replayed only by the thread that recorded them.
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+SDPA_NAMES = ("flash", "efficient", "cudnn", "math")
+MAX_FEW_STEPS = 16
 
 
 class ConfigError(ValueError):
@@ -42,7 +49,17 @@ class Settings:
     warmup_steps: int = 1
     warmup_long_side: int = 0
     compile: bool = False
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"
     channels_last: bool = False
+    fuse_qkv: bool = False
+    sdpa_backends: str = ""
+    buckets: str = ""
+    cfg_cutoff: float = 1.0
+    controlnet_end: float = 1.0
+    few_step: bool = False
+    few_step_steps: int = 4
+    few_step_guidance: float = 0.0
     parent_pid: int = 0
     shutdown_grace: float = 10.0
     log_level: str = "info"
@@ -76,8 +93,18 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
         int,
         "long side of the warm-up job, clamped to the limits; 0: default-long-side",
     ),
-    ("compile", "ENGINE_COMPILE", bool, "torch.compile the UNet and ControlNet"),
+    ("compile", "ENGINE_COMPILE", bool, "torch.compile the UNet, ControlNets and VAE decoder"),
+    ("compile_mode", "ENGINE_COMPILE_MODE", str, "torch.compile mode: " + ", ".join(COMPILE_MODES)),
+    ("compile_backend", "ENGINE_COMPILE_BACKEND", str, "torch.compile backend (inductor)"),
     ("channels_last", "ENGINE_CHANNELS_LAST", bool, "channels-last memory format"),
+    ("fuse_qkv", "ENGINE_FUSE_QKV", bool, "fuse attention query/key/value projections"),
+    ("sdpa_backends", "ENGINE_SDPA_BACKENDS", str, "attention kernels allowed, preferred first"),
+    ("buckets", "ENGINE_BUCKETS", str, "output sizes: empty, standard or WxH,WxH,..."),
+    ("cfg_cutoff", "ENGINE_CFG_CUTOFF", float, "fraction of steps with guidance (1: all)"),
+    ("controlnet_end", "ENGINE_CONTROLNET_END", float, "fraction of steps with control (1: all)"),
+    ("few_step", "ENGINE_FEW_STEP", bool, "run every job with the few-step profile"),
+    ("few_step_steps", "ENGINE_FEW_STEP_STEPS", int, "steps of the few-step profile"),
+    ("few_step_guidance", "ENGINE_FEW_STEP_GUIDANCE", float, "guidance of the few-step profile"),
     ("parent_pid", "ENGINE_PARENT_PID", int, "exit when this process dies; 0: the parent"),
     ("shutdown_grace", "ENGINE_SHUTDOWN_GRACE", float, "seconds jobs get to finish on SIGTERM"),
     ("log_level", "ENGINE_LOG_LEVEL", str, "debug, info, warning or error"),
@@ -182,3 +209,39 @@ def validate(s: Settings, needs_model: bool = True) -> None:
             "MODEL_DIR (--model-dir) is required; --tiny-model (ENGINE_TINY_MODEL=true) "
             "builds a tiny random model for tests and demos instead"
         )
+    validate_speed(s)
+
+
+def validate_speed(s: Settings) -> None:
+    """Raises ConfigError naming the first speed setting that is out of range."""
+    if s.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"--compile-mode: want one of {COMPILE_MODES}, got {s.compile_mode!r}")
+    if s.compile and s.compile_mode in CUDA_GRAPH_MODES and s.concurrency > 1:
+        raise ConfigError(
+            f"--compile-mode {s.compile_mode} records CUDA graphs, which need --concurrency 1"
+        )
+    if not s.compile_backend:
+        raise ConfigError("--compile-backend: want a torch.compile backend name, such as inductor")
+    names = [n.strip() for n in s.sdpa_backends.split(",") if n.strip()]
+    if any(n not in SDPA_NAMES for n in names) or len(set(names)) != len(names):
+        raise ConfigError(
+            f"--sdpa-backends: want distinct names from {SDPA_NAMES}, got {s.sdpa_backends!r}"
+        )
+    for name in ("cfg_cutoff", "controlnet_end"):
+        value = getattr(s, name)
+        if not 0.0 < value <= 1.0:
+            raise ConfigError(f"--{name.replace('_', '-')}: want a fraction in (0, 1], got {value}")
+    if not 1 <= s.few_step_steps <= min(MAX_FEW_STEPS, s.max_steps):
+        raise ConfigError(f"--few-step-steps: want 1 to {min(MAX_FEW_STEPS, s.max_steps)}")
+    if not 0.0 <= s.few_step_guidance <= 30.0:
+        raise ConfigError("--few-step-guidance: want 0 to 30")
+    try:
+        sizes = buckets.parse(s.buckets, s.default_long_side)
+    except buckets.BucketError as exc:
+        raise ConfigError(f"--buckets (ENGINE_BUCKETS): {exc}") from None
+    for width, height in sizes:
+        if not s.min_long_side <= max(width, height) <= s.max_long_side:
+            raise ConfigError(
+                f"--buckets: {width}x{height} has a long side outside "
+                f"[{s.min_long_side}, {s.max_long_side}]"
+            )

@@ -19,7 +19,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from . import conditioning, errors, logs, models, tiny
+from . import buckets, conditioning, errors, fewstep, imageio, logs, models, speed, tiny
 from ._proto import engine_pb2 as pb
 from .config import Settings
 from .jobs import BackendInfo, JobContext, JobSpec, Output, Work
@@ -79,6 +79,8 @@ class DiffusersBackend:
         self._c: models.Components | None = None
         self._local = threading.local()
         self._log = logs.get()
+        self._buckets = buckets.parse(settings.buckets, settings.default_long_side)
+        self._few_step: fewstep.Profile | None = None
 
     # Loading
 
@@ -100,6 +102,10 @@ class DiffusersBackend:
             self._dtype = pick_dtype(s.dtype, self._device, fp16_safe_vae=True)
         else:
             raise RuntimeError("no model: set MODEL_DIR, or ask for the tiny model")
+        if s.few_step:
+            # Before the modules move, so a distilled UNet moves with the rest.
+            folder = s.model_dir if self._given is None and s.model_dir else None
+            c.unet, self._few_step = fewstep.load(folder, c.unet, c.scheduler, self._dtype)
         # The pipelines upcast a force_upcast VAE to fp32 and back around every
         # encode, in place on the shared module; with a dtype that needs no
         # upcast (fp32, bf16, or an fp16-safe VAE) that churn is switched off.
@@ -113,13 +119,43 @@ class DiffusersBackend:
             m.requires_grad_(False)
         if c.depth_estimator is not None:
             c.depth_estimator.prepare(self._device, self._dtype)
-        if s.channels_last:
-            for m in (c.unet, c.vae, *c.controlnets.values()):
-                m.to(memory_format=torch.channels_last)
-        if s.compile:
-            c.unet = torch.compile(c.unet)
-            c.controlnets = {k: torch.compile(v) for k, v in c.controlnets.items()}
+        self._apply_speed(c)
         self._c = c
+
+    def _apply_speed(self, c: models.Components) -> None:
+        """Applies the load-time speed switches to the shared modules, in the
+        order they compose: layout and fused weights first, compilation last."""
+        s = self._settings
+        if s.channels_last:
+            speed.to_channels_last(c)
+        if s.fuse_qkv:
+            speed.fuse_qkv(c)
+        speed.set_sdpa_backends(speed.parse_sdpa(s.sdpa_backends))
+        if s.compile:
+            speed.compile_modules(
+                c,
+                mode=s.compile_mode,
+                backend=s.compile_backend,
+                fixed_shapes=bool(self._buckets),
+                bucket_count=len(self._buckets),
+            )
+        few_step = ""
+        if self._few_step is not None:
+            few_step = self._few_step.source or "base unet"
+        self._log.info(
+            "speed settings",
+            extra=logs.fields(
+                compile=s.compile,
+                compile_mode=s.compile_mode if s.compile else "",
+                channels_last=s.channels_last,
+                fuse_qkv=s.fuse_qkv,
+                sdpa_backends=s.sdpa_backends,
+                buckets=len(self._buckets),
+                cfg_cutoff=s.cfg_cutoff,
+                controlnet_end=s.controlnet_end,
+                few_step=few_step,
+            ),
+        )
 
     def _probe_vae_fp16_safe(self, folder: str) -> bool:
         for path in (
@@ -137,26 +173,28 @@ class DiffusersBackend:
         # long side. One step already runs every module once.
         s = self._settings
         side = s.warmup_side()
-        img = Image.fromarray(
-            (np.indices((side, side)).sum(axis=0) % 64 * 4).astype(np.uint8)
-        ).convert("RGB")
-        spec = JobSpec(
-            job_id="warmup",
-            prompt="warm-up",
-            negative_prompt="",
-            seed=WARMUP_SEED,
-            strength=1.0,
-            guidance_scale=5.0,
-            steps=s.warmup_steps,
-            control="canny",
-            conditioning_scale=0.5,
-            long_side=side,
-            output_format="png",
-            quality=90,
-        )
         never = threading.Event()
         ctx = JobContext(never, lambda: pb.FAILURE_REASON_CANCELLED, lambda step, total: None)
-        self.run(Work(spec=spec, image=img, mask=None), ctx)
+        self.run(_warmup_work(side, side, s.warmup_steps), ctx)
+        self.warmup_buckets()
+
+    def warmup_buckets(self) -> None:
+        """Runs one job at each output bucket, so that with compilation on every
+        graph a job can meet is built before the engine reports SERVING. The jobs
+        are long enough for each per-step switch to change state once."""
+        s = self._settings
+        steps = speed.warmup_steps(s.warmup_steps, s.cfg_cutoff, s.controlnet_end, s.max_steps)
+        never = threading.Event()
+        ctx = JobContext(never, lambda: pb.FAILURE_REASON_CANCELLED, lambda step, total: None)
+        for width, height in self._buckets:
+            t0 = time.monotonic()
+            self.run(_warmup_work(width, height, steps), ctx)
+            self._log.info(
+                "bucket warm",
+                extra=logs.fields(
+                    width=width, height=height, steps=steps, duration_ms=round(_ms(t0), 1)
+                ),
+            )
 
     def info(self) -> BackendInfo:
         c = self._components()
@@ -170,7 +208,7 @@ class DiffusersBackend:
         if "depth" in c.controlnets and c.depth_estimator is not None:
             kinds.append("depth")
         return BackendInfo(
-            model_rev=c.model_rev,
+            model_rev=c.model_rev + self._rev_suffix(),
             device=device,
             dtype=str(self._dtype).removeprefix("torch."),
             versions={
@@ -182,6 +220,21 @@ class DiffusersBackend:
             },
             control_kinds=tuple(kinds),
         )
+
+    def _rev_suffix(self) -> str:
+        """Names the switches that change what a seed renders, so that results
+        made with them never pass for the plain model's."""
+        s = self._settings
+        parts = []
+        if s.few_step:
+            parts.append(f"+fewstep{s.few_step_steps}g{s.few_step_guidance:g}")
+        if s.cfg_cutoff < 1.0:
+            parts.append(f"+cfg{s.cfg_cutoff:g}")
+        if s.controlnet_end < 1.0:
+            parts.append(f"+cnend{s.controlnet_end:g}")
+        if self._buckets:
+            parts.append("+buckets")
+        return "".join(parts)
 
     def _components(self) -> models.Components:
         if self._c is None:
@@ -223,16 +276,18 @@ class DiffusersBackend:
         ctx.check()
 
         t0 = time.monotonic()
+        image, mask = self._render_inputs(work)
         if spec.control == "depth":
             if c.depth_estimator is None:
                 raise errors.invalid(
                     pb.FAILURE_REASON_CONTROL_UNAVAILABLE, "depth control is not loaded"
                 )
-            control = c.depth_estimator(work.image)
+            control = c.depth_estimator(image)
         else:
-            control = conditioning.canny(work.image)
+            control = conditioning.canny(image)
         preprocess_ms = _ms(t0)
 
+        steps, guidance, scheduler = self._profile(spec)
         tokenizer, tokenizer_2 = self._tokenizers()
         parts: dict[str, Any] = {
             "vae": c.vae,
@@ -242,40 +297,50 @@ class DiffusersBackend:
             "tokenizer_2": tokenizer_2,
             "unet": c.unet,
             "controlnet": c.controlnets[spec.control],
-            "scheduler": type(c.scheduler).from_config(c.scheduler.config),
+            "scheduler": type(scheduler).from_config(scheduler.config),
             "add_watermarker": False,
         }
-        width, height = work.image.size
+        width, height = image.size
         args: dict[str, Any] = {
             "prompt": spec.prompt,
             "negative_prompt": spec.negative_prompt or None,
-            "image": work.image,
+            "image": image,
             "control_image": control,
             "height": height,
             "width": width,
             "strength": spec.strength,
-            "num_inference_steps": spec.steps,
-            "guidance_scale": spec.guidance_scale,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
             "controlnet_conditioning_scale": spec.conditioning_scale,
             "generator": torch.Generator(device="cpu").manual_seed(spec.seed),
             "output_type": "latent",
         }
         pipe: Any
-        if work.mask is None:
+        if mask is None:
             pipe = StableDiffusionXLControlNetImg2ImgPipeline(**parts)
         else:
             pipe = StableDiffusionXLControlNetInpaintPipeline(**parts)
-            args["mask_image"] = work.mask
+            args["mask_image"] = mask
         pipe.set_progress_bar_config(disable=True)
+        s = self._settings
+        # The inpaint pipeline's step callback cannot replace its doubled mask
+        # and time ids, so guidance is never cut there.
+        switches = speed.StepSwitches(s.cfg_cutoff, s.controlnet_end, cut_guidance=mask is None)
+        args.update(switches.pipeline_args)
 
-        def on_step_end(p: Any, i: int, _t: Any, _kw: dict[str, Any]) -> dict[str, Any]:
+        def on_step_end(p: Any, i: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+            replaced = switches.after_step(p, i, kw)
             # Raising here (inside ctx.progress) leaves the pipeline before the
             # next step and before its VAE decode.
             ctx.progress(i + 1, int(p.num_timesteps))
-            return {}
+            return replaced
 
         t1 = time.monotonic()
-        latents = pipe(**args, callback_on_step_end=on_step_end).images
+        latents = pipe(
+            **args,
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=switches.tensor_inputs,
+        ).images
         if cuda:
             torch.cuda.synchronize(self._device)
         denoise_ms = _ms(t1)
@@ -283,6 +348,8 @@ class DiffusersBackend:
 
         t2 = time.monotonic()
         pixels = self._decode(pipe, latents)
+        if pixels.size != work.image.size:
+            pixels = imageio.resize(pixels, work.image.size)
         vae_decode_ms = _ms(t2)
         peak = int(torch.cuda.max_memory_allocated(self._device)) if cuda else 0
         return Output(
@@ -292,6 +359,26 @@ class DiffusersBackend:
             vae_decode_ms=vae_decode_ms,
             peak_gpu_memory_bytes=peak,
         )
+
+    def _render_inputs(self, work: Work) -> tuple[Image.Image, Image.Image | None]:
+        """Returns the image and mask at the size the model renders: the Work's
+        size, or with buckets the bucket it snaps to (the result is brought back
+        to the Work's size after decoding)."""
+        size = buckets.snap(work.image.size, self._buckets)
+        if size == work.image.size:
+            return work.image, work.mask
+        mask = imageio.resize_mask(work.mask, size) if work.mask is not None else None
+        return imageio.resize(work.image, size), mask
+
+    def _profile(self, spec: JobSpec) -> tuple[int, float, Any]:
+        """Returns the steps, guidance scale and scheduler a job runs with: the
+        job's own, or the few-step profile's."""
+        c = self._components()
+        if self._few_step is None:
+            return spec.steps, spec.guidance_scale, c.scheduler
+        s = self._settings
+        steps = fewstep.steps_for(s.few_step_steps, spec.strength)
+        return steps, s.few_step_guidance, self._few_step.scheduler
 
     def _decode(self, pipe: Any, latents: torch.Tensor) -> Image.Image:
         vae = self._components().vae
@@ -314,3 +401,25 @@ class DiffusersBackend:
 
 def _ms(since: float) -> float:
     return (time.monotonic() - since) * 1000
+
+
+def _warmup_work(width: int, height: int, steps: int) -> Work:
+    """A warm-up job at width x height: a picture with edges, full strength, guided."""
+    img = Image.fromarray(
+        (np.indices((height, width)).sum(axis=0) % 64 * 4).astype(np.uint8)
+    ).convert("RGB")
+    spec = JobSpec(
+        job_id="warmup",
+        prompt="warm-up",
+        negative_prompt="",
+        seed=WARMUP_SEED,
+        strength=1.0,
+        guidance_scale=5.0,
+        steps=steps,
+        control="canny",
+        conditioning_scale=0.5,
+        long_side=max(width, height),
+        output_format="png",
+        quality=90,
+    )
+    return Work(spec=spec, image=img, mask=None)

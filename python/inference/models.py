@@ -8,6 +8,7 @@ MODEL_DIR layout (each a diffusers or transformers save_pretrained folder):
     controlnet-depth/  optional depth ControlNet
     depth-estimator/   optional transformers depth model; depth control needs
                        both this and controlnet-depth
+    few-step/          optional few-step UNet or LoRA (see fewstep.py)
 """
 
 from __future__ import annotations
