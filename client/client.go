@@ -65,6 +65,7 @@ const (
 	CodeForbidden            = "forbidden"
 	CodeNotFound             = "not_found"
 	CodeIdempotencyConflict  = "idempotency_conflict"
+	CodeInProgress           = "in_progress"
 	CodePayloadTooLarge      = "payload_too_large"
 	CodeUnsupportedMediaType = "unsupported_media_type"
 	CodeImageTooLarge        = "image_too_large"
@@ -157,7 +158,8 @@ func WithAttemptTimeout(d time.Duration) Option { return func(o *config) { o.att
 // WithBreaker sets the consecutive failed attempts that open the circuit
 // and how long it stays open before a trial call; defaults 5 and 30s.
 // Only failures that say the service is unwell count: transport errors and
-// retryable answers, not the caller's own bad requests or cancellations.
+// retryable answers, not the caller's own bad requests, cancellations or a
+// job that another replica is running (in_progress).
 func WithBreaker(failures uint32, openFor time.Duration) Option {
 	return func(o *config) { o.breakerFailures, o.breakerTimeout = failures, openFor }
 }
@@ -198,10 +200,12 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 }
 
 // healthy reports whether an attempt's outcome says the service works: a
-// success, or an answer that blames the request rather than the service.
+// success, an answer that blames the request rather than the service, or
+// in_progress (another replica is running the same job: retried, since
+// its result will be there, but no sign of trouble).
 func healthy(err error) bool {
 	var e *Error
-	return err == nil || (errors.As(err, &e) && !e.Retryable)
+	return err == nil || (errors.As(err, &e) && (!e.Retryable || e.Code == CodeInProgress))
 }
 
 // Infer stages one image. It retries retryable failures until it succeeds,

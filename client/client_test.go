@@ -284,6 +284,27 @@ func TestClientErrorsKeepCircuitClosed(t *testing.T) {
 	}
 }
 
+// A job another replica is running is retried after the server's
+// Retry-After until its result is there, and never opens the circuit,
+// however long the other replica takes.
+func TestInProgressIsRetriedAndKeepsCircuitClosed(t *testing.T) {
+	busy := reply{status: 409, code: CodeInProgress, retryable: true, retryAfter: "2"}
+	s := newService(t, busy, busy, busy)
+	c, w := newClient(t, s, WithBreaker(2, time.Minute))
+	resp, err := c.Infer(t.Context(), req)
+	if err != nil || resp.StagedKey == "" || s.calls.Load() != 4 {
+		t.Fatalf("err %v after %d calls, want the result at the fourth", err, s.calls.Load())
+	}
+	for i, d := range w.d {
+		if d < 2*time.Second {
+			t.Errorf("wait %d = %s, want at least the 2s Retry-After", i, d)
+		}
+	}
+	if st := c.breaker.State().String(); st != "closed" {
+		t.Fatalf("circuit %s after in_progress answers", st)
+	}
+}
+
 func TestNewValidates(t *testing.T) {
 	for _, u := range []string{"", "ftp://x", "http://", "::"} {
 		if _, err := New(u); err == nil {
