@@ -274,7 +274,8 @@ class Bench:
             warmup_steps=2,
             **extra,
         )
-        config.validate(s)
+        # The components are built here and handed to the backend, so no model is named.
+        config.validate(s, needs_model=False)
         return s
 
     def estimate(self, v: Variant, buckets: int) -> float:
