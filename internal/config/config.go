@@ -17,24 +17,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vstage/vstage/internal/mode"
 	"github.com/vstage/vstage/internal/storage"
-)
-
-// Mode selects the backend that produces staged images.
-type Mode string
-
-// The inference modes.
-const (
-	ModeMock    Mode = "mock"
-	ModeManaged Mode = "managed"
-	ModeSelf    Mode = "self"
 )
 
 // Config is the sidecar's configuration. The zero value is not valid; use
 // Load.
 type Config struct {
 	ListenAddr string
-	Mode       Mode
+	// Mode is the real backend, INFERENCE_MODE.
+	Mode mode.Mode
 
 	StorageURL       string
 	S3Endpoint       string
@@ -222,7 +214,6 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 	p := parser{getenv: getenv}
 	c := Config{
 		ListenAddr:         p.str("LISTEN_ADDR"),
-		Mode:               Mode(strings.ToLower(p.str("INFERENCE_MODE"))),
 		S3Endpoint:         p.str("S3_ENDPOINT"),
 		S3ForcePathStyle:   p.boolean("S3_FORCE_PATH_STYLE"),
 		S3AttemptTimeout:   p.duration("S3_ATTEMPT_TIMEOUT", 10*time.Millisecond),
@@ -256,10 +247,8 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
 		p.fail("LISTEN_ADDR", "must be host:port, e.g. 127.0.0.1:8080 or :8080")
 	}
-	switch c.Mode {
-	case ModeMock, ModeSelf, ModeManaged:
-	default:
-		p.fail("INFERENCE_MODE", "must be self, managed or mock")
+	if c.Mode, err = mode.Parse(strings.ToLower(p.str("INFERENCE_MODE"))); err != nil {
+		p.fail("INFERENCE_MODE", "must be %s", mode.Choices())
 	}
 	c.Rollout = Rollout{
 		Enabled:        p.boolean("INFERENCE_ENABLED"),
@@ -282,7 +271,7 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		BreakerOpenTimeout: p.duration("MANAGED_BREAKER_OPEN_TIMEOUT", time.Millisecond),
 		FallbackToMock:     p.boolean("FALLBACK_TO_MOCK"),
 	}
-	if c.Mode == ModeManaged && c.Managed.Version == "" {
+	if c.Mode == mode.Managed && c.Managed.Version == "" {
 		p.fail("MANAGED_MODEL_VERSION", "is required with INFERENCE_MODE=managed")
 	}
 	if c.Managed.Version != "" && (c.Managed.Token == "") == (c.Managed.TokenFile == "") {
@@ -295,7 +284,7 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 	}
 	c.Engine = p.engine(wd)
 	// Random weights are never served by accident: self mode names its model.
-	if c.Mode == ModeSelf && c.Engine.ModelDir == "" && !c.Engine.TinyModel {
+	if c.Mode == mode.Self && c.Engine.ModelDir == "" && !c.Engine.TinyModel {
 		p.fail("MODEL_DIR", "is required with INFERENCE_MODE=self (or ENGINE_TINY_MODEL=true for the tiny random model of tests and demos)")
 	}
 	c.Admission = Admission{
