@@ -74,7 +74,7 @@ func (f *families) Unregister(c prometheus.Collector) bool { return f.reg.Unregi
 func everyMetric(t *testing.T) (map[string][]string, map[string]map[string][]string) {
 	t.Helper()
 	env := map[string]string{
-		"INFERENCE_MODE": "self", "ENGINE_PYTHON": "python3",
+		"INFERENCE_MODE": "self", "ENGINE_PYTHON": "python3", "ENGINE_TINY_MODEL": "true",
 		"MANAGED_MODEL_VERSION": "v1", "MANAGED_API_TOKEN": "provider-token",
 	}
 	cfg, err := config.Load(func(k string) string { return env[k] }, t.TempDir())
