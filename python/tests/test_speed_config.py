@@ -8,7 +8,7 @@ from inference import config
 
 
 def test_every_switch_is_off_by_default() -> None:
-    s = config.parse(["--socket", "/tmp/x.sock"], {})
+    s = config.parse(["--socket", "/tmp/x.sock", "--tiny-model"], {})
     assert (s.compile, s.channels_last, s.fuse_qkv, s.few_step) == (False, False, False, False)
     assert (s.compile_mode, s.compile_backend, s.sdpa_backends, s.buckets) == (
         "default",
@@ -23,6 +23,7 @@ def test_every_switch_is_off_by_default() -> None:
 def test_environment_sets_the_switches() -> None:
     env = {
         "ENGINE_SOCKET": "/tmp/a.sock",
+        "ENGINE_TINY_MODEL": "true",
         "ENGINE_COMPILE": "true",
         "ENGINE_COMPILE_MODE": "max-autotune-no-cudagraphs",
         "ENGINE_FUSE_QKV": "1",
@@ -68,5 +69,5 @@ def test_environment_sets_the_switches() -> None:
 )
 def test_rejects(argv: list[str], needle: str) -> None:
     with pytest.raises(config.ConfigError) as info:
-        config.parse(["--socket", "/s", *argv], {})
+        config.parse(["--socket", "/s", "--tiny-model", *argv], {})
     assert needle in str(info.value)
