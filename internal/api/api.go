@@ -23,6 +23,7 @@ import (
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/httpjson"
+	"github.com/vstage/vstage/internal/mode"
 	"github.com/vstage/vstage/internal/staging"
 	"github.com/vstage/vstage/internal/telemetry"
 )
@@ -39,7 +40,7 @@ type Options struct {
 	// RequestTimeout is the deadline of one /infer request.
 	RequestTimeout time.Duration
 	// Mode is the configured inference mode, for log lines.
-	Mode string
+	Mode mode.Mode
 	// Ready reports why the service cannot take work, or nil when it can.
 	// Nil means ready whenever the server is not draining.
 	Ready func(context.Context) error
@@ -239,7 +240,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			slog.Int("status", sw.status), slog.Float64("duration_ms", float64(elapsed.Microseconds())/1000),
 		}
 		if f.imageID != "" {
-			attrs = append(attrs, slog.String("image_id", f.imageID), slog.String("mode", s.opts.Mode))
+			attrs = append(attrs, slog.String("image_id", f.imageID), slog.String("mode", string(s.opts.Mode)))
 		}
 		if f.backend != "" {
 			attrs = append(attrs, slog.String("backend", f.backend), slog.Bool("replay", f.replay))

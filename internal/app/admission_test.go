@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -42,6 +43,7 @@ type outcome struct {
 	id         string
 	status     int
 	code       string
+	message    string
 	retryAfter string
 	at         time.Time
 }
@@ -61,17 +63,17 @@ func stage(ctx context.Context, svc *service, id, tier string) outcome {
 	}
 	defer resp.Body.Close()
 	var e struct {
-		Error struct{ Code string } `json:"error"`
+		Error struct{ Code, Message string } `json:"error"`
 	}
 	_ = json.NewDecoder(resp.Body).Decode(&e)
-	return outcome{id, resp.StatusCode, e.Error.Code, resp.Header.Get("Retry-After"), time.Now()}
+	return outcome{id, resp.StatusCode, e.Error.Code, e.Error.Message, resp.Header.Get("Retry-After"), time.Now()}
 }
 
 // TestSaturationAdmitsExactlyTheCapacity sends 64 concurrent jobs to one
 // place and a queue of four: five succeed, every other one is refused at
 // once with 429 and a Retry-After.
 func TestSaturationAdmitsExactlyTheCapacity(t *testing.T) {
-	// Two-second jobs leave a wide margin for 64 refusals to come back
+	// Two-second jobs leave a wide margin for all 64 requests to arrive
 	// while the first job still runs, even on a loaded machine.
 	svc, _ := slowEngine(t, "0.2", map[string]string{"QUEUE_DEPTH": "4", "FREE_QUEUE_SHARE": "1", "JOB_DURATION_PER_MEGAPIXEL": "2s"})
 	const n = 64
@@ -95,6 +97,10 @@ func TestSaturationAdmitsExactlyTheCapacity(t *testing.T) {
 		case r.status == 429 && r.code == "overloaded":
 			refused++
 			slowestRefusal = max(slowestRefusal, r.at.Sub(begin))
+			// Refused on arrival, never after a wait in the queue.
+			if !strings.Contains(r.message, "queue of 4 is full") {
+				t.Errorf("%s: refused with %q, want the full queue", r.id, r.message)
+			}
 			if s, err := strconv.Atoi(r.retryAfter); err != nil || s < 1 {
 				t.Errorf("%s: Retry-After %q", r.id, r.retryAfter)
 			}
@@ -104,10 +110,6 @@ func TestSaturationAdmitsExactlyTheCapacity(t *testing.T) {
 	}
 	if ok != 5 || refused != n-5 {
 		t.Errorf("%d succeeded and %d were refused, want 5 and %d", ok, refused, n-5)
-	}
-	// Refusals come back while the first job still runs.
-	if slowestRefusal > 1500*time.Millisecond {
-		t.Errorf("slowest refusal after %v", slowestRefusal)
 	}
 	t.Logf("64 clients: %d ok, %d refused, slowest refusal %v, all done in %v", ok, refused, slowestRefusal, time.Since(begin))
 	metrics := string(get(t, svc.url+"/metrics").body)
@@ -164,10 +166,11 @@ func TestQueueTimeoutAndDisconnects(t *testing.T) {
 		go func() { leavers <- stage(ctx, svc, fmt.Sprintf("leaver-%d", i), "") }()
 	}
 	time.Sleep(200 * time.Millisecond)
-	begin := time.Now()
 	late := stage(t.Context(), svc, "late", "")
-	if late.status != 429 || late.code != "overloaded" || time.Since(begin) > 500*time.Millisecond {
-		t.Errorf("third in the queue: %d %s after %v, want 429 at once", late.status, late.code, time.Since(begin))
+	// At once, from the expected wait; a job let into the queue would be
+	// refused only when QUEUE_TIMEOUT passed, with another message.
+	if late.status != 429 || late.code != "overloaded" || !strings.Contains(late.message, "expected wait") {
+		t.Errorf("third in the queue: %d %s %q, want 429 at once for the expected wait", late.status, late.code, late.message)
 	}
 
 	cancel() // the two queued clients go away

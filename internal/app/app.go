@@ -21,6 +21,7 @@ import (
 	"github.com/vstage/vstage/internal/config"
 	"github.com/vstage/vstage/internal/httpjson"
 	"github.com/vstage/vstage/internal/imagecheck"
+	"github.com/vstage/vstage/internal/mode"
 	"github.com/vstage/vstage/internal/rollout"
 	"github.com/vstage/vstage/internal/sample"
 	"github.com/vstage/vstage/internal/staging"
@@ -91,7 +92,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 	srv := api.New(svc, cat, reg, telemetry.NewHTTPMetrics(reg), log, api.Options{
 		MaxBodyBytes:   cfg.MaxBodyBytes,
 		RequestTimeout: cfg.RequestTimeout,
-		Mode:           string(cfg.Mode),
+		Mode:           cfg.Mode,
 		Ready:          bs.ready,
 		Engine:         bs.engineInfo,
 	})
@@ -304,7 +305,7 @@ func seedDemo(ctx context.Context, store storage.Store) error {
 
 func printBanner(w io.Writer, addr string, cfg config.Config) {
 	fmt.Fprintf(w, "\nvstage is listening on http://%s (mode %s, storage %s)\n", addr, cfg.Mode, redactURL(cfg.StorageURL))
-	if cfg.Mode == config.ModeSelf {
+	if cfg.Mode == mode.Self {
 		fmt.Fprintf(w, "The engine is loading; /readyz answers 200 once it is warm:\n\n")
 		fmt.Fprintf(w, "  curl -sS http://%s/readyz\n\n", addr)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/vstage/vstage/internal/gpu"
 	"github.com/vstage/vstage/internal/imagecheck"
 	"github.com/vstage/vstage/internal/managed"
+	"github.com/vstage/vstage/internal/mode"
 	"github.com/vstage/vstage/internal/rollout"
 	"github.com/vstage/vstage/internal/staging"
 	"github.com/vstage/vstage/internal/telemetry"
@@ -40,13 +41,13 @@ func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registere
 	mock := &backend.Mock{MaxPixels: cfg.MaxInputPixels, Quality: cfg.OutputJPEGQuality, Budget: decode}
 	b := &backends{}
 	byName := map[string]backend.Backend{mock.Name(): mock}
-	var available []string
+	var available []mode.Mode
 
-	if cfg.Mode == config.ModeSelf {
+	if cfg.Mode == mode.Self {
 		if err := b.buildSelf(cfg, log, reg, byName); err != nil {
 			return nil, err
 		}
-		available = append(available, rollout.ModeSelf)
+		available = append(available, mode.Self)
 	}
 	if cfg.Managed.Version != "" {
 		mb, err := buildManaged(cfg, log, reg, mock)
@@ -54,10 +55,10 @@ func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registere
 			return nil, err
 		}
 		byName[mb.Name()] = mb
-		available = append(available, rollout.ModeManaged)
+		available = append(available, mode.Managed)
 	}
 
-	initial := rollout.State{Enabled: cfg.Rollout.Enabled, Mode: string(cfg.Mode), CanaryPercent: cfg.Rollout.CanaryPercent}
+	initial := rollout.State{Enabled: cfg.Rollout.Enabled, Mode: cfg.Mode, CanaryPercent: cfg.Rollout.CanaryPercent}
 	if cfg.Rollout.File != "" {
 		// The file wins over the variables, so a restart keeps the last
 		// change an operator made there.
@@ -72,7 +73,7 @@ func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registere
 		return nil, fmt.Errorf("rollout: %w", err)
 	}
 	b.router = router
-	b.staging = staging.Backends{ByName: byName, Route: router.Route, Admit: b.admit}
+	b.staging = staging.Backends{ByName: byName, Route: func(imageID string) string { return string(router.Route(imageID)) }, Admit: b.admit}
 	return b, nil
 }
 
@@ -179,7 +180,7 @@ func buildManaged(cfg config.Config, log *slog.Logger, reg prometheus.Registerer
 // admit is the staging admission hook: self jobs take a place on the GPU;
 // jobs for mock and the hosted provider need none.
 func (b *backends) admit(ctx context.Context, name string, req admission.Request) (func(admission.Report), error) {
-	if name != rollout.ModeSelf || b.admission == nil {
+	if name != string(mode.Self) || b.admission == nil {
 		return func(admission.Report) {}, nil
 	}
 	t, err := b.admission.Acquire(ctx, req)
@@ -208,7 +209,7 @@ func (b *backends) engineInfo() map[string]string {
 // service).
 func (b *backends) ready(context.Context) error {
 	s := b.router.Get()
-	if b.engine != nil && s.Enabled && s.Mode == rollout.ModeSelf && s.CanaryPercent > 0 {
+	if b.engine != nil && s.Enabled && s.Mode == mode.Self && s.CanaryPercent > 0 {
 		return b.engine.Ready()
 	}
 	return nil

@@ -15,9 +15,10 @@ import (
 
 // TestEngineKilledDuringJobs SIGKILLs the engine (the torch-free test
 // engine, slowed down) while 8 /infer requests are in flight (two on the
-// engine, six queued for a place): every client
-// gets 503 unavailable, retryable, within 2 s; nothing is recorded; the
-// restart is counted; the service is ready again and the retries succeed.
+// engine, six queued for a place): every client gets 503 unavailable,
+// retryable, before the killed jobs would have ended; nothing is recorded;
+// the restart is counted; the service is ready again and the retries
+// succeed.
 func TestEngineKilledDuringJobs(t *testing.T) {
 	py := testsupport.EnginePython(t)
 	dir := t.TempDir()
@@ -71,11 +72,14 @@ func TestEngineKilledDuringJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	wg.Wait()
+	// The jobs on the engine had over 5 s left: an answer sooner comes from
+	// noticing the kill, where a hang would last until the request deadline.
+	const bound = 5 * time.Second
 	var slowest time.Duration
 	for i, r := range results {
 		slowest = max(slowest, r.answeredAt.Sub(killedAt))
-		if took := r.answeredAt.Sub(killedAt); r.status != 503 || r.code != "unavailable" || !r.retryable || took > 2*time.Second {
-			t.Errorf("request %d: %+v after %v, want 503 unavailable retryable within 2s", i, r, took)
+		if took := r.answeredAt.Sub(killedAt); r.status != 503 || r.code != "unavailable" || !r.retryable || took > bound {
+			t.Errorf("request %d: %+v after %v, want 503 unavailable retryable within %v", i, r, took, bound)
 		}
 	}
 	t.Logf("all %d requests answered within %v of the kill", n, slowest)

@@ -6,6 +6,7 @@ import (
 
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/imagecheck"
+	"github.com/vstage/vstage/internal/mode"
 )
 
 // MockModelRev is the model_rev of every mock result.
@@ -27,7 +28,7 @@ type Mock struct {
 }
 
 // Name returns "mock".
-func (m *Mock) Name() string { return "mock" }
+func (m *Mock) Name() string { return string(mode.Mock) }
 
 // Stage re-encodes the original, after waiting for its pixels to fit in the
 // decode budget. A mask (which the caller has checked, as for any backend)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vstage/vstage/internal/engine"
 	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/mode"
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
 )
 
@@ -57,7 +58,7 @@ func NewSelf(e Engine, opts SelfOptions) (*Self, error) {
 }
 
 // Name returns "self".
-func (s *Self) Name() string { return "self" }
+func (s *Self) Name() string { return string(mode.Self) }
 
 // Stage runs job on the engine. ctx's deadline and cancellation reach the
 // engine, which stops the job at its next step. Errors are from the fault

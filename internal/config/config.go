@@ -17,24 +17,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vstage/vstage/internal/mode"
 	"github.com/vstage/vstage/internal/storage"
-)
-
-// Mode selects the backend that produces staged images.
-type Mode string
-
-// The inference modes.
-const (
-	ModeMock    Mode = "mock"
-	ModeManaged Mode = "managed"
-	ModeSelf    Mode = "self"
 )
 
 // Config is the sidecar's configuration. The zero value is not valid; use
 // Load.
 type Config struct {
 	ListenAddr string
-	Mode       Mode
+	// Mode is the real backend, INFERENCE_MODE.
+	Mode mode.Mode
 
 	StorageURL       string
 	S3Endpoint       string
@@ -216,52 +208,88 @@ var Settings = []Setting{
 }
 
 // Load reads the configuration through getenv (os.Getenv in production) and
-// validates it. wd resolves the default local storage folder. All problems
-// are reported together.
+// validates it. wd resolves the default local storage folder and engine
+// Python. All problems are reported together.
 func Load(getenv func(string) string, wd string) (Config, error) {
 	p := parser{getenv: getenv}
-	c := Config{
-		ListenAddr:         p.str("LISTEN_ADDR"),
-		Mode:               Mode(strings.ToLower(p.str("INFERENCE_MODE"))),
-		S3Endpoint:         p.str("S3_ENDPOINT"),
-		S3ForcePathStyle:   p.boolean("S3_FORCE_PATH_STYLE"),
-		S3AttemptTimeout:   p.duration("S3_ATTEMPT_TIMEOUT", 10*time.Millisecond),
-		S3MaxAttempts:      int(p.integer("S3_MAX_ATTEMPTS", 1, 20)),
-		S3MaxBackoff:       p.duration("S3_MAX_BACKOFF", 0),
-		StagedKeyTemplate:  p.str("STAGED_KEY_TEMPLATE"),
-		StagedCacheControl: p.str("STAGED_CACHE_CONTROL"),
-		SeedDemo:           p.boolean("SEED_DEMO"),
-		MaxBodyBytes:       p.bytes("MAX_BODY_BYTES", 1<<10, 16<<20),
-		MaxHeaderBytes:     p.bytes("MAX_HEADER_BYTES", 4<<10, 1<<20),
-		MaxInputBytes:      p.bytes("MAX_INPUT_BYTES", 1<<10, 1<<30),
-		MaxInputPixels:     p.integer("MAX_INPUT_PIXELS", 1, 1<<31),
-		DecodePixelBudget:  p.integer("DECODE_PIXEL_BUDGET", 1, 1<<34),
-		OutputLongSide:     int(p.integer("OUTPUT_LONG_SIDE", 64, 8192)),
-		OutputJPEGQuality:  int(p.integer("OUTPUT_JPEG_QUALITY", 1, 100)),
-		RequestTimeout:     p.duration("REQUEST_TIMEOUT", time.Second),
-		ShutdownTimeout:    p.duration("SHUTDOWN_TIMEOUT", 0),
-		DrainDelay:         p.duration("DRAIN_DELAY", 0),
+	var c Config
+	p.server(&c)
+	p.images(&c)
+	p.storage(&c, wd)
+	c.Rollout = p.rollout()
+	c.Managed = p.managed(c.Mode)
+	c.Engine = p.engine(wd, c.Mode)
+	c.Admission = p.admission()
+	c.GPU = p.gpu()
+	return c, errors.Join(p.errs...)
+}
+
+// server reads the listener, the mode, the log level and the limits of an
+// HTTP request.
+func (p *parser) server(c *Config) {
+	c.ListenAddr = p.str("LISTEN_ADDR")
+	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
+		p.fail("LISTEN_ADDR", "must be host:port, e.g. 127.0.0.1:8080 or :8080")
 	}
+	var err error
+	if c.Mode, err = mode.Parse(strings.ToLower(p.str("INFERENCE_MODE"))); err != nil {
+		p.fail("INFERENCE_MODE", "must be %s", mode.Choices())
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
+		p.fail("LOG_LEVEL", "must be debug, info, warn or error")
+	}
+	c.MaxBodyBytes = p.bytes("MAX_BODY_BYTES", 1<<10, 16<<20)
+	c.MaxHeaderBytes = p.bytes("MAX_HEADER_BYTES", 4<<10, 1<<20)
+	c.RequestTimeout = p.duration("REQUEST_TIMEOUT", time.Second)
+	c.ShutdownTimeout = p.duration("SHUTDOWN_TIMEOUT", 0)
+	c.DrainDelay = p.duration("DRAIN_DELAY", 0)
+}
+
+// images reads the caps on input images and the output's size and quality.
+func (p *parser) images(c *Config) {
+	c.MaxInputBytes = p.bytes("MAX_INPUT_BYTES", 1<<10, 1<<30)
+	c.MaxInputPixels = p.integer("MAX_INPUT_PIXELS", 1, 1<<31)
+	c.DecodePixelBudget = p.integer("DECODE_PIXEL_BUDGET", 1, 1<<34)
 	if c.DecodePixelBudget < c.MaxInputPixels {
 		p.fail("DECODE_PIXEL_BUDGET", "must be at least MAX_INPUT_PIXELS (%d), or the largest allowed image would never decode", c.MaxInputPixels)
 	}
+	c.OutputLongSide = int(p.integer("OUTPUT_LONG_SIDE", 64, 8192))
+	c.OutputJPEGQuality = int(p.integer("OUTPUT_JPEG_QUALITY", 1, 100))
+}
+
+// storage reads where images live, how S3 is called, the keys a request
+// may name and how the staged image is written.
+func (p *parser) storage(c *Config, wd string) {
+	// The documented default names the working directory, which only Load
+	// knows.
+	c.StorageURL, _ = p.lookup("STORAGE_URL")
+	if c.StorageURL == "" {
+		c.StorageURL = "file://" + filepath.ToSlash(filepath.Join(wd, "var", "storage"))
+	}
+	if err := checkStorageURL(c.StorageURL); err != nil {
+		p.fail("STORAGE_URL", "%v", err)
+	}
+	c.S3Endpoint = p.str("S3_ENDPOINT")
+	c.S3ForcePathStyle = p.boolean("S3_FORCE_PATH_STYLE")
+	c.S3AttemptTimeout = p.duration("S3_ATTEMPT_TIMEOUT", 10*time.Millisecond)
+	c.S3MaxAttempts = int(p.integer("S3_MAX_ATTEMPTS", 1, 20))
+	c.S3MaxBackoff = p.duration("S3_MAX_BACKOFF", 0)
 	prefixes, err := storage.ParsePrefixes(p.str("ALLOWED_PREFIXES"))
 	if err != nil {
 		p.fail("ALLOWED_PREFIXES", "%v", err)
 	}
 	c.AllowedPrefixes = prefixes
-	if err := c.LogLevel.UnmarshalText([]byte(p.str("LOG_LEVEL"))); err != nil {
-		p.fail("LOG_LEVEL", "must be debug, info, warn or error")
+	c.StagedKeyTemplate = p.str("STAGED_KEY_TEMPLATE")
+	if err := checkTemplate(c.StagedKeyTemplate); err != nil {
+		p.fail("STAGED_KEY_TEMPLATE", "%v", err)
 	}
-	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
-		p.fail("LISTEN_ADDR", "must be host:port, e.g. 127.0.0.1:8080 or :8080")
-	}
-	switch c.Mode {
-	case ModeMock, ModeSelf, ModeManaged:
-	default:
-		p.fail("INFERENCE_MODE", "must be self, managed or mock")
-	}
-	c.Rollout = Rollout{
+	c.StagedCacheControl = p.str("STAGED_CACHE_CONTROL")
+	c.SeedDemo = p.boolean("SEED_DEMO")
+}
+
+// rollout reads the initial routing and the admin listener.
+func (p *parser) rollout() Rollout {
+	r := Rollout{
 		Enabled:        p.boolean("INFERENCE_ENABLED"),
 		CanaryPercent:  int(p.integer("INFERENCE_CANARY_PERCENT", 0, 100)),
 		UpscaleEnabled: p.boolean("UPSCALE_ENABLED"),
@@ -269,7 +297,18 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		AdminToken:     p.str("ADMIN_TOKEN"),
 		File:           p.str("ROLLOUT_FILE"),
 	}
-	c.Managed = Managed{
+	if strings.EqualFold(r.AdminAddr, "off") {
+		r.AdminAddr = ""
+	} else if _, _, err := net.SplitHostPort(r.AdminAddr); err != nil {
+		p.fail("ADMIN_ADDR", "must be host:port or off, got %q", r.AdminAddr)
+	}
+	return r
+}
+
+// managed reads the hosted provider's settings; m is the configured mode,
+// which needs a model version when it is managed.
+func (p *parser) managed(m mode.Mode) Managed {
+	c := Managed{
 		BaseURL:            p.str("MANAGED_BASE_URL"),
 		Version:            p.str("MANAGED_MODEL_VERSION"),
 		Token:              p.str("MANAGED_API_TOKEN"),
@@ -282,23 +321,18 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		BreakerOpenTimeout: p.duration("MANAGED_BREAKER_OPEN_TIMEOUT", time.Millisecond),
 		FallbackToMock:     p.boolean("FALLBACK_TO_MOCK"),
 	}
-	if c.Mode == ModeManaged && c.Managed.Version == "" {
+	if m == mode.Managed && c.Version == "" {
 		p.fail("MANAGED_MODEL_VERSION", "is required with INFERENCE_MODE=managed")
 	}
-	if c.Managed.Version != "" && (c.Managed.Token == "") == (c.Managed.TokenFile == "") {
+	if c.Version != "" && (c.Token == "") == (c.TokenFile == "") {
 		p.fail("MANAGED_API_TOKEN", "set exactly one of MANAGED_API_TOKEN and MANAGED_API_TOKEN_FILE with the managed backend")
 	}
-	if strings.EqualFold(c.Rollout.AdminAddr, "off") {
-		c.Rollout.AdminAddr = ""
-	} else if _, _, err := net.SplitHostPort(c.Rollout.AdminAddr); err != nil {
-		p.fail("ADMIN_ADDR", "must be host:port or off, got %q", c.Rollout.AdminAddr)
-	}
-	c.Engine = p.engine(wd)
-	// Random weights are never served by accident: self mode names its model.
-	if c.Mode == ModeSelf && c.Engine.ModelDir == "" && !c.Engine.TinyModel {
-		p.fail("MODEL_DIR", "is required with INFERENCE_MODE=self (or ENGINE_TINY_MODEL=true for the tiny random model of tests and demos)")
-	}
-	c.Admission = Admission{
+	return c
+}
+
+// admission reads the limits on self-mode jobs.
+func (p *parser) admission() Admission {
+	return Admission{
 		Concurrency:          int(p.integer("CONCURRENCY", 1, 64)),
 		QueueDepth:           int(p.integer("QUEUE_DEPTH", 0, 10000)),
 		QueueTimeout:         p.duration("QUEUE_TIMEOUT", 0),
@@ -308,28 +342,21 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		VRAMBase:             p.integer("VRAM_ESTIMATE_BASE_MB", 0, 1<<20) << 20,
 		VRAMPerMegapixel:     p.integer("VRAM_ESTIMATE_MB_PER_MEGAPIXEL", 0, 1<<20) << 20,
 	}
-	c.GPU = GPU{
+}
+
+// gpu reads NVML monitoring and the engine's GPU memory limit.
+func (p *parser) gpu() GPU {
+	return GPU{
 		SampleInterval:  p.duration("GPU_SAMPLE_INTERVAL", 10*time.Millisecond),
 		Device:          int(p.integer("ENGINE_GPU", 0, 64)),
 		Dedicated:       p.boolean("GPU_DEDICATED"),
 		MaxEngineMemory: p.bytes("ENGINE_MAX_GPU_MEMORY", 0, 1<<50),
 	}
-	// The documented default names the working directory, which only Load
-	// knows.
-	c.StorageURL, _ = p.lookup("STORAGE_URL")
-	if c.StorageURL == "" {
-		c.StorageURL = "file://" + filepath.ToSlash(filepath.Join(wd, "var", "storage"))
-	}
-	if err := checkStorageURL(c.StorageURL); err != nil {
-		p.fail("STORAGE_URL", "%v", err)
-	}
-	if err := checkTemplate(c.StagedKeyTemplate); err != nil {
-		p.fail("STAGED_KEY_TEMPLATE", "%v", err)
-	}
-	return c, errors.Join(p.errs...)
 }
 
-func (p *parser) engine(wd string) Engine {
+// engine reads the engine process's settings; m is the configured mode,
+// which needs a model when it is self.
+func (p *parser) engine(wd string, m mode.Mode) Engine {
 	e := Engine{
 		Module:        p.str("ENGINE_MODULE"),
 		TinyModel:     p.boolean("ENGINE_TINY_MODEL"),
@@ -363,6 +390,10 @@ func (p *parser) engine(wd string) Engine {
 	}
 	if !validModule(e.Module) {
 		p.fail("ENGINE_MODULE", "must be a Python module name such as inference, got %q", e.Module)
+	}
+	// Random weights are never served by accident: self mode names its model.
+	if m == mode.Self && e.ModelDir == "" && !e.TinyModel {
+		p.fail("MODEL_DIR", "is required with INFERENCE_MODE=self (or ENGINE_TINY_MODEL=true for the tiny random model of tests and demos)")
 	}
 	// The documented default depends on the working directory.
 	if py, ok := p.lookup("ENGINE_PYTHON"); ok {

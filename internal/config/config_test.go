@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vstage/vstage/internal/mode"
 )
 
 func env(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
@@ -29,7 +31,7 @@ func TestDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ListenAddr != "127.0.0.1:8080" || c.Mode != ModeSelf || c.StorageURL != "file:///srv/app/var/storage" {
+	if c.ListenAddr != "127.0.0.1:8080" || c.Mode != mode.Self || c.StorageURL != "file:///srv/app/var/storage" {
 		t.Errorf("defaults: %+v", c)
 	}
 	if c.MaxBodyBytes != 64<<10 || c.MaxInputBytes != 25<<20 || c.MaxInputPixels != 40_000_000 || c.OutputLongSide != 1024 {
@@ -53,7 +55,7 @@ func TestOverrides(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ListenAddr != ":9000" || c.Mode != ModeMock || !c.S3ForcePathStyle || c.MaxBodyBytes != 128<<10 || c.MaxInputBytes != 1<<20 ||
+	if c.ListenAddr != ":9000" || c.Mode != mode.Mock || !c.S3ForcePathStyle || c.MaxBodyBytes != 128<<10 || c.MaxInputBytes != 1<<20 ||
 		c.MaxInputPixels != 1_000_000 || c.RequestTimeout != 2*time.Minute || c.LogLevel != slog.LevelDebug {
 		t.Errorf("overrides: %+v", c)
 	}
@@ -119,7 +121,7 @@ func TestManagedNeedsAVersionAndOneToken(t *testing.T) {
 	if c, err := Load(env(withTiny(map[string]string{"ADMIN_ADDR": "off"})), "/"); err != nil || c.Rollout.AdminAddr != "" {
 		t.Errorf("ADMIN_ADDR=off: %q %v", c.Rollout.AdminAddr, err)
 	}
-	if c.Mode != ModeManaged || c.Managed.Version != "v1" || c.Rollout.CanaryPercent != 10 || c.Rollout.Enabled || !c.Managed.FallbackToMock ||
+	if c.Mode != mode.Managed || c.Managed.Version != "v1" || c.Rollout.CanaryPercent != 10 || c.Rollout.Enabled || !c.Managed.FallbackToMock ||
 		c.Rollout.AdminAddr != "127.0.0.1:9091" || c.Managed.BaseURL != "https://api.replicate.com" {
 		t.Errorf("managed config: %+v %+v %+v", c.Mode, c.Managed, c.Rollout)
 	}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/mode"
 )
 
 // WarningFallback is the warning of a result produced by the fallback
@@ -177,7 +178,7 @@ func New(opts Options) (*Backend, error) {
 }
 
 // Name returns "managed".
-func (b *Backend) Name() string { return "managed" }
+func (b *Backend) Name() string { return string(mode.Managed) }
 
 // CircuitState returns the breaker's state: "closed", "half-open" or
 // "open", for readiness and metrics.

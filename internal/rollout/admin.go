@@ -15,6 +15,7 @@ import (
 
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/httpjson"
+	"github.com/vstage/vstage/internal/mode"
 	"github.com/vstage/vstage/internal/strictjson"
 )
 
@@ -29,9 +30,9 @@ const maxAdminBody = 4 << 10
 // absent field keeps its current value: {"enabled": false} alone is the
 // kill switch.
 type update struct {
-	Enabled       *bool   `json:"enabled"`
-	Mode          *string `json:"mode"`
-	CanaryPercent *int    `json:"canary_percent"`
+	Enabled       *bool      `json:"enabled"`
+	Mode          *mode.Mode `json:"mode"`
+	CanaryPercent *int       `json:"canary_percent"`
 }
 
 func (u update) apply(s State) State {
@@ -186,9 +187,9 @@ func isLoopback(host string) bool {
 // file is the settings file's shape: every field is required, so that a
 // truncated or half-written file is refused rather than read as defaults.
 type file struct {
-	Enabled       *bool   `json:"enabled"`
-	Mode          *string `json:"mode"`
-	CanaryPercent *int    `json:"canary_percent"`
+	Enabled       *bool      `json:"enabled"`
+	Mode          *mode.Mode `json:"mode"`
+	CanaryPercent *int       `json:"canary_percent"`
 }
 
 // LoadFile reads a State from a JSON settings file holding

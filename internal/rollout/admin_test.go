@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/mode"
 )
 
 const testToken = "s3cret-admin-token"
@@ -65,7 +66,7 @@ func call(t *testing.T, h http.Handler, method, path, auth, body string) answer 
 }
 
 func TestAdminAuth(t *testing.T) {
-	r := newRouter(t, State{Enabled: true, Mode: ModeSelf, CanaryPercent: 10}, WithAvailable(ModeSelf))
+	r := newRouter(t, State{Enabled: true, Mode: mode.Self, CanaryPercent: 10}, WithAvailable(mode.Self))
 	h := NewAdminHandler(r, testToken, nil)
 	for _, auth := range []string{"", "Bearer wrong", "Bearer " + testToken + "x", "Basic " + testToken, testToken, "Bearer"} {
 		for _, m := range []string{http.MethodGet, http.MethodPut} {
@@ -94,16 +95,16 @@ func TestAdminAuth(t *testing.T) {
 }
 
 func TestAdminPut(t *testing.T) {
-	r := newRouter(t, State{Enabled: true, Mode: ModeSelf, CanaryPercent: 10}, WithAvailable(ModeSelf))
+	r := newRouter(t, State{Enabled: true, Mode: mode.Self, CanaryPercent: 10}, WithAvailable(mode.Self))
 	h := NewAdminHandler(r, testToken, nil)
 	auth := "Bearer " + testToken
 
 	a := call(t, h, http.MethodPut, AdminPath, auth, `{"enabled":false}`)
-	if want := (State{Enabled: false, Mode: ModeSelf, CanaryPercent: 10}); a.status != http.StatusOK || a.state != want || r.Get() != want {
+	if want := (State{Enabled: false, Mode: mode.Self, CanaryPercent: 10}); a.status != http.StatusOK || a.state != want || r.Get() != want {
 		t.Fatalf("kill switch: %d %+v, router %+v", a.status, a.state, r.Get())
 	}
 	a = call(t, h, http.MethodPut, AdminPath, auth, `{"enabled":true,"mode":"self","canary_percent":75}`)
-	if want := (State{Enabled: true, Mode: ModeSelf, CanaryPercent: 75}); a.status != http.StatusOK || r.Get() != want {
+	if want := (State{Enabled: true, Mode: mode.Self, CanaryPercent: 75}); a.status != http.StatusOK || r.Get() != want {
 		t.Fatalf("full update: %d, router %+v", a.status, r.Get())
 	}
 	before := r.Get()
@@ -144,7 +145,7 @@ func TestAdminPut(t *testing.T) {
 }
 
 func TestAdminWithoutTokenIsOpen(t *testing.T) {
-	r := newRouter(t, State{Mode: ModeMock})
+	r := newRouter(t, State{Mode: mode.Mock})
 	h := NewAdminHandler(r, "", nil)
 	if a := call(t, h, http.MethodGet, AdminPath, "", ""); a.status != http.StatusOK {
 		t.Fatalf("GET without a configured token: %d", a.status)
@@ -188,10 +189,10 @@ func writeFile(t *testing.T, body string) string {
 }
 
 func TestLoadFileAndReload(t *testing.T) {
-	r := newRouter(t, State{Enabled: true, Mode: ModeSelf, CanaryPercent: 10}, WithAvailable(ModeSelf))
+	r := newRouter(t, State{Enabled: true, Mode: mode.Self, CanaryPercent: 10}, WithAvailable(mode.Self))
 	good := writeFile(t, `{"enabled": false, "mode": "self", "canary_percent": 40}`)
 	s, err := LoadFile(good)
-	if err != nil || s != (State{Enabled: false, Mode: ModeSelf, CanaryPercent: 40}) {
+	if err != nil || s != (State{Enabled: false, Mode: mode.Self, CanaryPercent: 40}) {
 		t.Fatalf("LoadFile: %+v, %v", s, err)
 	}
 	old, updated, err := r.ReloadFile(good)

@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/vstage/vstage/internal/mode"
 	"github.com/vstage/vstage/internal/testsupport"
 )
 
@@ -27,7 +28,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 func TestReloadOnSIGHUP(t *testing.T) {
 	var logs testsupport.LogBuffer
-	r := newRouter(t, State{Enabled: true, Mode: ModeSelf, CanaryPercent: 10}, WithAvailable(ModeSelf),
+	r := newRouter(t, State{Enabled: true, Mode: mode.Self, CanaryPercent: 10}, WithAvailable(mode.Self),
 		WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
 	path := writeFile(t, `{"enabled": true, "mode": "self", "canary_percent": 60}`)
 
@@ -54,7 +55,7 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "the failure to be logged", func() bool { return strings.Contains(logs.String(), "rollout reload failed") })
-	if got := r.Get(); got != (State{Enabled: true, Mode: ModeSelf, CanaryPercent: 60}) {
+	if got := r.Get(); got != (State{Enabled: true, Mode: mode.Self, CanaryPercent: 60}) {
 		t.Fatalf("a broken file changed the state to %+v", got)
 	}
 }

@@ -16,13 +16,8 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-)
 
-// The backend names a Router returns.
-const (
-	ModeMock    = "mock"
-	ModeManaged = "managed"
-	ModeSelf    = "self"
+	"github.com/vstage/vstage/internal/mode"
 )
 
 // Buckets is the number of hash buckets image ids fall into; a canary
@@ -40,8 +35,8 @@ var ErrUnavailable = errors.New("backend not available")
 // goes to mock, whatever Mode and CanaryPercent say, so turning it back on
 // restores the previous split exactly.
 type State struct {
-	Enabled bool   `json:"enabled"`
-	Mode    string `json:"mode"`
+	Enabled bool      `json:"enabled"`
+	Mode    mode.Mode `json:"mode"`
 	// CanaryPercent is the share of image ids, from 0 to 100, that go to
 	// Mode; the others go to mock.
 	CanaryPercent int `json:"canary_percent"`
@@ -51,10 +46,8 @@ type State struct {
 // from 0 to 100. It does not know which backends are configured; Router.Set
 // checks that.
 func (s State) Validate() error {
-	switch s.Mode {
-	case ModeMock, ModeManaged, ModeSelf:
-	default:
-		return fmt.Errorf("%w: mode must be mock, managed or self, got %.40q", ErrInvalid, s.Mode)
+	if !s.Mode.Valid() {
+		return fmt.Errorf("%w: mode must be %s, got %.40q", ErrInvalid, mode.Choices(), s.Mode)
 	}
 	if s.CanaryPercent < 0 || s.CanaryPercent > 100 {
 		return fmt.Errorf("%w: canary_percent must be from 0 to 100, got %d", ErrInvalid, s.CanaryPercent)
@@ -66,7 +59,7 @@ func (s State) Validate() error {
 func (s State) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.Bool("enabled", s.Enabled),
-		slog.String("mode", s.Mode),
+		slog.String("mode", string(s.Mode)),
 		slog.Int("canary_percent", s.CanaryPercent),
 	)
 }
@@ -84,7 +77,7 @@ func Bucket(imageID string) int {
 // Route never blocks, even while Set runs.
 type Router struct {
 	state     atomic.Pointer[State]
-	available []string
+	available []mode.Mode
 	log       *slog.Logger
 	// mu serialises changes, so that the old value each change logs is the
 	// one it replaced and a read-modify-write loses no concurrent update.
@@ -97,7 +90,7 @@ type Option func(*Router)
 // WithAvailable lists the backends the service was started with. Mock is
 // always available. Without this option only mock is, so a Router can never
 // route to a backend nobody built.
-func WithAvailable(modes ...string) Option {
+func WithAvailable(modes ...mode.Mode) Option {
 	return func(r *Router) { r.available = append(r.available, modes...) }
 }
 
@@ -113,7 +106,7 @@ func WithLogger(l *slog.Logger) Option {
 // NewRouter returns a Router starting at initial, which must be valid and
 // name an available mode.
 func NewRouter(initial State, opts ...Option) (*Router, error) {
-	r := &Router{available: []string{ModeMock}, log: slog.New(slog.DiscardHandler)}
+	r := &Router{available: []mode.Mode{mode.Mock}, log: slog.New(slog.DiscardHandler)}
 	for _, o := range opts {
 		o(r)
 	}
@@ -125,26 +118,26 @@ func NewRouter(initial State, opts ...Option) (*Router, error) {
 }
 
 // Available returns the backends the Router may route to.
-func (r *Router) Available() []string { return slices.Clone(r.available) }
+func (r *Router) Available() []mode.Mode { return slices.Clone(r.available) }
 
 // Get returns the current state.
 func (r *Router) Get() State { return *r.state.Load() }
 
-// Route returns the name of the backend for the job with this image id:
-// mock when the kill switch is off, when the mode is mock, or when the id's
-// bucket is outside the canary share; the mode otherwise.
-func (r *Router) Route(imageID string) string {
+// Route returns the backend for the job with this image id: mock when the
+// kill switch is off, when the mode is mock, or when the id's bucket is
+// outside the canary share; the mode otherwise.
+func (r *Router) Route(imageID string) mode.Mode {
 	return r.state.Load().route(imageID)
 }
 
-func (s *State) route(imageID string) string {
-	if !s.Enabled || s.Mode == ModeMock || s.CanaryPercent <= 0 {
-		return ModeMock
+func (s *State) route(imageID string) mode.Mode {
+	if !s.Enabled || s.Mode == mode.Mock || s.CanaryPercent <= 0 {
+		return mode.Mock
 	}
 	if s.CanaryPercent >= 100 || Bucket(imageID) < s.CanaryPercent*(Buckets/100) {
 		return s.Mode
 	}
-	return ModeMock
+	return mode.Mock
 }
 
 // Set replaces the state and returns the one it replaced. An invalid state,

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
-	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/vstage/vstage/internal/mode"
 )
 
 func newRouter(t *testing.T, s State, opts ...Option) *Router {
@@ -34,10 +36,10 @@ func ids(n int) []string {
 func TestCanaryShareAndStability(t *testing.T) {
 	all := ids(10000)
 	for _, p := range []int{0, 1, 5, 10, 25, 50, 90, 100} {
-		r := newRouter(t, State{Enabled: true, Mode: ModeSelf, CanaryPercent: p}, WithAvailable(ModeSelf))
+		r := newRouter(t, State{Enabled: true, Mode: mode.Self, CanaryPercent: p}, WithAvailable(mode.Self))
 		self := 0
 		for _, id := range all {
-			if r.Route(id) == ModeSelf {
+			if r.Route(id) == mode.Self {
 				self++
 			}
 		}
@@ -48,14 +50,14 @@ func TestCanaryShareAndStability(t *testing.T) {
 	}
 	// A wider canary keeps every id the narrower one sent to the real
 	// backend, so raising the share never moves an image back to mock.
-	narrow := newRouter(t, State{Enabled: true, Mode: ModeSelf, CanaryPercent: 10}, WithAvailable(ModeSelf))
-	wide := newRouter(t, State{Enabled: true, Mode: ModeSelf, CanaryPercent: 30}, WithAvailable(ModeSelf))
+	narrow := newRouter(t, State{Enabled: true, Mode: mode.Self, CanaryPercent: 10}, WithAvailable(mode.Self))
+	wide := newRouter(t, State{Enabled: true, Mode: mode.Self, CanaryPercent: 30}, WithAvailable(mode.Self))
 	for _, id := range all {
 		first := narrow.Route(id)
 		if again := narrow.Route(id); again != first {
 			t.Fatalf("id %s routed to %s then %s", id, first, again)
 		}
-		if first == ModeSelf && wide.Route(id) != ModeSelf {
+		if first == mode.Self && wide.Route(id) != mode.Self {
 			t.Fatalf("id %s is in the 10%% canary but not in the 30%% one", id)
 		}
 	}
@@ -72,37 +74,37 @@ func TestBucketIsStable(t *testing.T) {
 }
 
 func TestKillSwitchAndMockMode(t *testing.T) {
-	r := newRouter(t, State{Enabled: false, Mode: ModeManaged, CanaryPercent: 100}, WithAvailable(ModeManaged))
+	r := newRouter(t, State{Enabled: false, Mode: mode.Managed, CanaryPercent: 100}, WithAvailable(mode.Managed))
 	for _, id := range ids(200) {
-		if got := r.Route(id); got != ModeMock {
+		if got := r.Route(id); got != mode.Mock {
 			t.Fatalf("kill switch off: %s routed to %s", id, got)
 		}
 	}
-	if _, err := r.Set(State{Enabled: true, Mode: ModeMock, CanaryPercent: 100}); err != nil {
+	if _, err := r.Set(State{Enabled: true, Mode: mode.Mock, CanaryPercent: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.Route("x"); got != ModeMock {
+	if got := r.Route("x"); got != mode.Mock {
 		t.Fatalf("mode mock routed to %s", got)
 	}
-	if _, err := r.Set(State{Enabled: true, Mode: ModeManaged, CanaryPercent: 100}); err != nil {
+	if _, err := r.Set(State{Enabled: true, Mode: mode.Managed, CanaryPercent: 100}); err != nil {
 		t.Fatal(err)
 	}
-	if got := r.Route("x"); got != ModeManaged {
+	if got := r.Route("x"); got != mode.Managed {
 		t.Fatalf("enabled at 100%% routed to %s", got)
 	}
 }
 
 func TestSetRefusesInvalidAndUnavailable(t *testing.T) {
-	start := State{Enabled: true, Mode: ModeSelf, CanaryPercent: 50}
-	r := newRouter(t, start, WithAvailable(ModeSelf))
+	start := State{Enabled: true, Mode: mode.Self, CanaryPercent: 50}
+	r := newRouter(t, start, WithAvailable(mode.Self))
 	for _, tc := range []struct {
 		s    State
 		want error
 	}{
 		{State{Enabled: true, Mode: "gpu", CanaryPercent: 10}, ErrInvalid},
-		{State{Enabled: true, Mode: ModeSelf, CanaryPercent: 101}, ErrInvalid},
-		{State{Enabled: true, Mode: ModeSelf, CanaryPercent: -1}, ErrInvalid},
-		{State{Enabled: true, Mode: ModeManaged, CanaryPercent: 10}, ErrUnavailable},
+		{State{Enabled: true, Mode: mode.Self, CanaryPercent: 101}, ErrInvalid},
+		{State{Enabled: true, Mode: mode.Self, CanaryPercent: -1}, ErrInvalid},
+		{State{Enabled: true, Mode: mode.Managed, CanaryPercent: 10}, ErrUnavailable},
 	} {
 		if _, err := r.Set(tc.s); !errors.Is(err, tc.want) {
 			t.Errorf("Set(%+v) = %v, want %v", tc.s, err, tc.want)
@@ -111,7 +113,7 @@ func TestSetRefusesInvalidAndUnavailable(t *testing.T) {
 			t.Fatalf("state changed to %+v after a refused Set", got)
 		}
 	}
-	if _, err := NewRouter(State{Enabled: true, Mode: ModeManaged}); !errors.Is(err, ErrUnavailable) {
+	if _, err := NewRouter(State{Enabled: true, Mode: mode.Managed}); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("NewRouter with an unconfigured mode: %v, want ErrUnavailable", err)
 	}
 }
@@ -119,8 +121,8 @@ func TestSetRefusesInvalidAndUnavailable(t *testing.T) {
 func TestSetLogsOldAndNew(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewJSONHandler(&buf, nil))
-	r := newRouter(t, State{Enabled: true, Mode: ModeSelf, CanaryPercent: 5}, WithAvailable(ModeSelf), WithLogger(log))
-	old, err := r.Set(State{Enabled: false, Mode: ModeSelf, CanaryPercent: 20})
+	r := newRouter(t, State{Enabled: true, Mode: mode.Self, CanaryPercent: 5}, WithAvailable(mode.Self), WithLogger(log))
+	old, err := r.Set(State{Enabled: false, Mode: mode.Self, CanaryPercent: 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,8 +145,8 @@ func TestSetLogsOldAndNew(t *testing.T) {
 // every job gets a valid backend, and once the flips end with the switch
 // back on, every id is where the canary puts it.
 func TestFlipUnderLoad(t *testing.T) {
-	on := State{Enabled: true, Mode: ModeSelf, CanaryPercent: 30}
-	r := newRouter(t, on, WithAvailable(ModeSelf))
+	on := State{Enabled: true, Mode: mode.Self, CanaryPercent: 30}
+	r := newRouter(t, on, WithAvailable(mode.Self))
 	all := ids(2000)
 	var (
 		wg     sync.WaitGroup
@@ -156,7 +158,7 @@ func TestFlipUnderLoad(t *testing.T) {
 		wg.Go(func() {
 			for i := w; !stop.Load(); i = (i + 8) % len(all) {
 				got := r.Route(all[i])
-				if got != ModeMock && got != ModeSelf {
+				if got != mode.Mock && got != mode.Self {
 					bad.Store(got)
 				}
 				routed.Add(1)
@@ -187,7 +189,7 @@ func TestFlipUnderLoad(t *testing.T) {
 	if during < 1000 {
 		t.Fatalf("only %d jobs were routed during the flips", during)
 	}
-	ref := State{Enabled: true, Mode: ModeSelf, CanaryPercent: 30}
+	ref := State{Enabled: true, Mode: mode.Self, CanaryPercent: 30}
 	for _, id := range all {
 		if got, want := r.Route(id), ref.route(id); got != want {
 			t.Fatalf("after the flips %s goes to %s, want %s", id, got, want)
@@ -196,7 +198,7 @@ func TestFlipUnderLoad(t *testing.T) {
 }
 
 func TestUpdateLosesNoConcurrentChange(t *testing.T) {
-	r := newRouter(t, State{Enabled: true, Mode: ModeSelf}, WithAvailable(ModeSelf))
+	r := newRouter(t, State{Enabled: true, Mode: mode.Self}, WithAvailable(mode.Self))
 	var wg sync.WaitGroup
 	for range 50 {
 		wg.Go(func() {
@@ -212,9 +214,8 @@ func TestUpdateLosesNoConcurrentChange(t *testing.T) {
 }
 
 func TestAvailableIncludesMock(t *testing.T) {
-	r := newRouter(t, State{Mode: ModeMock}, WithAvailable(ModeManaged))
-	got := strings.Join(r.Available(), ",")
-	if got != "mock,managed" {
-		t.Fatalf("Available() = %s", got)
+	r := newRouter(t, State{Mode: mode.Mock}, WithAvailable(mode.Managed))
+	if got := r.Available(); !slices.Equal(got, []mode.Mode{mode.Mock, mode.Managed}) {
+		t.Fatalf("Available() = %v", got)
 	}
 }

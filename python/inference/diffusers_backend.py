@@ -268,7 +268,6 @@ class DiffusersBackend:
         raise errors.out_of_memory()
 
     def _run(self, work: Work, ctx: JobContext) -> Output:
-        c = self._components()
         spec = work.spec
         cuda = self._device.type == "cuda"
         if cuda:
@@ -277,51 +276,10 @@ class DiffusersBackend:
 
         t0 = time.monotonic()
         image, mask = self._render_inputs(work)
-        if spec.control == "depth":
-            if c.depth_estimator is None:
-                raise errors.invalid(
-                    pb.FAILURE_REASON_CONTROL_UNAVAILABLE, "depth control is not loaded"
-                )
-            control = c.depth_estimator(image)
-        else:
-            control = conditioning.canny(image)
+        control = self._control_image(spec, image)
         preprocess_ms = _ms(t0)
 
-        steps, guidance, scheduler = self._profile(spec)
-        tokenizer, tokenizer_2 = self._tokenizers()
-        parts: dict[str, Any] = {
-            "vae": c.vae,
-            "text_encoder": c.text_encoder,
-            "text_encoder_2": c.text_encoder_2,
-            "tokenizer": tokenizer,
-            "tokenizer_2": tokenizer_2,
-            "unet": c.unet,
-            "controlnet": c.controlnets[spec.control],
-            "scheduler": type(scheduler).from_config(scheduler.config),
-            "add_watermarker": False,
-        }
-        width, height = image.size
-        args: dict[str, Any] = {
-            "prompt": spec.prompt,
-            "negative_prompt": spec.negative_prompt or None,
-            "image": image,
-            "control_image": control,
-            "height": height,
-            "width": width,
-            "strength": spec.strength,
-            "num_inference_steps": steps,
-            "guidance_scale": guidance,
-            "controlnet_conditioning_scale": spec.conditioning_scale,
-            "generator": torch.Generator(device="cpu").manual_seed(spec.seed),
-            "output_type": "latent",
-        }
-        pipe: Any
-        if mask is None:
-            pipe = StableDiffusionXLControlNetImg2ImgPipeline(**parts)
-        else:
-            pipe = StableDiffusionXLControlNetInpaintPipeline(**parts)
-            args["mask_image"] = mask
-        pipe.set_progress_bar_config(disable=True)
+        pipe, args = self._pipeline(spec, image, control, mask)
         s = self._settings
         # The inpaint pipeline's step callback cannot replace its doubled mask
         # and time ids, so guidance is never cut there.
@@ -359,6 +317,65 @@ class DiffusersBackend:
             vae_decode_ms=vae_decode_ms,
             peak_gpu_memory_bytes=peak,
         )
+
+    def _control_image(self, spec: JobSpec, image: Image.Image) -> Image.Image:
+        """Returns the ControlNet's conditioning image: the depth map or the
+        canny edges of the image the model renders."""
+        if spec.control != "depth":
+            return conditioning.canny(image)
+        estimator = self._components().depth_estimator
+        if estimator is None:
+            raise errors.invalid(
+                pb.FAILURE_REASON_CONTROL_UNAVAILABLE, "depth control is not loaded"
+            )
+        return estimator(image)
+
+    def _pipeline(
+        self,
+        spec: JobSpec,
+        image: Image.Image,
+        control: Image.Image,
+        mask: Image.Image | None,
+    ) -> tuple[Any, dict[str, Any]]:
+        """Returns a pipeline over the loaded components (img2img, or inpaint
+        with a mask) and the arguments of its call, which returns latents."""
+        c = self._components()
+        steps, guidance, scheduler = self._profile(spec)
+        tokenizer, tokenizer_2 = self._tokenizers()
+        parts: dict[str, Any] = {
+            "vae": c.vae,
+            "text_encoder": c.text_encoder,
+            "text_encoder_2": c.text_encoder_2,
+            "tokenizer": tokenizer,
+            "tokenizer_2": tokenizer_2,
+            "unet": c.unet,
+            "controlnet": c.controlnets[spec.control],
+            "scheduler": type(scheduler).from_config(scheduler.config),
+            "add_watermarker": False,
+        }
+        width, height = image.size
+        args: dict[str, Any] = {
+            "prompt": spec.prompt,
+            "negative_prompt": spec.negative_prompt or None,
+            "image": image,
+            "control_image": control,
+            "height": height,
+            "width": width,
+            "strength": spec.strength,
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "controlnet_conditioning_scale": spec.conditioning_scale,
+            "generator": torch.Generator(device="cpu").manual_seed(spec.seed),
+            "output_type": "latent",
+        }
+        pipe: Any
+        if mask is None:
+            pipe = StableDiffusionXLControlNetImg2ImgPipeline(**parts)
+        else:
+            pipe = StableDiffusionXLControlNetInpaintPipeline(**parts)
+            args["mask_image"] = mask
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, args
 
     def _render_inputs(self, work: Work) -> tuple[Image.Image, Image.Image | None]:
         """Returns the image and mask at the size the model renders: the Work's
