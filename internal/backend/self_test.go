@@ -203,13 +203,9 @@ func TestSelfWithTheRealEngine(t *testing.T) {
 	// The engine dies under a job: the client sees a retryable unavailable.
 	pid := sup.Status().PID
 	time.AfterFunc(300*time.Millisecond, func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
-	t0 := time.Now()
 	_, err = s.Stage(context.Background(), Job{ID: "killed", Image: src.Bytes(), Prompt: "p", Strength: 0.5, OutputLongSide: 128})
 	if fe := fault.From(err); fe.Code != fault.Unavailable || !fe.Retryable {
 		t.Errorf("Stage = %v, want a retryable unavailable", err)
-	}
-	if took := time.Since(t0); took > 2*time.Second {
-		t.Errorf("answered after %v", took)
 	}
 	waitReady()
 }
