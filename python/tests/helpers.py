@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -19,8 +20,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from PIL import Image
 
+from inference import config
 from inference._proto import engine_pb2 as pb
 from inference._proto import engine_pb2_grpc as pb_grpc
+from inference.jobs import JobSpec
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -30,6 +33,37 @@ SMALL_LIMITS = ("--min-long-side", "64", "--max-long-side", "256", "--default-lo
 
 # The metadata key of a job's fault commands, read by the test engine only.
 FAULT_KEY = "vstage-test-fault"
+
+
+def small_settings(**kw: Any) -> config.Settings:
+    """Settings for a backend called in process at 64 to 128 px (kw overrides)."""
+    base: dict[str, Any] = {
+        "socket": "unused",
+        "device": "cpu",
+        "min_long_side": 64,
+        "default_long_side": 64,
+        "max_long_side": 128,
+    }
+    return config.Settings(**(base | kw))
+
+
+def job_spec(**kw: Any) -> JobSpec:
+    """A guided 64 px canny img2img job at full strength (kw overrides)."""
+    base: dict[str, Any] = {
+        "job_id": "t",
+        "prompt": "a furnished room",
+        "negative_prompt": "blurry",
+        "seed": 1,
+        "strength": 1.0,
+        "guidance_scale": 5.0,
+        "steps": 2,
+        "control": "canny",
+        "conditioning_scale": 0.5,
+        "long_side": 64,
+        "output_format": "png",
+        "quality": 90,
+    }
+    return JobSpec(**(base | kw))
 
 
 def png(img: Image.Image) -> bytes:

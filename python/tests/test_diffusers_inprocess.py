@@ -8,45 +8,22 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import gradient
-from inference import config, errors
+from helpers import gradient, job_spec, small_settings
+from inference import errors
 from inference._proto import engine_pb2 as pb
 from inference.diffusers_backend import DiffusersBackend
-from inference.jobs import JobContext, JobSpec, Work
+from inference.jobs import JobContext, Work
 
 
 @pytest.fixture(scope="module")
 def backend() -> DiffusersBackend:
-    b = DiffusersBackend(
-        config.Settings(
-            socket="unused",
-            tiny_model=True,
-            device="cpu",
-            min_long_side=64,
-            default_long_side=64,
-            max_long_side=256,
-        )
-    )
+    b = DiffusersBackend(small_settings(tiny_model=True, max_long_side=256))
     b.load()
     return b
 
 
 def _work(steps: int = 8) -> Work:
-    spec = JobSpec(
-        job_id="t",
-        prompt="p",
-        negative_prompt="",
-        seed=1,
-        strength=1.0,
-        guidance_scale=5.0,
-        steps=steps,
-        control="canny",
-        conditioning_scale=0.5,
-        long_side=64,
-        output_format="png",
-        quality=90,
-    )
-    return Work(spec=spec, image=gradient(64, 64), mask=None)
+    return Work(spec=job_spec(steps=steps), image=gradient(64, 64), mask=None)
 
 
 def test_cancel_stops_at_next_step_without_vae_decode(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
-from helpers import gradient
-from inference import config, fewstep, models, tiny
+from helpers import gradient, job_spec, small_settings
+from inference import fewstep, models, tiny
 from inference._proto import engine_pb2 as pb
 from inference.diffusers_backend import DiffusersBackend
 from inference.jobs import JobContext, JobSpec, Work
@@ -24,32 +23,11 @@ LINEAR = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
 CONV = "down_blocks.0.resnets.0.conv1"
 
 
-def settings(**kw: Any) -> config.Settings:
-    return config.Settings(
-        socket="unused",
-        device="cpu",
-        min_long_side=64,
-        default_long_side=64,
-        max_long_side=128,
-        **kw,
-    )
+settings = small_settings
 
 
 def job(steps: int = 8, strength: float = 1.0, guidance: float = 5.0) -> JobSpec:
-    return JobSpec(
-        job_id="few",
-        prompt="a furnished room",
-        negative_prompt="blurry",
-        seed=3,
-        strength=strength,
-        guidance_scale=guidance,
-        steps=steps,
-        control="canny",
-        conditioning_scale=0.5,
-        long_side=64,
-        output_format="png",
-        quality=90,
-    )
+    return job_spec(job_id="few", seed=3, strength=strength, guidance_scale=guidance, steps=steps)
 
 
 def render(b: DiffusersBackend, spec: JobSpec, progress: list[tuple[int, int]]) -> bytes:

@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import gradient
+from helpers import gradient, job_spec, small_settings
 from inference import config, imageio, speed, tiny
 from inference._proto import engine_pb2 as pb
 from inference.diffusers_backend import DiffusersBackend
@@ -36,15 +36,7 @@ TOLERANCE = 2
 STEPS = 2
 
 
-def settings(**kw: Any) -> config.Settings:
-    return config.Settings(
-        socket="unused",
-        device="cpu",
-        min_long_side=64,
-        default_long_side=64,
-        max_long_side=128,
-        **kw,
-    )
+settings = small_settings
 
 
 def backend(**kw: Any) -> DiffusersBackend:
@@ -55,20 +47,7 @@ def backend(**kw: Any) -> DiffusersBackend:
 
 
 def spec(steps: int = STEPS, seed: int = 1, guidance: float = 5.0) -> JobSpec:
-    return JobSpec(
-        job_id="speed",
-        prompt="a furnished room",
-        negative_prompt="blurry",
-        seed=seed,
-        strength=1.0,
-        guidance_scale=guidance,
-        steps=steps,
-        control="canny",
-        conditioning_scale=0.5,
-        long_side=64,
-        output_format="png",
-        quality=90,
-    )
+    return job_spec(job_id="speed", steps=steps, seed=seed, guidance_scale=guidance)
 
 
 def render(
