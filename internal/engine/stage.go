@@ -12,7 +12,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
 )
@@ -85,9 +85,10 @@ type job struct {
 // A job counts as in flight, for the jobs_in_flight metric, for
 // Options.Slots and for restarts that wait for jobs to end, until the
 // engine says that it has ended or the engine is given up. The engine says
-// so by ending the stream with a result or a status; for a job that ended
-// on this side first (ctx ended, or the connection broke under a live
-// engine), by answering the Engine.Cancel call the supervisor then makes.
+// so by sending the result or by ending the stream with a status; for a job
+// that ended on this side first (ctx ended, or the connection broke under a
+// live engine), by answering the Engine.Cancel call the supervisor then
+// makes.
 // An engine that does not answer it within WedgeGrace, while no other job
 // progresses, is restarted as wedged. A job without a deadline that is
 // never cancelled is never judged wedged.
@@ -107,7 +108,7 @@ func (s *Supervisor) Stage(ctx context.Context, req *enginev1.StageRequest) (*en
 		s.releaseSlot()
 		return nil, err
 	}
-	wire := proto.Clone(req).(*enginev1.StageRequest)
+	wire := shallowCopy(req)
 	wire.JobId = j.wire
 	callCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -142,28 +143,42 @@ func (s *Supervisor) Stage(ctx context.Context, req *enginev1.StageRequest) (*en
 	return nil, err
 }
 
+// stream runs the call and returns the job's result as soon as it arrives.
+// The result is the engine's last word on the job, so the status that
+// follows it is not waited for: that would add a round trip through the
+// engine's server to every job. The caller cancels ctx when stream returns,
+// which ends the call on both sides.
 func stream(ctx context.Context, i *instance, req *enginev1.StageRequest) (*enginev1.Result, error) {
 	st, err := i.engine.Stage(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	var res *enginev1.Result
 	for {
 		ev, err := st.Recv()
 		if errors.Is(err, io.EOF) {
-			if res == nil {
-				return nil, errNoResult
-			}
-			return res, nil
+			return nil, errNoResult
 		}
 		if err != nil {
 			return nil, err
 		}
 		i.touch()
 		if r := ev.GetResult(); r != nil {
-			res = r
+			return r, nil
 		}
 	}
+}
+
+// shallowCopy returns a copy of req that shares its byte slices (the image
+// and mask, often hundreds of kilobytes) instead of copying them, as
+// proto.Clone would. Neither copy may be modified in place afterwards.
+func shallowCopy(req *enginev1.StageRequest) *enginev1.StageRequest {
+	out := &enginev1.StageRequest{}
+	dst := out.ProtoReflect()
+	req.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		dst.Set(fd, v)
+		return true
+	})
+	return out
 }
 
 // begin admits a job on the current instance.

@@ -278,8 +278,9 @@ class EngineService(pb_grpc.EngineServicer):
                 timings=timings,
                 peak_gpu_memory_bytes=out.peak_gpu_memory_bytes,
             )
-            self._log_done(p.spec, result)
+            # The caller first: the log line is not its business.
             events.put(pb.StageEvent(result=result))
+            self._log_done(p.spec, result)
         except BaseException as exc:
             events.put(Failed(self._job_error(p.spec.job_id, exc)))
         finally:
