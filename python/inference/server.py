@@ -211,7 +211,7 @@ class EngineService(pb_grpc.EngineServicer):
             self._fail(context, request.job_id, errors.stopped(reason()))
             return
         self._log_queued(prepared)
-        yield from self._stream(events, context)
+        yield from stream(events, context)
 
     def _prepare(self, request: pb.StageRequest, started: float) -> Prepared:
         """Checks, decodes and resizes the input in the RPC thread; raises EngineError."""
@@ -296,20 +296,6 @@ class EngineService(pb_grpc.EngineServicer):
         )
         events.put(Failed(errors.stopped(reason)))
 
-    def _stream(
-        self, events: queue.Queue[StreamItem], context: grpc.ServicerContext
-    ) -> Iterator[pb.StageEvent]:
-        """Yields a job's events until its result, or ends the call with its failure."""
-        while True:
-            item = events.get()
-            if isinstance(item, Failed):
-                # The caller may be gone already; the status is for one that is not.
-                context.abort_with_status(rich_status(item.error))
-                return
-            yield item
-            if item.HasField("result"):
-                return
-
     def _log_queued(self, p: Prepared) -> None:
         spec = p.spec
         self._log.info(
@@ -383,6 +369,42 @@ class EngineService(pb_grpc.EngineServicer):
     def close(self) -> None:
         # Never wait: a hung job would hold the process forever.
         self._slots.shutdown(wait=False, cancel_futures=True)
+
+
+def stream(
+    events: queue.Queue[StreamItem], context: grpc.ServicerContext
+) -> Iterator[pb.StageEvent]:
+    """Yields a job's events until its result, or ends the call with its failure.
+
+    Progress is a latest-value signal: steps that ended while the caller
+    was still reading an earlier one are passed over for the newest, so a
+    burst of fast steps costs one message, not one per step. Steps slower
+    than a message (every real model's) are each sent.
+    """
+    held: StreamItem | None = None
+    while True:
+        item = held if held is not None else events.get()
+        held = None
+        while _is_progress(item):
+            try:
+                newer = events.get_nowait()
+            except queue.Empty:
+                break
+            if not _is_progress(newer):
+                held = newer
+                break
+            item = newer
+        if isinstance(item, Failed):
+            # The caller may be gone already; the status is for one that is not.
+            context.abort_with_status(rich_status(item.error))
+            return
+        yield item
+        if item.HasField("result"):
+            return
+
+
+def _is_progress(item: StreamItem) -> bool:
+    return isinstance(item, pb.StageEvent) and item.HasField("progress")
 
 
 def _progress_to(events: queue.Queue[StreamItem]) -> Callable[[int, int], None]:

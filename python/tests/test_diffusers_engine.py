@@ -71,9 +71,11 @@ def test_depth_control_runs_and_differs_from_canny(tiny_engine: Engine) -> None:
 
 def test_progress_in_order_with_strength(tiny_engine: Engine) -> None:
     events = tiny_engine.stage(request(IMAGE, steps=10, strength=0.5))
-    # img2img runs the last steps * strength of the schedule.
-    assert kinds(events) == ["accepted"] + ["progress"] * 5 + ["result"]
-    assert [e.progress.step for e in events[1:-1]] == [1, 2, 3, 4, 5]
+    # img2img runs the last steps * strength of the schedule. Each step of
+    # the model outlasts a message, but a stalled reader may coalesce two.
+    steps = [e.progress.step for e in events[1:-1]]
+    assert kinds(events) == ["accepted"] + ["progress"] * len(steps) + ["result"]
+    assert steps == sorted(set(steps)) and steps[-1] == 5
     assert {e.progress.total for e in events[1:-1]} == {5}
 
 

@@ -40,10 +40,11 @@ IMAGE = png(gradient(96, 48))
 
 def test_stream_order_and_result(test_engine: Engine) -> None:
     events = test_engine.stage(request(IMAGE, steps=5, strength=1.0))
-    assert kinds(events) == ["accepted"] + ["progress"] * 5 + ["result"]
-    assert [(e.progress.step, e.progress.total) for e in events[1:-1]] == [
-        (i, 5) for i in range(1, 6)
-    ]
+    # Instant steps may be coalesced: at least the last is sent, in order.
+    assert kinds(events)[0] == "accepted" and kinds(events)[-1] == "result"
+    steps = [(e.progress.step, e.progress.total) for e in events[1:-1]]
+    assert kinds(events)[1:-1] == ["progress"] * len(steps)
+    assert steps == sorted(set(steps)) and steps[-1] == (5, 5) and {t for _, t in steps} == {5}
     accepted, result = events[0].accepted, events[-1].result
     assert (accepted.job_id, accepted.width, accepted.height) == ("job-1", 64, 32)
     assert (result.width, result.height, result.format) == (64, 32, pb.IMAGE_FORMAT_PNG)
