@@ -1,9 +1,12 @@
 package strictjson
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -142,4 +145,79 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("bad message %q", msg)
 		}
 	})
+}
+
+// FuzzMembersMatchTokens checks the byte walker against a walk of
+// encoding/json's own tokens over the same valid JSON: the same verdict,
+// for the same member.
+func FuzzMembersMatchTokens(f *testing.F) {
+	for _, s := range []string{
+		`{"original_key":"a","seed":1}`, `{"original_key":"a","ORIGINAL_KEY":"b"}`, `{"original_\u212aey":"b"}`,
+		`{"seed":1,"seed":2}`, `{"tags":[{"a":{"b":1,"b":2}}]}`, `{"tags":[[],{},"x\"y",-1.5e3,true,null]}`,
+		`{"original_key":"a","original\u005fkey":"b"}`, "{\"tags\":[\"\xff\"],\"\xfe\":1}", `{ "Plain" : true , "seed" : 3 }`,
+	} {
+		f.Add(s)
+	}
+	names := []string{"original_key", "seed", "strength", "tags", "Plain"}
+	f.Fuzz(func(t *testing.T, body string) {
+		raw := []byte(body)
+		if !json.Valid(raw) {
+			return
+		}
+		got, want := checkMembers(raw, names), tokenMembers(t, raw, names)
+		var g, w *Error
+		if errors.As(got, &g) != errors.As(want, &w) || (g != nil && (g.kind != w.kind || g.Name != w.Name)) {
+			t.Fatalf("%q: walker %v, tokens %v", body, got, want)
+		}
+	})
+}
+
+// tokenMembers is the reference: the same rules over encoding/json's tokens.
+func tokenMembers(t *testing.T, raw []byte, names []string) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return &Error{kind: ErrNotObject}
+	}
+	var object func(top bool) error
+	var value func() error
+	object = func(top bool) error {
+		seen := map[string]bool{}
+		for dec.More() {
+			tok, _ := dec.Token()
+			name := tok.(string)
+			if top && !slices.Contains(names, name) {
+				return &Error{Name: name, kind: ErrUnknown}
+			}
+			if seen[name] {
+				return &Error{Name: name, kind: ErrDuplicate}
+			}
+			seen[name] = true
+			if err := value(); err != nil {
+				return err
+			}
+		}
+		_, _ = dec.Token()
+		return nil
+	}
+	value = func() error {
+		tok, _ := dec.Token()
+		switch tok {
+		case json.Delim('{'):
+			return object(false)
+		case json.Delim('['):
+			for dec.More() {
+				if err := value(); err != nil {
+					return err
+				}
+			}
+			_, _ = dec.Token()
+		}
+		return nil
+	}
+	return object(true)
 }
