@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"strconv"
 	"time"
@@ -34,24 +33,21 @@ const (
 	maxClaimBytes       = 4 << 10
 )
 
-// claims lets replicas that share a store agree on which of them runs a
-// job: the one whose conditional write creates the job's claim object
-// (storage.PutOptions.IfAbsent). Identical requests within one replica
-// already share one execution; claims extend that to every replica.
+// Replicas that share a store agree on which of them runs a job through a
+// claim object: the one whose conditional write creates it
+// (storage.PutOptions.IfAbsent) runs the job. Identical requests within
+// one replica already share one execution; claims extend that to every
+// replica. Claims go through the service's own storage calls, so they are
+// timed like every other read and write, and a key the store refuses gets
+// the same client error as anywhere else.
 //
 // A claim carries an expiry, so a replica that dies mid-job holds the job
 // up for a bounded time: the next claimant finds the expired claim and
 // writes the next generation's claim object instead (replacing the expired
 // one would need a compare-and-swap that a local folder cannot do). A
-// finished job deletes its claims after writing its record.
-type claims struct {
-	store Store
-	// owner names this replica in its claims, so that it can recognise one
-	// it failed to delete itself.
-	owner string
-	now   func() time.Time
-	log   *slog.Logger
-}
+// finished job deletes its claims after writing its record. The claim's
+// owner (Service.owner) names this replica, so that it can recognise a
+// claim it failed to delete itself.
 
 // claimDoc is a claim object's content.
 type claimDoc struct {
@@ -64,7 +60,7 @@ type claimDoc struct {
 // heldClaim is a claim this replica holds, and the expired claims it passed
 // on the way, which are removed with it once the job is done.
 type heldClaim struct {
-	c       *claims
+	s       *Service
 	key     string
 	expired []string
 }
@@ -82,25 +78,25 @@ func claimKey(recordKey string, gen int) string {
 	return recordKey + ".claim." + strconv.Itoa(gen)
 }
 
-// take claims p for this replica, or answers in_progress (retryable) while
+// takeClaim claims p for this replica, or answers in_progress (retryable) while
 // another replica holds a live claim on it.
 //
 // The caller leads p's only execution in this process, so a live claim of
 // this replica's own is one it failed to delete after an earlier run, and is
 // passed over like an expired one.
-func (c *claims) take(ctx context.Context, p plan) (*heldClaim, error) {
-	expires := c.now().Add(claimLease)
+func (s *Service) takeClaim(ctx context.Context, p plan) (*heldClaim, error) {
+	expires := time.Now().Add(claimLease)
 	if d, ok := ctx.Deadline(); ok {
 		expires = d.Add(claimGrace)
 	}
-	data, err := json.Marshal(claimDoc{Version: 1, ImageID: p.imageID, Owner: c.owner, ExpiresAt: expires.UTC()})
+	data, err := json.Marshal(claimDoc{Version: 1, ImageID: p.imageID, Owner: s.owner, ExpiresAt: expires.UTC()})
 	if err != nil {
 		return nil, fault.Wrap(err, fault.Internal, "encoding the job's claim failed")
 	}
-	h := &heldClaim{c: c}
+	h := &heldClaim{s: s}
 	for gen, vanished := 0, 0; gen < maxClaimGenerations; gen++ {
 		key := claimKey(p.recordKey, gen)
-		err := c.store.Put(ctx, key, data, storage.PutOptions{
+		err := s.put(ctx, key, data, storage.PutOptions{
 			ContentType: "application/json", CacheControl: "no-store", IfAbsent: true, Ephemeral: true,
 		})
 		if err == nil {
@@ -108,9 +104,9 @@ func (c *claims) take(ctx context.Context, p plan) (*heldClaim, error) {
 			return h, nil
 		}
 		if !errors.Is(err, storage.ErrExists) {
-			return nil, c.fault(ctx, err, "writing the job's claim")
+			return nil, s.storageFault(ctx, err, "writing the job's claim")
 		}
-		other, err := c.read(ctx, key)
+		other, err := s.readClaim(ctx, key)
 		switch {
 		case errors.Is(err, storage.ErrNotFound) && vanished < 2:
 			// Its owner let go of it a moment ago: try this generation again.
@@ -118,8 +114,8 @@ func (c *claims) take(ctx context.Context, p plan) (*heldClaim, error) {
 			gen--
 			continue
 		case err != nil && !errors.Is(err, storage.ErrNotFound):
-			return nil, c.fault(ctx, err, "reading the job's claim")
-		case err == nil && other.ExpiresAt.After(c.now()) && other.Owner != c.owner:
+			return nil, s.storageFault(ctx, err, "reading the job's claim")
+		case err == nil && other.ExpiresAt.After(time.Now()) && other.Owner != s.owner:
 			e := fault.New(fault.InProgress,
 				"image_id %s is being staged by another replica; retry shortly for its result", quote(p.imageID))
 			e.RetryAfter = inProgressRetryAfter
@@ -127,35 +123,25 @@ func (c *claims) take(ctx context.Context, p plan) (*heldClaim, error) {
 		}
 		h.expired = append(h.expired, key)
 	}
-	c.log.ErrorContext(ctx, "too many abandoned claims", "key", claimKey(p.recordKey, 0), "generations", maxClaimGenerations)
+	s.log.ErrorContext(ctx, "too many abandoned claims", "key", claimKey(p.recordKey, 0), "generations", maxClaimGenerations)
 	return nil, fault.New(fault.Internal,
 		"image_id %s was abandoned by %d replicas mid-job; an operator must look at it", quote(p.imageID), maxClaimGenerations)
 }
 
-// read returns the claim under key. A claim that cannot be parsed was not
-// written by a replica (they write whole objects), so it is treated as
+// readClaim returns the claim under key. A claim that cannot be parsed was
+// not written by a replica (they write whole objects), so it is treated as
 // expired rather than let it block the job for ever.
-func (c *claims) read(ctx context.Context, key string) (claimDoc, error) {
-	data, err := c.store.Get(ctx, key, maxClaimBytes)
+func (s *Service) readClaim(ctx context.Context, key string) (claimDoc, error) {
+	data, err := s.get(ctx, key, maxClaimBytes)
 	if err != nil {
 		return claimDoc{}, err
 	}
 	var doc claimDoc
 	if err := json.Unmarshal(data, &doc); err != nil {
-		c.log.WarnContext(ctx, "unreadable claim treated as expired", "key", key, "error", err)
+		s.log.WarnContext(ctx, "unreadable claim treated as expired", "key", key, "error", err)
 		return claimDoc{}, nil
 	}
 	return doc, nil
-}
-
-func (c *claims) fault(ctx context.Context, err error, what string) error {
-	if ctx.Err() != nil {
-		return contextFault(ctx)
-	}
-	c.log.ErrorContext(ctx, "storage failed", "op", what, "error", err)
-	e := fault.Wrap(err, fault.Internal, "storage failed while %s", what)
-	e.Retryable = true
-	return e
 }
 
 // done removes the claim and the expired ones passed on the way: the
@@ -176,8 +162,8 @@ func (h *heldClaim) remove(ctx context.Context, keys []string) {
 	for _, k := range keys {
 		// A claim left behind expires on its own; it only delays a retry
 		// on another replica.
-		if err := h.c.store.Delete(ctx, k); err != nil {
-			h.c.log.WarnContext(ctx, "claim not removed", "key", k, "error", err)
+		if err := h.s.store.Delete(ctx, k); err != nil {
+			h.s.log.WarnContext(ctx, "claim not removed", "key", k, "error", err)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -107,7 +108,7 @@ func TestLiveClaimOfAnotherReplicaHoldsTheJob(t *testing.T) {
 // is passed over.
 func TestOwnLeftoverClaimDoesNotBlock(t *testing.T) {
 	f := newFixture(t, 0)
-	f.putClaim(t, claimKey(jobRecord, 0), f.svc.claims.owner, time.Now().Add(time.Minute))
+	f.putClaim(t, claimKey(jobRecord, 0), f.svc.owner, time.Now().Add(time.Minute))
 	if _, err := f.svc.Stage(t.Context(), req("job")); err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +239,35 @@ func TestClaimOutlivesTheDeadline(t *testing.T) {
 	if want := d.Add(claimGrace); !doc.ExpiresAt.Equal(want.UTC()) {
 		t.Errorf("claim expires %v, want the deadline plus %v (%v)", doc.ExpiresAt, claimGrace, want)
 	}
-	if doc.Owner != f.svc.claims.owner || doc.ImageID != "job" {
+	if doc.Owner != f.svc.owner || doc.ImageID != "job" {
 		t.Errorf("claim %+v", doc)
+	}
+}
+
+// refusingStore refuses the claim's key the way a file system refuses a
+// name segment that is too long.
+type refusingStore struct{ Store }
+
+func (r refusingStore) Put(ctx context.Context, key string, data []byte, opts storage.PutOptions) error {
+	if key == claimKey(jobRecord, 0) {
+		return fmt.Errorf("put %s: %w", key, storage.ErrNameTooLong)
+	}
+	return r.Store.Put(ctx, key, data, opts)
+}
+
+// A claim key the store can never hold is the client's error, as for any
+// other key: 400, not retryable, and nothing runs or is written.
+func TestClaimKeyTheStoreRefusesIsAClientError(t *testing.T) {
+	f := newFixture(t, 0)
+	svc := New(refusingStore{f.store}, NewSingle(f.be), f.svc.catalog, f.svc.opts, f.metrics, nil)
+	_, err := svc.Stage(t.Context(), req("job"))
+	if e := fault.From(err); e.Code != fault.InvalidInput || e.Retryable {
+		t.Fatalf("err = %v (retryable %v), want invalid_input, not retryable", err, e.Retryable)
+	}
+	if n := f.be.calls.Load(); n != 0 {
+		t.Errorf("backend ran %d times", n)
+	}
+	if f.exists(t, "l/staged/job.jpg") || f.exists(t, jobRecord) {
+		t.Error("something was written")
 	}
 }

@@ -92,7 +92,8 @@ type Service struct {
 	// drawSeed picks a seed when a request has none.
 	drawSeed func() uint32
 
-	claims *claims
+	// owner names this replica in the claims it writes (claim.go).
+	owner string
 
 	mu    sync.Mutex
 	calls map[string]*call // by record key
@@ -129,7 +130,7 @@ func New(store Store, b Backends, cat *catalog.Catalog, opts Options, metrics *t
 		store: store, backends: b, catalog: cat, opts: opts, metrics: metrics, log: log,
 		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey},
 		drawSeed: rand.Uint32,
-		claims:   &claims{store: store, owner: newOwner(), now: time.Now, log: log},
+		owner:    newOwner(),
 		calls:    map[string]*call{},
 	}
 }
@@ -229,7 +230,7 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 	if found != nil {
 		return answerFrom(p, *found)
 	}
-	held, err := s.claims.take(ctx, p)
+	held, err := s.takeClaim(ctx, p)
 	if err != nil {
 		return record{}, false, err
 	}
@@ -284,7 +285,7 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	if err := s.put(ctx, p.stagedKey, res.Image, storage.PutOptions{
 		ContentType: res.ContentType, CacheControl: s.opts.StagedCacheControl,
 	}); err != nil {
-		return record{}, err
+		return record{}, s.storageFault(ctx, err, "writing "+p.stagedKey)
 	}
 	producer := be.Name()
 	if res.Backend != "" {
@@ -308,7 +309,7 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	if err := s.put(ctx, p.recordKey, data, storage.PutOptions{
 		ContentType: "application/json", CacheControl: "no-store",
 	}); err != nil {
-		return record{}, err
+		return record{}, s.storageFault(ctx, err, "writing "+p.recordKey)
 	}
 	s.metrics.Duration.WithLabelValues(producer).Observe(time.Since(start).Seconds())
 	rec.backendTime = backendTime
@@ -426,14 +427,13 @@ func (s *Service) get(ctx context.Context, key string, maxBytes int64) ([]byte, 
 	return data, err
 }
 
+// put writes key and times it; like get, it returns the store's own error,
+// which the caller classifies (a claim that exists is no failure).
 func (s *Service) put(ctx context.Context, key string, data []byte, opts storage.PutOptions) error {
 	start := time.Now()
 	err := s.store.Put(ctx, key, data, opts)
 	s.metrics.StorageDuration.WithLabelValues("put", storageResult(err)).Observe(time.Since(start).Seconds())
-	if err != nil {
-		return s.storageFault(ctx, err, "writing "+key)
-	}
-	return nil
+	return err
 }
 
 func storageResult(err error) string {
@@ -444,6 +444,8 @@ func storageResult(err error) string {
 		return "not_found"
 	case errors.Is(err, storage.ErrTooLarge):
 		return "too_large"
+	case errors.Is(err, storage.ErrExists):
+		return "exists"
 	}
 	return "error"
 }
