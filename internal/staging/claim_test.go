@@ -37,6 +37,23 @@ func (f fixture) exists(t *testing.T, key string) bool {
 
 const jobRecord = "l/staged/job.jpg.json"
 
+// awaitClaim waits for the job's first claim to be written and returns it.
+func (f fixture) awaitClaim(t *testing.T) claimDoc {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var doc claimDoc
+		data, err := f.store.Get(t.Context(), claimKey(jobRecord, 0), 1<<20)
+		if err == nil && json.Unmarshal(data, &doc) == nil {
+			return doc
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the job was never claimed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // TestSecondReplicaAnswersInProgress runs one job on two replicas at once:
 // the second answers in_progress (retryable, with a pause) while the first
 // runs, and replays its result afterwards; the backend runs once.
@@ -48,13 +65,7 @@ func TestSecondReplicaAnswersInProgress(t *testing.T) {
 		_, err := f.svc.Stage(t.Context(), req("job"))
 		first <- err
 	}()
-	deadline := time.Now().Add(5 * time.Second)
-	for !f.exists(t, claimKey(jobRecord, 0)) {
-		if time.Now().After(deadline) {
-			t.Fatal("the first replica never claimed the job")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	f.awaitClaim(t)
 	_, err := b.Stage(t.Context(), req("job"))
 	e := fault.From(err)
 	if e.Code != fault.InProgress || !e.Retryable || e.RetryAfter <= 0 {
@@ -222,18 +233,7 @@ func TestClaimOutlivesTheDeadline(t *testing.T) {
 		defer close(done)
 		_, _ = f.svc.Stage(ctx, req("job"))
 	}()
-	var doc claimDoc
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		data, err := f.store.Get(t.Context(), claimKey(jobRecord, 0), 1<<20)
-		if err == nil && json.Unmarshal(data, &doc) == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no claim appeared")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	doc := f.awaitClaim(t)
 	<-done
 	d, _ := ctx.Deadline()
 	if want := d.Add(claimGrace); !doc.ExpiresAt.Equal(want.UTC()) {
