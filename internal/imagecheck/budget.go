@@ -5,9 +5,15 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"golang.org/x/sync/semaphore"
 )
+
+// giveBackEvery bounds how often release hands memory back to the system:
+// each time is a full collection on the releasing request's goroutine, so
+// steady traffic of large photos pays for it once per period, not per job.
+const giveBackEvery = 10 * time.Second
 
 // Budget bounds the pixels being decoded at once, and so the memory that
 // decoding takes: a decoded pixel costs 1 to 8 bytes (8 for 16-bit PNGs and
@@ -20,27 +26,28 @@ type Budget struct {
 	sem    *semaphore.Weighted
 	pixels int64
 
-	mu     sync.Mutex
-	inUse  int64
-	peaked bool // a large decode ran since memory was last given back
+	mu       sync.Mutex
+	inUse    int64
+	peaked   bool // a large decode ran since memory was last given back
+	lastGave time.Time
+	// giveBack returns freed memory to the system (debug.FreeOSMemory).
+	giveBack func()
 }
 
 // NewBudget returns a budget of pixels, which must be positive.
 func NewBudget(pixels int64) *Budget {
-	return &Budget{sem: semaphore.NewWeighted(pixels), pixels: pixels}
+	return &Budget{sem: semaphore.NewWeighted(pixels), pixels: pixels, giveBack: debug.FreeOSMemory}
 }
-
-// Pixels returns the size of the budget.
-func (b *Budget) Pixels() int64 { return b.pixels }
 
 // Acquire waits until pixels fit in the budget, or ctx is done. An image
 // larger than the whole budget waits for all of it, and so decodes alone.
 // release gives the pixels back; it must be called exactly once.
 //
-// When the last decode in flight ends and one of those since the budget was
-// last idle took a quarter of it or more, release hands the freed memory
-// back to the operating system, so a burst of huge inputs does not leave
-// the process at its peak size.
+// When the last decode in flight ends and one of those since memory was
+// last given back took a quarter of the budget or more, release hands the
+// freed memory back to the operating system (at most once every
+// giveBackEvery), so a burst of huge inputs does not leave the process at
+// its peak size.
 func (b *Budget) Acquire(ctx context.Context, pixels int64) (release func(), err error) {
 	if b == nil {
 		return func() {}, nil
@@ -60,9 +67,10 @@ func (b *Budget) Acquire(ctx context.Context, pixels int64) (release func(), err
 func (b *Budget) release(n int64) {
 	b.mu.Lock()
 	b.inUse -= n
-	giveBack := b.inUse == 0 && b.peaked
+	now := time.Now()
+	giveBack := b.inUse == 0 && b.peaked && now.Sub(b.lastGave) >= giveBackEvery
 	if giveBack {
-		b.peaked = false
+		b.peaked, b.lastGave = false, now
 	}
 	b.mu.Unlock()
 	b.sem.Release(n)
@@ -70,6 +78,6 @@ func (b *Budget) release(n int64) {
 		// The Go runtime returns freed memory to the system only slowly;
 		// after a decode of this size, waiting leaves hundreds of
 		// megabytes resident for minutes.
-		debug.FreeOSMemory()
+		b.giveBack()
 	}
 }
