@@ -152,7 +152,7 @@ var Settings = []Setting{
 	{"S3_FORCE_PATH_STYLE", "false", "Path-style S3 addressing, for S3-compatible servers."},
 	{"S3_ATTEMPT_TIMEOUT", "10s", "Bound of one S3 attempt, the body's transfer included; a store that stops answering fails the attempt."},
 	{"S3_MAX_ATTEMPTS", "3", "Tries of one S3 call on connection errors, timeouts, throttling and 5xx (jittered backoff; the SDK's retry quota stops retries against a dead store)."},
-	{"S3_MAX_BACKOFF", "1s", "Longest wait between two S3 attempts."},
+	{"S3_MAX_BACKOFF", "1s", "Longest wait between two S3 attempts (at least 1ms)."},
 	{"ALLOWED_PREFIXES", "", "Comma-separated key folders requests may read and write under; empty allows any."},
 	{"STAGED_KEY_TEMPLATE", "{dir}/staged/{image_id}.jpg", "Key of the staged image; {dir} is the original's folder, {name} its file name without extension, {image_id} the request's."},
 	{"STAGED_CACHE_CONTROL", "public, max-age=86400", "Cache-Control written with staged images."},
@@ -273,7 +273,7 @@ func (p *parser) storage(c *Config, wd string) {
 	c.S3ForcePathStyle = p.boolean("S3_FORCE_PATH_STYLE")
 	c.S3AttemptTimeout = p.duration("S3_ATTEMPT_TIMEOUT", 10*time.Millisecond)
 	c.S3MaxAttempts = int(p.integer("S3_MAX_ATTEMPTS", 1, 20))
-	c.S3MaxBackoff = p.duration("S3_MAX_BACKOFF", 0)
+	c.S3MaxBackoff = p.duration("S3_MAX_BACKOFF", time.Millisecond)
 	prefixes, err := storage.ParsePrefixes(p.str("ALLOWED_PREFIXES"))
 	if err != nil {
 		p.fail("ALLOWED_PREFIXES", "%v", err)

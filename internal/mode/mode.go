@@ -7,6 +7,7 @@ package mode
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -42,13 +43,7 @@ func Choices() string {
 }
 
 // Valid reports whether m is one of the modes.
-func (m Mode) Valid() bool {
-	switch m {
-	case Self, Managed, Mock:
-		return true
-	}
-	return false
-}
+func (m Mode) Valid() bool { return slices.Contains(All(), m) }
 
 // Parse returns the mode named s, spelled exactly (callers that accept
 // other cases fold them first). The error for any other s wraps ErrUnknown

@@ -201,7 +201,7 @@ func (l *Local) Delete(ctx context.Context, key string) error {
 		return opError("delete", key, fmt.Errorf("existing entry: %w (%v)", ErrNotObject, fi.Mode().Type()))
 	}
 	if err := l.root.Remove(key); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return opError("delete", key, err)
+		return opError("delete", key, localFault(err))
 	}
 	return nil
 }
