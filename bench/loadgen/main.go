@@ -5,17 +5,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/vstage/vstage/bench/internal/benchhttp"
 )
 
 func main() {
@@ -58,7 +58,10 @@ func run(url, key string, clients, total int, replay bool, timeout time.Duration
 				}
 				body := fmt.Sprintf(`{"image_id":%q,"original_key":%q,"room_type":"living_room","style":"modern","seed":1}`, id, key)
 				t0 := time.Now()
-				status := post(ctx, client, url, body)
+				status, err := benchhttp.Post(ctx, client, url, []byte(body))
+				if err != nil {
+					status = -1
+				}
 				d := time.Since(t0)
 				mu.Lock()
 				lat = append(lat, d)
@@ -73,26 +76,11 @@ func run(url, key string, clients, total int, replay bool, timeout time.Duration
 		return fmt.Errorf("no request finished")
 	}
 	slices.Sort(lat)
-	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	pct := func(q float64) time.Duration { return benchhttp.Quantile(lat, q) }
 	fmt.Printf("requests %d, clients %d, elapsed %.2fs, %.1f req/s\n", len(lat), clients, elapsed.Seconds(), float64(len(lat))/elapsed.Seconds())
 	fmt.Printf("latency p50 %.1fms  p90 %.1fms  p99 %.1fms  max %.1fms\n", ms(pct(.50)), ms(pct(.90)), ms(pct(.99)), ms(lat[len(lat)-1]))
 	fmt.Printf("statuses %v\n", statuses)
 	return nil
-}
-
-func post(ctx context.Context, c *http.Client, url, body string) int {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewBufferString(body))
-	if err != nil {
-		return -1
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

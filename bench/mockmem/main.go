@@ -26,6 +26,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/vstage/vstage/bench/internal/benchhttp"
 )
 
 func main() {
@@ -119,7 +121,10 @@ func fire(url, key, prefix string, n, c int, timeout time.Duration) map[int]int 
 					return
 				}
 				body := fmt.Sprintf(`{"image_id":"%s-%d","original_key":%q,"room_type":"living_room","style":"modern","seed":1}`, prefix, i, key)
-				code := post(ctx, client, url, body)
+				code, err := benchhttp.Post(ctx, client, url, []byte(body))
+				if err != nil {
+					code = -1
+				}
 				mu.Lock()
 				statuses[code]++
 				mu.Unlock()
@@ -128,21 +133,6 @@ func fire(url, key, prefix string, n, c int, timeout time.Duration) map[int]int 
 	}
 	wg.Wait()
 	return statuses
-}
-
-func post(ctx context.Context, c *http.Client, url, body string) int {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		return -1
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
 }
 
 // status reads a "kB" field of /proc/<pid>/status, in bytes.

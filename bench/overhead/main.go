@@ -19,18 +19,18 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vstage/vstage/bench/internal/benchhttp"
 )
 
 func main() {
@@ -63,7 +63,7 @@ func jobs(url, key, logPath string, n int) error {
 	for i := range n {
 		id := fmt.Sprintf("ovh-%d-%d", run, i)
 		t0 := time.Now()
-		status, err := post(context.Background(), client, url, body(id, key))
+		status, err := benchhttp.Post(context.Background(), client, url, body(id, key))
 		if err != nil || status != http.StatusOK {
 			return fmt.Errorf("job %s: status %d: %v", id, status, err)
 		}
@@ -152,7 +152,7 @@ func rejections(url, key string, n, clients int) error {
 			defer wg.Done()
 			for i := range next {
 				t0 := time.Now()
-				status, err := post(context.Background(), client, url, body(fmt.Sprintf("rej-%d-%d", run, i), key))
+				status, err := benchhttp.Post(context.Background(), client, url, body(fmt.Sprintf("rej-%d-%d", run, i), key))
 				d := time.Since(t0)
 				mu.Lock()
 				if err == nil && status == http.StatusTooManyRequests {
@@ -176,29 +176,12 @@ func body(id, key string) []byte {
 	return b
 }
 
-func post(ctx context.Context, c *http.Client, url string, body []byte) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return 0, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode, nil
-}
-
 func report(name string, d []time.Duration) {
 	if len(d) == 0 {
 		fmt.Printf("%-13s no samples\n", name)
 		return
 	}
 	slices.Sort(d)
-	p := func(q float64) float64 {
-		return float64(d[min(len(d)-1, int(q*float64(len(d))))].Microseconds()) / 1000
-	}
+	p := func(q float64) float64 { return float64(benchhttp.Quantile(d, q).Microseconds()) / 1000 }
 	fmt.Printf("%-13s p50 %7.2fms  p90 %7.2fms  p99 %7.2fms  max %7.2fms\n", name, p(.50), p(.90), p(.99), p(1))
 }
