@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
 	"mime"
 	"net/http"
@@ -39,7 +38,7 @@ type inferRequest struct {
 func decodeInfer(body io.Reader) (staging.Request, error) {
 	var in inferRequest
 	if err := strictjson.Decode(body, &in); err != nil {
-		return staging.Request{}, decodeFault(err)
+		return staging.Request{}, httpjson.BodyFault(err, "MAX_BODY_BYTES")
 	}
 	req := staging.Request{
 		ImageID: in.ImageID, OriginalKey: in.OriginalKey, RoomType: in.RoomType, Style: in.Style,
@@ -60,20 +59,6 @@ func decodeInfer(body io.Reader) (staging.Request, error) {
 		req.Seed = &seed
 	}
 	return req, nil
-}
-
-func decodeFault(err error) error {
-	var (
-		mbe    *http.MaxBytesError
-		strict *strictjson.Error
-	)
-	switch {
-	case errors.As(err, &mbe):
-		return fault.Wrap(err, fault.PayloadTooLarge, "the request body is larger than %d bytes (MAX_BODY_BYTES)", mbe.Limit)
-	case errors.As(err, &strict):
-		return fault.Wrap(err, fault.InvalidInput, "%s", strict.Error())
-	}
-	return fault.Wrap(err, fault.InvalidInput, "the request body could not be read")
 }
 
 // checkContentType accepts a missing Content-Type or application/json.

@@ -3,7 +3,6 @@ package rollout
 import (
 	"context"
 	"crypto/subtle"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -122,18 +121,7 @@ func (a *admin) put(w http.ResponseWriter, r *http.Request) {
 	}
 	var u update
 	if err := strictjson.Decode(http.MaxBytesReader(w, r.Body, maxAdminBody), &u); err != nil {
-		var (
-			mbe    *http.MaxBytesError
-			strict *strictjson.Error
-		)
-		switch {
-		case errors.As(err, &mbe):
-			writeError(w, fault.New(fault.PayloadTooLarge, "the body is larger than %d bytes", maxAdminBody))
-		case errors.As(err, &strict):
-			writeError(w, fault.Wrap(err, fault.InvalidInput, "%s", strict.Error()))
-		default:
-			writeError(w, fault.Wrap(err, fault.InvalidInput, "the body could not be read"))
-		}
+		writeError(w, httpjson.BodyFault(err, ""))
 		return
 	}
 	if u == (update{}) {
