@@ -212,6 +212,12 @@ def validate(s: Settings, needs_model: bool = True) -> None:
     validate_speed(s)
 
 
+def parse_sdpa(text: str) -> tuple[str, ...]:
+    """Splits the --sdpa-backends setting into names, most preferred first;
+    empty means PyTorch's own choice."""
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
 def validate_speed(s: Settings) -> None:
     """Raises ConfigError naming the first speed setting that is out of range."""
     if s.compile_mode not in COMPILE_MODES:
@@ -222,7 +228,7 @@ def validate_speed(s: Settings) -> None:
         )
     if not s.compile_backend:
         raise ConfigError("--compile-backend: want a torch.compile backend name, such as inductor")
-    names = [n.strip() for n in s.sdpa_backends.split(",") if n.strip()]
+    names = parse_sdpa(s.sdpa_backends)
     if any(n not in SDPA_NAMES for n in names) or len(set(names)) != len(names):
         raise ConfigError(
             f"--sdpa-backends: want distinct names from {SDPA_NAMES}, got {s.sdpa_backends!r}"

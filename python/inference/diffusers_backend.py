@@ -19,7 +19,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from . import buckets, conditioning, errors, fewstep, imageio, logs, models, speed, tiny
+from . import buckets, conditioning, config, errors, fewstep, imageio, logs, models, speed, tiny
 from ._proto import engine_pb2 as pb
 from .config import Settings
 from .jobs import BackendInfo, JobContext, JobSpec, Output, Work
@@ -130,7 +130,7 @@ class DiffusersBackend:
             speed.to_channels_last(c)
         if s.fuse_qkv:
             speed.fuse_qkv(c)
-        speed.set_sdpa_backends(speed.parse_sdpa(s.sdpa_backends))
+        speed.set_sdpa_backends(config.parse_sdpa(s.sdpa_backends))
         if s.compile:
             speed.compile_modules(
                 c,
@@ -170,31 +170,38 @@ class DiffusersBackend:
     def warmup(self) -> None:
         # At the size jobs will have, so that the first job finds its kernels
         # chosen and its memory allocated; square, the largest image of that
-        # long side. One step already runs every module once.
+        # long side. One step already runs every module once. With buckets,
+        # every job renders at one of them, so warming each is all it takes.
+        if self._buckets:
+            self.warmup_buckets()
+            return
         s = self._settings
         side = s.warmup_side()
-        never = threading.Event()
-        ctx = JobContext(never, lambda: pb.FAILURE_REASON_CANCELLED, lambda step, total: None)
-        self.run(_warmup_work(side, side, s.warmup_steps), ctx)
-        self.warmup_buckets()
+        self.run(_warmup_work(side, side, s.warmup_steps), _never_cancelled())
 
-    def warmup_buckets(self) -> None:
+    def warmup_buckets(self) -> list[float]:
         """Runs one job at each output bucket, so that with compilation on every
-        graph a job can meet is built before the engine reports SERVING. The jobs
-        are long enough for each per-step switch to change state once."""
+        graph a job can meet is built before the engine reports SERVING, and
+        returns each one's seconds. The jobs are long enough for each per-step
+        switch to change state once."""
         s = self._settings
         steps = speed.warmup_steps(s.warmup_steps, s.cfg_cutoff, s.controlnet_end, s.max_steps)
-        never = threading.Event()
-        ctx = JobContext(never, lambda: pb.FAILURE_REASON_CANCELLED, lambda step, total: None)
+        ctx = _never_cancelled()
+        seconds = []
         for width, height in self._buckets:
             t0 = time.monotonic()
             self.run(_warmup_work(width, height, steps), ctx)
+            seconds.append(time.monotonic() - t0)
             self._log.info(
                 "bucket warm",
                 extra=logs.fields(
-                    width=width, height=height, steps=steps, duration_ms=round(_ms(t0), 1)
+                    width=width,
+                    height=height,
+                    steps=steps,
+                    duration_ms=round(seconds[-1] * 1000, 1),
                 ),
             )
+        return seconds
 
     def info(self) -> BackendInfo:
         c = self._components()
@@ -418,6 +425,13 @@ class DiffusersBackend:
 
 def _ms(since: float) -> float:
     return (time.monotonic() - since) * 1000
+
+
+def _never_cancelled() -> JobContext:
+    """A context for the engine's own jobs: nobody cancels them, nobody watches."""
+    return JobContext(
+        threading.Event(), lambda: pb.FAILURE_REASON_CANCELLED, lambda step, total: None
+    )
 
 
 def _warmup_work(width: int, height: int, steps: int) -> Work:

@@ -151,8 +151,8 @@ def _split(key: str) -> tuple[str, str]:
     raise FewStepError(f"LoRA tensor {key!r} is not a LoRA down, up or alpha weight")
 
 
-def fuse_lora(unet: Any, state: dict[str, torch.Tensor], scale: float = 1.0) -> int:
-    """Adds scale * alpha/rank * up @ down to the weight of every layer the LoRA
+def fuse_lora(unet: Any, state: dict[str, torch.Tensor]) -> int:
+    """Adds alpha/rank * up @ down to the weight of every layer the LoRA
     names, in place, and returns how many layers changed. Raises FewStepError
     for a tensor of the text encoders or a layer the UNet lacks."""
     layers: dict[str, dict[str, torch.Tensor]] = {}
@@ -174,6 +174,6 @@ def fuse_lora(unet: Any, state: dict[str, torch.Tensor], scale: float = 1.0) -> 
             rank = down.shape[0]
             alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
             weight = layer.weight
-            delta = (up @ down).reshape(weight.shape) * (scale * alpha / rank)
+            delta = (up @ down).reshape(weight.shape) * (alpha / rank)
             weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
     return len(layers)

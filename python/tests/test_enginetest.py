@@ -490,3 +490,19 @@ def test_replaces_a_stale_socket() -> None:
         proc.terminate()
         proc.wait(timeout=15)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--start-fault", "explode"],
+        ["--start-delay", "-1"],
+        ["--step-delay", "soon"],
+    ],
+)
+def test_bad_test_flags_exit_with_the_config_code(argv: list[str]) -> None:
+    from enginetest import main as test_main
+
+    from inference import main as engine_main
+
+    assert test_main.run(["--socket", "/unused.sock", *argv], {}) == engine_main.EXIT_CONFIG
