@@ -41,9 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import gc
 import json
-import logging
 import os
 import platform
 import statistics
@@ -68,7 +66,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from inference import config, logs, models, speed, tiny  # noqa: E402
+from inference import config, models, speed, tiny  # noqa: E402
 from inference._proto import engine_pb2 as pb  # noqa: E402
 from inference.diffusers_backend import DiffusersBackend  # noqa: E402
 from inference.jobs import JobContext, JobSpec, Work  # noqa: E402
@@ -198,48 +196,6 @@ class Job:
     peak: int
 
 
-class Undo:
-    """Undo puts the shared modules back as they were built after a row changed
-    them (memory format, fused projections, compilation, attention kernels)."""
-
-    def __init__(self, c: models.Components) -> None:
-        self._c = c
-        # Each attention layer's own processor: the ControlNet's are not all
-        # reachable through its attn_processors mapping.
-        self._processors = {id(a): a.processor for a in self._attention_layers()}
-        self._sdpa = speed.sdpa_state()
-
-    def _attention_layers(self) -> list[Any]:
-        from diffusers.models.attention_processor import Attention
-
-        c = self._c
-        return [
-            a
-            for m in (c.unet, c.vae, *c.controlnets.values())
-            for a in m.modules()
-            if isinstance(a, Attention)
-        ]
-
-    def __call__(self) -> None:
-        c = self._c
-        for m in (c.unet, c.vae, *c.controlnets.values()):
-            m.to(memory_format=torch.contiguous_format)
-        for a in self._attention_layers():
-            if getattr(a, "fused_projections", False):
-                for name in ("to_qkv", "to_kv"):
-                    if hasattr(a, name):
-                        delattr(a, name)
-                a.fused_projections = False
-            a.set_processor(self._processors[id(a)])
-        for m in (c.unet, c.vae.decoder, *c.controlnets.values()):
-            m._compiled_call_impl = None
-        torch._dynamo.reset()
-        speed.restore_sdpa(self._sdpa)
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
 class Bench:
     """Bench runs the plan's rows on one set of modules and collects their numbers."""
 
@@ -248,7 +204,7 @@ class Bench:
         self.c = components
         self.cuda = not args.tiny
         self.device = torch.device("cuda" if self.cuda else "cpu")
-        self.undo = Undo(components)
+        self.snapshot = speed.Snapshot(components)
         # Seconds per 30-step eager job, refined by the eager rows; guesses for an H100-class card.
         self.job_s = {LARGE: 3.0, SMALL: 1.7} if self.cuda else {LARGE: 1.0, SMALL: 0.5}
 
@@ -368,10 +324,10 @@ class Bench:
         backend = DiffusersBackend(settings, self.c)
         backend.load()
         if v.compiled:
-            with BucketLog() as warmed:
-                backend.warmup()
+            # With buckets, the engine's warm-up is exactly one job per bucket.
+            warmed = backend.warmup_buckets()
             row["ready_s"] = time.perf_counter() - t0
-            row["bucket_warm_s"] = warmed.seconds
+            row["bucket_warm_s"] = [round(x, 1) for x in warmed]
         t1 = time.perf_counter()
         first = self.job(backend, px, seed=0)
         row["first_s"] = time.perf_counter() - t1
@@ -390,31 +346,6 @@ class Bench:
         if v.name == "eager" and v.concurrency == 1:
             self.job_s[v.size] = row["p50_s"] * 30 / max(1, self.args.steps)
         return row
-
-
-class BucketLog(logging.Handler):
-    """BucketLog collects the engine's per-bucket warm-up times while it is entered."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.seconds: list[float] = []
-        self._logger = logs.get()
-        self._level = self._logger.level
-
-    def emit(self, record: logging.LogRecord) -> None:
-        fields = getattr(record, "fields", {})
-        if record.getMessage() == "bucket warm" and "duration_ms" in fields:
-            self.seconds.append(round(fields["duration_ms"] / 1000, 1))
-
-    def __enter__(self) -> BucketLog:
-        self._logger.addHandler(self)
-        if self._logger.getEffectiveLevel() > logging.INFO:
-            self._logger.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._logger.removeHandler(self)
-        self._logger.setLevel(self._level)
 
 
 def versions() -> dict[str, str]:
@@ -532,7 +463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 undone = True
                 try:
-                    bench.undo()
+                    bench.snapshot.restore()
                 except Exception as exc:
                     # Later rows would run on changed modules: stop after this one.
                     summary["notes"].append(f"stopped after {label}: undo failed: {exc}")

@@ -104,8 +104,8 @@ def section(summary: dict[str, Any]) -> str:
             warm = ", ".join(f"{t:.1f}" for t in r["bucket_warm_s"])
             notes.append(
                 f"- {r['name']}: buckets {r.get('settings', {}).get('buckets', '')}; each "
-                f"bucket's warm-up job took {warm} s (the first bucket was already compiled "
-                "by the engine's square warm-up job, which 'ready s' includes)."
+                f"bucket's warm-up job took {warm} s (the first compiles the graphs; "
+                "'ready s' is the load plus all of them)."
             )
     if summary.get("skipped"):
         notes.append("- Skipped for the time budget: " + ", ".join(summary["skipped"]) + ".")

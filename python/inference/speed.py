@@ -10,6 +10,7 @@ purpose and are therefore opt-in per deployment.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -34,12 +35,6 @@ GRAPHS_PER_BUCKET = 4
 # Tensors the img2img pipeline hands a step callback and takes back, which hold
 # the unconditional and conditional halves of a guided batch.
 GUIDED_TENSORS = ("prompt_embeds", "add_text_embeds", "add_time_ids", "control_image")
-
-
-def parse_sdpa(text: str) -> tuple[str, ...]:
-    """Splits the --sdpa-backends setting (checked by config) into names, most
-    preferred first; empty means PyTorch's own choice."""
-    return tuple(n.strip() for n in text.split(",") if n.strip())
 
 
 def set_sdpa_backends(names: Sequence[str]) -> None:
@@ -127,6 +122,50 @@ def compile_modules(
     c.vae.decoder.compile(**options)
 
 
+class Snapshot:
+    """Snapshot records the shared modules as built, before any load-time switch,
+    so that restore can undo them all (memory format, fused projections,
+    compilation, attention kernels): one set of modules can then serve
+    several settings in turn, as the GPU benchmark's rows do."""
+
+    def __init__(self, c: Components) -> None:
+        self._c = c
+        # Each attention layer's own processor: the ControlNet's are not all
+        # reachable through its attn_processors mapping.
+        self._processors = {id(a): a.processor for a in self._attention_layers()}
+        self._sdpa = sdpa_state()
+
+    def _attention_layers(self) -> list[Any]:
+        from diffusers.models.attention_processor import Attention
+
+        c = self._c
+        return [
+            a
+            for m in (c.unet, c.vae, *c.controlnets.values())
+            for a in m.modules()
+            if isinstance(a, Attention)
+        ]
+
+    def restore(self) -> None:
+        c = self._c
+        for m in (c.unet, c.vae, *c.controlnets.values()):
+            m.to(memory_format=torch.contiguous_format)
+        for a in self._attention_layers():
+            if getattr(a, "fused_projections", False):
+                for name in ("to_qkv", "to_kv"):
+                    if hasattr(a, name):
+                        delattr(a, name)
+                a.fused_projections = False
+            a.set_processor(self._processors[id(a)])
+        for m in (c.unet, c.vae.decoder, *c.controlnets.values()):
+            m._compiled_call_impl = None
+        torch._dynamo.reset()
+        restore_sdpa(self._sdpa)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def _raise_recompile_limit(graphs: int) -> None:
     import torch._dynamo
 
@@ -175,8 +214,7 @@ class StepSwitches:
     def __init__(self, cfg_cutoff: float, controlnet_end: float, cut_guidance: bool) -> None:
         self._cfg_cutoff = cfg_cutoff if cut_guidance else 1.0
         self._controlnet_end = controlnet_end
-        self.guidance_cut_at = 0
-        self.controlnet_skipped_from = 0
+        self._controlnet_off = False
 
     @property
     def tensor_inputs(self) -> list[str]:
@@ -205,14 +243,13 @@ class StepSwitches:
             # The guided batch is [unconditional, conditional]; keep the second half.
             out = {name: tensors[name].chunk(2)[1] for name in GUIDED_TENSORS}
             pipe._guidance_scale = 0.0
-            self.guidance_cut_at = nxt
         if (
             self._controlnet_end < 1.0
-            and not self.controlnet_skipped_from
+            and not self._controlnet_off
             and not controlnet_runs(nxt, total, self._controlnet_end)
         ):
             pipe.controlnet = NoControl()
-            self.controlnet_skipped_from = nxt
+            self._controlnet_off = True
         return out
 
 

@@ -231,3 +231,27 @@ def test_guided_steps(total: int, fraction: float, want: int) -> None:
 
 def test_sdpa_names_agree_with_config() -> None:
     assert set(speed.SDPA_BACKENDS) == set(config.SDPA_NAMES)
+
+
+def test_snapshot_restore_undoes_every_load_time_switch(
+    eager: np.ndarray, restore_sdpa: None
+) -> None:
+    c = tiny.build()
+    snap = speed.Snapshot(c)
+    switched = DiffusersBackend(
+        settings(
+            channels_last=True,
+            fuse_qkv=True,
+            compile=True,
+            compile_backend="eager",
+            sdpa_backends="math",
+        ),
+        c,
+    )
+    switched.load()
+    snap.restore()
+    for module in (c.unet, c.controlnets["canny"], c.vae.decoder):
+        assert module._compiled_call_impl is None
+    plain = DiffusersBackend(settings(), c)
+    plain.load()
+    assert np.array_equal(render(plain), eager)
