@@ -37,6 +37,21 @@ func (f fixture) exists(t *testing.T, key string) bool {
 
 const jobRecord = "l/staged/job.jpg.json"
 
+// checkReplayOfOneRun checks that out replays the job's one run, and that
+// no claim on it is left.
+func (f fixture) checkReplayOfOneRun(t *testing.T, out Outcome, err error) {
+	t.Helper()
+	if err != nil || !out.Replay {
+		t.Fatalf("%+v %v, want a replay", out, err)
+	}
+	if n := f.be.calls.Load(); n != 1 {
+		t.Errorf("backend ran %d times, want 1", n)
+	}
+	if f.exists(t, claimKey(jobRecord, 0)) {
+		t.Error("a claim on the finished job was left behind")
+	}
+}
+
 // awaitClaim waits for the job's first claim to be written and returns it.
 func (f fixture) awaitClaim(t *testing.T) claimDoc {
 	t.Helper()
@@ -75,15 +90,7 @@ func TestSecondReplicaAnswersInProgress(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, err := b.Stage(t.Context(), req("job"))
-	if err != nil || !out.Replay {
-		t.Fatalf("after the first finished: %+v %v, want a replay", out, err)
-	}
-	if n := f.be.calls.Load(); n != 1 {
-		t.Errorf("backend ran %d times, want 1", n)
-	}
-	if f.exists(t, claimKey(jobRecord, 0)) {
-		t.Error("the claim outlived the finished job")
-	}
+	f.checkReplayOfOneRun(t, out, err)
 }
 
 // TestExpiredClaimIsTakenOver stands for a replica that died mid-job: its
@@ -198,15 +205,7 @@ func TestRecordWrittenBeforeOurClaimIsReplayed(t *testing.T) {
 	}
 	svc := New(&recordBeforeClaim{Store: f.store, record: rec}, NewSingle(f.be), f.svc.catalog, f.svc.opts, f.metrics, nil)
 	out, err := svc.Stage(t.Context(), req("job"))
-	if err != nil || !out.Replay {
-		t.Fatalf("%+v %v, want a replay of the other replica's record", out, err)
-	}
-	if n := f.be.calls.Load(); n != 1 {
-		t.Errorf("backend ran %d times, want 1", n)
-	}
-	if f.exists(t, claimKey(jobRecord, 0)) {
-		t.Error("the claim was left behind")
-	}
+	f.checkReplayOfOneRun(t, out, err)
 }
 
 func TestClaimWriteFailureIsRetryable(t *testing.T) {
