@@ -6,12 +6,13 @@ FUZZTIME ?= 30s
 # warnings say nothing about this project.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: run build test test-go lint-go test-rules fuzz bench-go clean
+.PHONY: run build build-worker servers test test-go lint-go test-rules fuzz bench-go clean
 
 # The public client is a module of its own (client/go.mod), so that a program
-# importing it does not inherit the sidecar's dependencies; the Go targets
+# importing it does not inherit the sidecar's dependencies; so is the queue
+# worker (worker/go.mod), which depends on the client alone. The Go targets
 # run in each module.
-GO_MODULES := . client
+GO_MODULES := . client worker
 
 # promtool checks and unit-tests the Prometheus rules. It is built once into
 # a folder named after its version, so a version change builds it afresh and
@@ -38,6 +39,15 @@ endif
 build:
 	$(GO) build -o bin/sidecar ./cmd/sidecar
 
+## build-worker: compile the queue worker into ./bin.
+build-worker:
+	cd worker && $(GO) build -o ../bin/worker ./cmd/worker
+
+## servers: install Redis and PostgreSQL (Debian packages) when missing; the
+## worker's tests start private instances of both.
+servers:
+	bash mk/servers.sh
+
 ## test: everything CI runs.
 test: lint-go test-go test-rules lint-py test-py
 
@@ -49,8 +59,9 @@ lint-go:
 		(cd $$m && $(GO) mod tidy -diff && $(GO) vet ./...) || exit 1; \
 	done
 
-# The Go tests drive the real engine process, so they need the venv.
-test-go: venv
+# The Go tests drive the real engine process, so they need the venv; the
+# worker's tests need Redis and PostgreSQL.
+test-go: venv servers
 	@for m in $(GO_MODULES); do \
 		echo "== $$m"; \
 		(cd $$m && $(GO) test -race -count=1 -timeout 15m ./...) || exit 1; \

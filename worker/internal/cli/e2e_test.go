@@ -267,3 +267,22 @@ func TestPausedQueueKeepsItsJobs(t *testing.T) {
 	}
 	s.waitRows(t, []string{"paused-free"}, time.Minute, allFinal)
 }
+
+// TestRetriesRunOut: with nothing answering at VSTAGE_URL, a job uses its
+// retries and then fails for good with the code transport; the worker's
+// shutdown is clean.
+func TestRetriesRunOut(t *testing.T) {
+	// The retry budget travels with the task, so it is set at enqueue.
+	s := newStack(t, map[string]string{"WORKER_MAX_RETRY": "2"})
+	s.enqueue(t, "nobody-home", "free", "bedroom", "enqueued")
+	stop := s.runWorker(t, map[string]string{
+		"VSTAGE_URL": "http://" + testenv.FreePort(t), "VSTAGE_MAX_ATTEMPTS": "1",
+		"VSTAGE_BREAKER_FAILURES": "10",
+	})
+	// asynq moves due retries to their queue every few seconds.
+	r := s.waitRows(t, []string{"nobody-home"}, time.Minute, allFinal)[0]
+	if r.Status != store.StatusFailed || deref(r.ErrorCode) != "transport" || r.Job.Attempts != 3 || r.Job.FinishedAt == nil {
+		t.Errorf("%s %s after %d attempts, want failed transport after 3", r.Status, deref(r.ErrorCode), r.Job.Attempts)
+	}
+	stop()
+}

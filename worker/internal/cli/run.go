@@ -48,7 +48,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		queue.NewCollector(q, config.Tiers))
-	handler := job.NewHandler(vs, db, job.NewMetrics(reg), log, cfg.BreakerOpen)
+	handler := job.NewHandler(vs, db, job.NewMetrics(reg), log, cfg.JobDeadline, cfg.BreakerOpen)
 
 	srv := asynq.NewServer(conn, asynq.Config{
 		Concurrency:     cfg.Concurrency,

@@ -37,13 +37,15 @@ type Handler struct {
 	rec     Recorder
 	metrics *Metrics
 	log     *slog.Logger
+	// deadline bounds one attempt.
+	deadline time.Duration
 	// breakerOpen is how long a job that met an open circuit waits.
 	breakerOpen time.Duration
 }
 
-// NewHandler returns a Handler.
-func NewHandler(s Stager, r Recorder, m *Metrics, log *slog.Logger, breakerOpen time.Duration) *Handler {
-	return &Handler{stager: s, rec: r, metrics: m, log: log, breakerOpen: breakerOpen}
+// NewHandler returns a Handler whose attempts last at most deadline.
+func NewHandler(s Stager, r Recorder, m *Metrics, log *slog.Logger, deadline, breakerOpen time.Duration) *Handler {
+	return &Handler{stager: s, rec: r, metrics: m, log: log, deadline: deadline, breakerOpen: breakerOpen}
 }
 
 // Error codes of failures that are not the service's answers.
@@ -82,7 +84,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return nil
 	}
 	begin := time.Now()
-	resp, err := h.stager.Infer(ctx, request(p))
+	callCtx, cancel := context.WithTimeout(ctx, h.deadline)
+	defer cancel()
+	resp, err := h.stager.Infer(callCtx, request(p))
 	a := attempt{p: p, started: started, queueWait: queueWait, took: time.Since(begin), log: log}
 	if err == nil {
 		return h.staged(ctx, a, resp)
