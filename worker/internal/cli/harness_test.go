@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/vstage/vstage/worker/internal/cli"
 	"github.com/vstage/vstage/worker/internal/store"
 	"github.com/vstage/vstage/worker/internal/testenv"
@@ -42,7 +44,16 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		return m.Run()
+		if code := m.Run(); code != 0 {
+			return code
+		}
+		// Every goroutine of the worker (asynq's, the metrics listener's,
+		// the pools') ends when its command returns.
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		return 0
 	}())
 }
 
