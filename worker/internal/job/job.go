@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -146,8 +147,9 @@ func (h *Handler) failed(ctx context.Context, a attempt, err error) error {
 	case !retryable || lastTry:
 		outcome = OutcomeFailed
 	}
-	h.metrics.attempts.WithLabelValues(a.p.Tier, outcome, code).Inc()
+	h.metrics.attempts.WithLabelValues(a.p.Tier, outcome, metricCode(code)).Inc()
 	h.metrics.duration.WithLabelValues(a.p.Tier, outcome).Observe(a.took.Seconds())
+	code, message = clip(code, maxCodeBytes), clip(message, maxMessageBytes)
 	a.log.Warn("job attempt failed", "outcome", outcome, "code", code, "error", err, "retry_after_ms", after.Milliseconds())
 	if outcome == OutcomeFailed {
 		if _, derr := h.rec.Failed(ctx, a.p.Image.ID, code, message, a.metrics(nil)); derr != nil {
@@ -160,6 +162,39 @@ func (h *Handler) failed(ctx context.Context, a attempt, err error) error {
 		return err
 	}
 	return &retryError{err: err, after: after, delay: delayed}
+}
+
+// Bounds of what an answer may make the worker store and count: the code
+// and message come from the service (or whatever answered in its place).
+const (
+	maxCodeBytes    = 64
+	maxMessageBytes = 1024
+)
+
+// knownCodes are the codes that get a series of their own in the metrics.
+var knownCodes = map[string]bool{
+	client.CodeInvalidInput: true, client.CodeForbidden: true, client.CodeNotFound: true,
+	client.CodeIdempotencyConflict: true, client.CodeInProgress: true, client.CodePayloadTooLarge: true,
+	client.CodeUnsupportedMediaType: true, client.CodeImageTooLarge: true, client.CodeOverloaded: true,
+	client.CodeUnavailable: true, client.CodeOOM: true, client.CodeTimeout: true, client.CodeProviderError: true,
+	client.CodeInternal: true, client.CodeUnauthorized: true,
+	CodeTransport: true, CodeDeadline: true, CodeCircuitOpen: true, CodeDatabase: true, CodeBadTask: true,
+}
+
+// metricCode bounds the code label: a code the service does not document
+// (a proxy's error page, a newer service) counts as other.
+func metricCode(code string) string {
+	if knownCodes[code] {
+		return code
+	}
+	return "other"
+}
+
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return strings.ToValidUTF8(s[:n], "")
 }
 
 // delays says whether a retryable code means "not now" rather than a

@@ -74,3 +74,17 @@ func TestOnlyFailuresUseRetries(t *testing.T) {
 		}
 	}
 }
+
+func TestMetricCodesAreBounded(t *testing.T) {
+	for code, want := range map[string]string{
+		client.CodeInvalidInput: client.CodeInvalidInput, CodeTransport: CodeTransport,
+		"http_502": "other", "made_up_by_a_proxy": "other", "": "other",
+	} {
+		if got := metricCode(code); got != want {
+			t.Errorf("metricCode(%q) = %q, want %q", code, got, want)
+		}
+	}
+	if got := clip("ab\u00e9cd", 3); got != "ab" {
+		t.Errorf("clip cut a character in half: %q", got)
+	}
+}
