@@ -6,7 +6,7 @@ FUZZTIME ?= 30s
 # warnings say nothing about this project.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: run build build-worker servers test test-go lint-go test-rules fuzz bench-go clean
+.PHONY: run build build-worker servers test test-go lint-go test-rules fuzz bench-go bench-worker clean
 
 # The public client is a module of its own (client/go.mod), so that a program
 # importing it does not inherit the sidecar's dependencies; so is the queue
@@ -84,6 +84,11 @@ fuzz:
 ## bench-go: Go benchmarks (not part of test).
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## bench-worker: jobs per second through the queue worker against a mock-mode
+## sidecar (real Redis and PostgreSQL; not part of test).
+bench-worker: servers
+	cd worker && $(GO) test -run '^$$' -bench BenchmarkJobsThroughMock -benchtime 300x -count 3 ./internal/cli
 
 clean:
 	rm -rf bin var

@@ -65,7 +65,7 @@ type stack struct {
 	db       *store.Store
 }
 
-func newStack(t *testing.T, env map[string]string) *stack {
+func newStack(t testing.TB, env map[string]string) *stack {
 	t.Helper()
 	s := &stack{storeDir: t.TempDir(), env: map[string]string{
 		"REDIS_URL": testenv.Redis(t), "DATABASE_URL": testenv.Postgres(t),
@@ -91,7 +91,7 @@ func (s *stack) getenv(k string) string { return s.env[k] }
 
 // cmd runs one worker command in process and returns its exit code and
 // output.
-func (s *stack) cmd(t *testing.T, args ...string) (int, string, string) {
+func (s *stack) cmd(t testing.TB, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	code := cli.Main(t.Context(), args, cli.Env{Getenv: s.getenv, Stdout: &out, Stderr: &errOut})
@@ -100,7 +100,7 @@ func (s *stack) cmd(t *testing.T, args ...string) (int, string, string) {
 
 // enqueue queues one job on the sample photo and fails the test unless
 // the command prints want as its result.
-func (s *stack) enqueue(t *testing.T, id, tier, roomType, want string) {
+func (s *stack) enqueue(t testing.TB, id, tier, roomType, want string) {
 	t.Helper()
 	code, out, errOut := s.cmd(t, "enqueue", "--image-id", id, "--original-key", "listings/42/empty.jpg",
 		"--room-type", roomType, "--style", "scandinavian", "--tier", tier)
@@ -112,7 +112,7 @@ func (s *stack) enqueue(t *testing.T, id, tier, roomType, want string) {
 
 // runWorker starts `worker run` with extra settings and returns a function
 // that stops it (as SIGTERM would) and checks that it exited 0.
-func (s *stack) runWorker(t *testing.T, extra map[string]string) (stop func()) {
+func (s *stack) runWorker(t testing.TB, extra map[string]string) (stop func()) {
 	t.Helper()
 	env := map[string]string{}
 	for k, v := range s.env {
@@ -144,7 +144,7 @@ func (s *stack) runWorker(t *testing.T, extra map[string]string) (stop func()) {
 }
 
 // waitRows polls the images until done(rows) or the timeout.
-func (s *stack) waitRows(t *testing.T, ids []string, timeout time.Duration, done func([]store.Row) bool) []store.Row {
+func (s *stack) waitRows(t testing.TB, ids []string, timeout time.Duration, done func([]store.Row) bool) []store.Row {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -162,7 +162,7 @@ func (s *stack) waitRows(t *testing.T, ids []string, timeout time.Duration, done
 	}
 }
 
-func (s *stack) rows(t *testing.T, ids []string) []store.Row {
+func (s *stack) rows(t testing.TB, ids []string) []store.Row {
 	t.Helper()
 	out := make([]store.Row, len(ids))
 	for i, id := range ids {
@@ -184,7 +184,7 @@ func allFinal(rows []store.Row) bool {
 	return true
 }
 
-func (s *stack) put(t *testing.T, key string, data []byte) {
+func (s *stack) put(t testing.TB, key string, data []byte) {
 	t.Helper()
 	p := filepath.Join(s.storeDir, filepath.FromSlash(key))
 	if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
@@ -196,7 +196,7 @@ func (s *stack) put(t *testing.T, key string, data []byte) {
 }
 
 // mockSidecar starts the sidecar in mock mode on the stack's storage.
-func (s *stack) mockSidecar(t *testing.T) *testenv.Sidecar {
+func (s *stack) mockSidecar(t testing.TB) *testenv.Sidecar {
 	t.Helper()
 	return testenv.StartSidecar(t, sidecarBin, map[string]string{
 		"INFERENCE_MODE": "mock", "STORAGE_URL": "file://" + s.storeDir,
@@ -205,7 +205,7 @@ func (s *stack) mockSidecar(t *testing.T) *testenv.Sidecar {
 
 // slowSidecar starts the sidecar in self mode on the torch-free test engine,
 // each job ten steps of stepDelay seconds.
-func (s *stack) slowSidecar(t *testing.T, stepDelay string, env map[string]string) *testenv.Sidecar {
+func (s *stack) slowSidecar(t testing.TB, stepDelay string, env map[string]string) *testenv.Sidecar {
 	t.Helper()
 	py := filepath.Join(testenv.RepoRoot(t), ".venv", "bin", "python")
 	if _, err := os.Stat(py); err != nil {
@@ -238,7 +238,7 @@ type recorder struct {
 	srv   *httptest.Server
 }
 
-func newRecorder(t *testing.T, target string) *recorder {
+func newRecorder(t testing.TB, target string) *recorder {
 	t.Helper()
 	u, err := url.Parse(target)
 	if err != nil {
@@ -295,7 +295,7 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 // metrics scrapes the worker's /metrics and returns the value of series.
-func metric(t *testing.T, addr, series string) string {
+func metric(t testing.TB, addr, series string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -332,7 +332,7 @@ func (b *lockedBuffer) tail(n int) string {
 	return s
 }
 
-func photo(t *testing.T, w, h int) []byte {
+func photo(t testing.TB, w, h int) []byte {
 	t.Helper()
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	for y := range h {
