@@ -8,6 +8,7 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/vstage/vstage/worker/internal/config"
 	"github.com/vstage/vstage/worker/internal/job"
@@ -16,7 +17,8 @@ import (
 )
 
 // TestScalingQueryNamesWorkerMetrics fails when the KEDA trigger names a
-// metric or a queue state the worker does not export.
+// metric or a queue state the worker does not export, or when the worker's
+// metrics break Prometheus's naming rules.
 func TestScalingQueryNamesWorkerMetrics(t *testing.T) {
 	conn, err := asynq.ParseRedisURI(testenv.Redis(t))
 	if err != nil {
@@ -30,6 +32,12 @@ func TestScalingQueryNamesWorkerMetrics(t *testing.T) {
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The queue collector's families pass Prometheus's naming rules (the job
+	// metrics are linted in their own package).
+	problems, err := promlint.NewWithMetricFamilies(families).Lint()
+	if err != nil || len(problems) > 0 {
+		t.Errorf("promlint: %v %+v", err, problems)
 	}
 	exported, states := map[string]bool{}, map[string]bool{}
 	for _, f := range families {

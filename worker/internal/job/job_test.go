@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
 	"github.com/vstage/vstage/client"
 )
 
@@ -86,5 +89,22 @@ func TestMetricCodesAreBounded(t *testing.T) {
 	}
 	if got := clip("ab\u00e9cd", 3); got != "ab" {
 		t.Errorf("clip cut a character in half: %q", got)
+	}
+}
+
+func TestMetricsFollowNamingRules(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	m.queueWait.WithLabelValues("free").Observe(1)
+	m.attempts.WithLabelValues("free", OutcomeStaged, "").Inc()
+	m.duration.WithLabelValues("free", OutcomeStaged).Observe(1)
+	m.inFlight.Set(1)
+	families, err := reg.Gather()
+	if err != nil || len(families) != 4 {
+		t.Fatalf("%d families, %v", len(families), err)
+	}
+	problems, err := promlint.NewWithMetricFamilies(families).Lint()
+	if err != nil || len(problems) > 0 {
+		t.Errorf("promlint: %v %+v", err, problems)
 	}
 }
