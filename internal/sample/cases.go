@@ -100,7 +100,6 @@ func QualitySet() []Case {
 			ID: "attic-kids-bedroom", RoomType: "kids_bedroom", Style: "scandinavian", Seed: 4105,
 			Notes: "A ceiling sloping down to a 1 m knee wall: tall furniture must not stand under the slope.",
 			Room:  attic, Zone: &Zone{Left: -2.1, Right: 1.0, Near: 1.2, Far: 4.7, Top: 0.9},
-			Control: "depth",
 		},
 		{
 			ID: "sunny-living-room", RoomType: "living_room", Style: "coastal", Seed: 4106,

@@ -29,11 +29,10 @@ type Case struct {
 	// Zone is the space that the case's mask opens to the model; nil
 	// means the case has no mask.
 	Zone *Zone
-	// Optional generation parameters; zero values leave the harness's
-	// defaults.
+	// Optional request parameters; zero values leave the service's
+	// defaults. The control kind is not one: it is the deployment's.
 	Strength      float64
 	GuidanceScale float64
-	Control       string // "canny" or "depth"
 }
 
 // Photo renders the case's photo at the set's size.
@@ -113,7 +112,6 @@ type ManifestCase struct {
 	Notes         string  `json:"notes"`
 	Strength      float64 `json:"strength,omitempty"`
 	GuidanceScale float64 `json:"guidance_scale,omitempty"`
-	Control       string  `json:"control,omitempty"`
 }
 
 // QualityManifest returns the manifest of the bundled set.
@@ -126,7 +124,7 @@ func QualityManifest() Manifest {
 		m.Cases = append(m.Cases, ManifestCase{
 			ID: c.ID, Original: c.PhotoName(), Mask: c.MaskName(),
 			RoomType: c.RoomType, Style: c.Style, Seed: c.Seed, Notes: c.Notes,
-			Strength: c.Strength, GuidanceScale: c.GuidanceScale, Control: c.Control,
+			Strength: c.Strength, GuidanceScale: c.GuidanceScale,
 		})
 	}
 	return m
