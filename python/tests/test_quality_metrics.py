@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from quality import metrics
 from quality.metrics import METRICS, compute, flags
 
