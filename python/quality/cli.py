@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         )
         s.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
         s.add_argument(
+            "--patience",
+            type=float,
+            default=600.0,
+            help="seconds a case may wait for a busy service (429, in_progress)",
+        )
+        s.add_argument(
             "--clip-model", help="folder of a CLIP model (transformers format) for clip_score"
         )
         s.set_defaults(func=func)
@@ -127,7 +133,7 @@ def _label(strength: float | None, guidance: float | None) -> str:
 def _execute(args: argparse.Namespace, settings: list[runner.Setting]) -> int:
     cases = manifest.load(args.set)
     store = FolderStore(args.store)
-    service = Service(args.service, args.timeout, args.attempts)
+    service = Service(args.service, args.timeout, args.attempts, patience=args.patience)
     started = datetime.datetime.now(datetime.UTC)
     run_id = args.run_id or started.strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out or Path("runs") / run_id)

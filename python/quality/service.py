@@ -13,6 +13,8 @@ from typing import Any
 # Answers a retry can change when the service's body does not say.
 _RETRYABLE_STATUS = (429, 502, 503, 504)
 _MAX_ANSWER_BYTES = 1 << 20
+# Answers that mean "not now" rather than a failure.
+_BUSY = ("overloaded", "in_progress")
 
 
 @dataclasses.dataclass
@@ -39,31 +41,45 @@ class Outcome:
 
 
 class Service:
-    """Service calls one vstage service; safe to share between threads."""
+    """Service calls one vstage service; safe to share between threads.
 
-    def __init__(self, url: str, timeout: float, attempts: int, backoff: float = 0.5) -> None:
+    A busy service (429 overloaded, or 409 in_progress: another replica runs the job) is waited
+    for, after its Retry-After, without using one of the attempts, up to patience seconds per
+    case: a run against a one-place service with no queue then takes turns instead of failing.
+    """
+
+    def __init__(
+        self, url: str, timeout: float, attempts: int, backoff: float = 0.5, patience: float = 600
+    ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"service URL must be http(s), got {url!r}")
-        if attempts < 1 or timeout <= 0:
-            raise ValueError("attempts and timeout must be positive")
+        if attempts < 1 or timeout <= 0 or patience < 0:
+            raise ValueError("attempts and timeout must be positive, patience not negative")
         self.endpoint = url.rstrip("/") + "/infer"
         self.timeout = timeout
         self.attempts = attempts
         self.backoff = backoff
+        self.patience = patience
 
     def infer(self, body: dict[str, Any]) -> Outcome:
         """Stages one image; retries retryable failures with backoff, honouring Retry-After."""
         begin = time.monotonic()
-        for attempt in range(1, self.attempts + 1):
+        attempt = calls = 0
+        while True:
+            calls += 1
             try:
                 answer = self._once(body)
-                return Outcome(answer, attempt, int((time.monotonic() - begin) * 1000))
+                return Outcome(answer, calls, int((time.monotonic() - begin) * 1000))
             except ServiceError as e:
-                if not e.retryable or attempt == self.attempts:
+                busy = e.code in _BUSY
+                attempt += not busy
+                if not e.retryable or attempt >= self.attempts:
                     raise
-                ceiling = self.backoff * 2 ** (attempt - 1)
-                time.sleep(max(e.retry_after, random.uniform(ceiling / 2, ceiling)))
-        raise AssertionError("unreachable")
+                ceiling = self.backoff * 2 ** max(attempt - 1, 0)
+                wait = max(e.retry_after, random.uniform(ceiling / 2, ceiling))
+                if busy and time.monotonic() - begin + wait > self.patience:
+                    raise
+                time.sleep(wait)
 
     def _once(self, body: dict[str, Any]) -> dict[str, Any]:
         req = urllib.request.Request(

@@ -323,16 +323,25 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
 
 
 def test_service_retries_after_retry_after() -> None:
+    """Retry-After is honoured; a busy answer uses no attempt but counts against the patience;
+    no answer at all is a retryable transport error."""
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     try:
+        url = f"http://127.0.0.1:{srv.server_address[1]}"
         _Flaky.calls = []
-        out = Service(
-            f"http://127.0.0.1:{srv.server_address[1]}", timeout=5, attempts=3, backoff=0.01
-        ).infer({})
+        out = Service(url, timeout=5, attempts=3, backoff=0.01).infer({})
         assert out.attempts == 2 and out.answer["staged_key"] == "k"
         assert _Flaky.calls[1] - _Flaky.calls[0] >= 1.0
+        # A busy service is waited for without using an attempt, within the patience.
+        _Flaky.calls = []
+        out = Service(url, timeout=5, attempts=1, backoff=0.01).infer({})
+        assert out.attempts == 2
+        _Flaky.calls = []
+        with pytest.raises(ServiceError) as busy:
+            Service(url, timeout=5, attempts=1, backoff=0.01, patience=0.5).infer({})
+        assert busy.value.code == "overloaded"
         _Flaky.calls = [0.0, 0.0]  # every later call succeeds
         with pytest.raises(ServiceError) as e:
             Service("http://127.0.0.1:1", timeout=1, attempts=2, backoff=0.01).infer({})
