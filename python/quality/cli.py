@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,7 +108,7 @@ def _floats(v: str) -> list[float | None]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _execute(args, [runner.Setting()])
+    return _execute(args, [runner.Setting()])[0]
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -117,8 +116,8 @@ def _sweep(args: argparse.Namespace) -> int:
         runner.Setting(label=_label(s, g), strength=s, guidance_scale=g)
         for s, g in itertools.product(args.strength, args.guidance_scale)
     ]
-    code = _execute(args, settings)
-    print(_sweep_table(json.loads((Path(args.out) / "results.json").read_text())))
+    code, doc = _execute(args, settings)
+    print(_sweep_table(doc))
     return code
 
 
@@ -130,21 +129,22 @@ def _label(strength: float | None, guidance: float | None) -> str:
     return "-".join(p for p in parts if p) or "default"
 
 
-def _execute(args: argparse.Namespace, settings: list[runner.Setting]) -> int:
+def _execute(
+    args: argparse.Namespace, settings: list[runner.Setting]
+) -> tuple[int, dict[str, Any]]:
+    """Runs the set under settings, writes the run folder, and returns the exit code and what
+    results.json holds."""
     cases = manifest.load(args.set)
     store = FolderStore(args.store)
     service = Service(args.service, args.timeout, args.attempts, patience=args.patience)
     started = datetime.datetime.now(datetime.UTC)
     run_id = args.run_id or started.strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out or Path("runs") / run_id)
-    args.out = str(out)
     out.mkdir(parents=True, exist_ok=True)
     opts = runner.Options(
         run_id, args.prefix or f"quality/{cases.name}", args.concurrency, args.clip_model
     )
-    results: list[dict[str, Any]] = []
-    for setting in settings:
-        results += runner.run(cases, service, store, setting, opts, out)
+    results = runner.run(cases, service, store, settings, opts, out)
     info = {
         "id": run_id,
         "set": cases.name,
@@ -157,8 +157,8 @@ def _execute(args: argparse.Namespace, settings: list[runner.Setting]) -> int:
         "failed": sum("error" in r for r in results),
         "flagged": sum(bool(r.get("flags")) for r in results),
     }
-    runner.write_results(out, info, results)
-    report.write_report(out, info, runner.metric_docs(), results)
+    doc = runner.write_results(out, info, results)
+    report.write_report(out, info, doc["metrics"], results)
     report.write_rubric(out, results)
     print(
         f"{info['staged']} staged, {info['failed']} failed, {info['flagged']} flagged: "
@@ -167,7 +167,7 @@ def _execute(args: argparse.Namespace, settings: list[runner.Setting]) -> int:
     for r in results:
         if "error" in r:
             print(f"  {r['case']} ({r['setting']}): {r['error']['code']}: {r['error']['message']}")
-    return EXIT_BELOW if info["failed"] else EXIT_OK
+    return (EXIT_BELOW if info["failed"] else EXIT_OK), doc
 
 
 def _sweep_table(doc: dict[str, Any]) -> str:

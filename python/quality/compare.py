@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
 from typing import Any
+
+from quality.report import data_uri
 
 
 def load(run: Path) -> dict[str, Any]:
@@ -68,10 +71,6 @@ def format_table(rows: list[dict[str, Any]], label_a: str, label_b: str) -> str:
 
 def write_html(a_dir: Path, b_dir: Path, a: dict[str, Any], b: dict[str, Any], path: Path) -> None:
     """Writes a page with each case's staged image from both runs side by side."""
-    import html
-
-    from quality.report import data_uri
-
     by_case = {(r["case"], r["setting"]): r for r in b["cases"]}
     sections = []
     for ra in a["cases"]:

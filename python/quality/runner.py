@@ -72,28 +72,49 @@ def run(
     cases: CaseSet,
     service: Service,
     store: FolderStore,
-    setting: Setting,
+    settings: list[Setting],
     opts: Options,
     out: Path,
 ) -> list[dict[str, Any]]:
-    """Stages every case with bounded concurrency and returns one result per case, in order.
+    """Stages every case under every setting with bounded concurrency and returns one result
+    per case and setting, setting by setting, cases in order.
 
-    Images land in out (original, control, staged) so the report can show them.
+    The set is copied into the store, and each case's original and control image written to
+    out, once; each staged image lands in out/staged/<setting>/ so the report can show it.
     """
     keys = upload(cases, store, opts.prefix)
-    for sub in ("original", "control", "staged"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    files = _prepare(cases, out)
+    jobs = [(case, setting) for setting in settings for case in cases.cases]
 
-    def one(case: Case) -> dict[str, Any]:
-        return _stage(case, keys[case.id], service, store, setting, opts, out)
+    def one(job: tuple[Case, Setting]) -> dict[str, Any]:
+        case, setting = job
+        return _stage(case, keys[case.id], dict(files[case.id]), service, store, setting, opts, out)
 
     with ThreadPoolExecutor(max_workers=opts.concurrency) as pool:
-        return list(pool.map(one, cases.cases))
+        return list(pool.map(one, jobs))
+
+
+def _prepare(cases: CaseSet, out: Path) -> dict[str, dict[str, str]]:
+    """Writes each case's original and the control image the engine derives from it (its own
+    Canny) into out; returns their paths relative to out, by case id."""
+    from inference.conditioning import canny
+
+    for sub in ("original", "control"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict[str, str]] = {}
+    for c in cases.cases:
+        f = {"original": f"original/{c.id}.jpg", "control": f"control/{c.id}.png"}
+        original = _rgb(c.original.read_bytes())
+        _save(original, out / f["original"])
+        _save(canny(original), out / f["control"])
+        files[c.id] = f
+    return files
 
 
 def _stage(
     case: Case,
     keys: dict[str, str],
+    files: dict[str, str],
     service: Service,
     store: FolderStore,
     setting: Setting,
@@ -118,11 +139,8 @@ def _stage(
         "setting": setting.label,
         "notes": case.notes,
         "request": body,
-        "files": {"original": f"original/{case.id}.jpg", "control": f"control/{case.id}.png"},
+        "files": files,
     }
-    original = _rgb(case.original.read_bytes())
-    _save(original, out / result["files"]["original"])
-    _save(_control(original), out / result["files"]["control"])
     try:
         outcome = service.infer(body)
     except ServiceError as e:
@@ -131,8 +149,10 @@ def _stage(
     result["answer"] = outcome.answer
     result["timings"] = {"call_ms": outcome.call_ms, "attempts": outcome.attempts}
     staged = _rgb(store.read(outcome.answer["staged_key"]))
-    result["files"]["staged"] = f"staged/{case.id}.jpg"
-    _save(staged, out / result["files"]["staged"])
+    files["staged"] = f"staged/{setting.label}/{case.id}.jpg"
+    (out / files["staged"]).parent.mkdir(parents=True, exist_ok=True)
+    _save(staged, out / files["staged"])
+    original = _rgb(case.original.read_bytes())
     mask = None if case.mask is None else np.asarray(Image.open(case.mask).convert("L"))
     begin = time.monotonic()
     values = metrics.compute(np.asarray(original), np.asarray(staged), mask)
@@ -150,13 +170,6 @@ def _rgb(data: bytes) -> Image.Image:
         return img.convert("RGB")
 
 
-def _control(img: Image.Image) -> Image.Image:
-    # The engine's own Canny, so the report shows what the ControlNet saw.
-    from inference.conditioning import canny
-
-    return canny(img)
-
-
 def _save(img: Image.Image, path: Path) -> None:
     if path.suffix == ".png":
         img.save(path, "PNG")
@@ -169,12 +182,13 @@ def _finite(v: float) -> float | None:
     return None if v != v else float(v)
 
 
-def write_results(out: Path, run_info: dict[str, Any], results: list[dict[str, Any]]) -> Path:
-    """Writes results.json and returns its path."""
-    path = out / "results.json"
+def write_results(
+    out: Path, run_info: dict[str, Any], results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Writes results.json and returns what it holds."""
     doc = {"run": run_info, "metrics": metric_docs(), "cases": results}
-    path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-    return path
+    (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
 
 
 def metric_docs() -> dict[str, dict[str, Any]]:

@@ -244,6 +244,44 @@ def test_sweep_prints_a_row_per_setting(
     results = json.loads((tmp_path / "sweep" / "results.json").read_text())
     strengths = {r["setting"]: r["request"]["strength"] for r in results["cases"]}
     assert strengths == {"s0.5": 0.5, "s0.9": 0.9}
+    # Each setting keeps its own staged image.
+    staged = {r["files"]["staged"] for r in results["cases"]}
+    assert len(staged) == len(results["cases"])
+    assert all((tmp_path / "sweep" / f).is_file() for f in staged)
+
+
+def test_a_refused_case_is_reported_not_lost(sidecar: dict[str, str], tmp_path: Path) -> None:
+    """A case the service refuses fails the run (exit 1) with the service's code in
+    results.json and the report, and stages nothing; the other cases still run."""
+    doc = json.loads((BUNDLED / "manifest.json").read_text())
+    folder = tmp_path / "set"
+    folder.mkdir()
+    good = next(c for c in doc["cases"] if "mask" not in c)
+    shutil.copy(BUNDLED / good["original"], folder / good["original"])
+    bad = good | {"id": "no-such-room", "room_type": "ballroom"}
+    doc = {"name": "refused", "cases": [good, bad]}
+    (folder / "manifest.json").write_text(json.dumps(doc))
+    out = tmp_path / "run"
+    code = cli.main(
+        [
+            "run",
+            "--service",
+            sidecar["url"],
+            "--store",
+            sidecar["store"],
+            "--set",
+            str(folder),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == cli.EXIT_BELOW
+    results = json.loads((out / "results.json").read_text())
+    ok, refused = results["cases"]
+    assert "metrics" in ok and "error" not in ok
+    assert refused["error"]["code"] == "invalid_input" and "staged" not in refused["files"]
+    assert results["run"]["failed"] == 1
+    assert "failed: invalid_input" in (out / "report.html").read_text()
 
 
 def test_manifest_refuses_bad_sets(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -13,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from inference import tiny
 from quality import metrics
 from quality.metrics import METRICS, compute, flags
 
@@ -270,19 +270,6 @@ def test_flags_names_exactly_the_values_beyond_thresholds() -> None:
 # CLIP score with a tiny random model.
 
 
-def _byte_alphabet() -> list[str]:
-    """One printable character per byte value, the alphabet of byte-level BPE."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     import torch
@@ -291,22 +278,11 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
         CLIPImageProcessorPil,
         CLIPModel,
         CLIPProcessor,
-        CLIPTokenizer,
     )
 
     folder = tmp_path_factory.mktemp("tiny-clip")
-    bos, eos = "<|startoftext|>", "<|endoftext|>"
-    vocab = {bos: 0, eos: 1}
-    for ch in _byte_alphabet():
-        vocab[ch] = len(vocab)
-        vocab[ch + "</w>"] = len(vocab)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(
-        vocab=str(folder / "vocab.json"),
-        merges=str(folder / "merges.txt"),
-        model_max_length=77,
-    )
+    # The engine's own offline tokenizer: every byte is a token, no download.
+    tokenizer = tiny.build_tokenizer()
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
@@ -315,7 +291,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
     config = CLIPConfig(
         text_config={
-            "vocab_size": len(vocab),
+            "vocab_size": len(tokenizer),
             "hidden_size": 32,
             "intermediate_size": 37,
             "num_attention_heads": 4,

@@ -2,11 +2,13 @@ package cli_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -285,4 +287,34 @@ func TestRetriesRunOut(t *testing.T) {
 		t.Errorf("%s %s after %d attempts, want failed transport after 3", r.Status, deref(r.ErrorCode), r.Job.Attempts)
 	}
 	stop()
+}
+
+// TestEnqueueWithAStoreDown: with Redis or PostgreSQL unreachable, enqueue
+// exits 1 with the cause and records nothing anywhere.
+func TestEnqueueWithAStoreDown(t *testing.T) {
+	s := newStack(t, nil)
+	args := []string{"enqueue", "--image-id", "down-1", "--original-key", "listings/42/empty.jpg",
+		"--room-type", "bedroom", "--style", "scandinavian"}
+	goodRedis, goodDB := s.env["REDIS_URL"], s.env["DATABASE_URL"]
+
+	s.env["REDIS_URL"] = "redis-socket://" + filepath.Join(t.TempDir(), "none.sock")
+	code, _, errOut := s.cmd(t, args...)
+	if code != 1 || !strings.Contains(errOut, "queue") {
+		t.Errorf("Redis down: exit %d, %q; want 1 naming the queue", code, errOut)
+	}
+	if _, err := s.db.Get(t.Context(), "down-1"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Redis down: a row was recorded: %v", err)
+	}
+
+	s.env["REDIS_URL"], s.env["DATABASE_URL"] = goodRedis, "postgres://vstage@/vstage?host="+t.TempDir()+"&sslmode=disable&connect_timeout=2"
+	code, _, errOut = s.cmd(t, args...)
+	if code != 1 || !strings.Contains(errOut, "PostgreSQL") {
+		t.Errorf("PostgreSQL down: exit %d, %q; want 1 naming PostgreSQL", code, errOut)
+	}
+	s.env["DATABASE_URL"] = goodDB
+	if code, out, _ := s.cmd(t, "status", "--image-id", "down-1"); code != 1 {
+		t.Errorf("status of an image never recorded: exit %d, %s", code, out)
+	}
+	// Both back: the same enqueue now works, so nothing half-written blocks it.
+	s.enqueue(t, "down-1", "free", "bedroom", "enqueued")
 }
