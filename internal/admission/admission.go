@@ -208,7 +208,7 @@ func (c *Controller) Acquire(ctx context.Context, req Request) (*Ticket, error) 
 		if c.fitsLocked(t.need) {
 			c.startLocked(t)
 			c.mu.Unlock()
-			c.m.queueWait.Observe(time.Since(asked).Seconds())
+			c.m.queueWait.WithLabelValues(string(tier)).Observe(time.Since(asked).Seconds())
 			return t, nil
 		}
 		if c.opts.QueueDepth == 0 {
@@ -315,7 +315,7 @@ func (c *Controller) settle(w *waiter, asked time.Time) (*Ticket, error) {
 	if w.rej != nil {
 		return nil, c.reject(w.rej)
 	}
-	c.m.queueWait.Observe(time.Since(asked).Seconds())
+	c.m.queueWait.WithLabelValues(string(tiers[w.rank])).Observe(time.Since(asked).Seconds())
 	return w.t, nil
 }
 
@@ -342,10 +342,10 @@ func (t *Ticket) Release(r Report) {
 	c.dispatchLocked()
 	c.mu.Unlock()
 	if learn {
-		c.m.jobDuration.WithLabelValues(sizeLabel(sizeBucket(r.Megapixels))).Observe(r.Duration.Seconds())
+		c.m.jobDuration.WithLabelValues(sizeLabel(r.Megapixels)).Observe(r.Duration.Seconds())
 	}
 	if vram > 0 {
-		c.m.vramEstimate.WithLabelValues(sizeLabel(sizeBucket(cmp(r.Megapixels, t.mp)))).Set(float64(vram))
+		c.m.vramEstimate.WithLabelValues(sizeLabel(cmp(r.Megapixels, t.mp))).Set(float64(vram))
 	}
 }
 

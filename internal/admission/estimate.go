@@ -2,8 +2,9 @@ package admission
 
 import (
 	"math"
-	"strconv"
 	"time"
+
+	"github.com/vstage/vstage/internal/telemetry"
 )
 
 // sizeStep is the granularity of size buckets, in pixels of side.
@@ -22,8 +23,10 @@ func sizeBucket(mp float64) int {
 	return min(max(b, 1), maxSizeBucket)
 }
 
-func sizeLabel(bucket int) string {
-	return strconv.Itoa(bucket * sizeStep)
+// sizeLabel is the size label of a job of mp megapixels, the same one the
+// staging metrics use; its buckets are sizeBucket's.
+func sizeLabel(mp float64) string {
+	return telemetry.SizeLabel(mp * 1e6)
 }
 
 // durationAlpha weighs a new measurement in the per-megapixel duration

@@ -9,7 +9,7 @@ type metrics struct {
 	queueDepth   *prometheus.GaugeVec
 	inFlight     prometheus.Gauge
 	slots        prometheus.Gauge
-	queueWait    prometheus.Histogram
+	queueWait    *prometheus.HistogramVec
 	jobDuration  *prometheus.HistogramVec
 	rejections   *prometheus.CounterVec
 	abandoned    prometheus.Counter
@@ -32,11 +32,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: name("slots"),
 			Help: "Jobs that may run at once (CONCURRENCY).",
 		}),
-		queueWait: f.NewHistogram(prometheus.HistogramOpts{
+		queueWait: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    name("queue_wait_seconds"),
-			Help:    "Time from asking for a slot to getting it, for admitted jobs.",
+			Help:    "Time from asking for a slot to getting it, for admitted jobs, by tier.",
 			Buckets: []float64{.001, .01, .05, .1, .25, .5, 1, 2.5, 5, 10, 15, 20, 30, 60},
-		}),
+		}, []string{"tier"}),
 		jobDuration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    name("job_duration_seconds"),
 			Help:    "Time a finished job held its slot, by output size (the side of a square of the same pixel count, rounded up to 256).",
@@ -60,6 +60,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	for _, t := range tiers {
 		m.queueDepth.WithLabelValues(string(t))
+		m.queueWait.WithLabelValues(string(t))
 	}
 	return m
 }

@@ -119,7 +119,7 @@ func TestSizeBuckets(t *testing.T) {
 		{768, 768, "768"}, {768, 576, "768"}, {1024, 1024, "1024"}, {1024, 768, "1024"},
 		{1536, 1024, "1280"}, {64, 64, "256"}, {20000, 20000, "4096"},
 	} {
-		if got := sizeLabel(sizeBucket(float64(tc.w*tc.h) / 1e6)); got != tc.want {
+		if got := sizeLabel(float64(tc.w*tc.h) / 1e6); got != tc.want {
 			t.Errorf("%dx%d: %s, want %s", tc.w, tc.h, got, tc.want)
 		}
 	}

@@ -88,6 +88,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		MaxInputPixels:     cfg.MaxInputPixels,
 		OutputLongSide:     cfg.OutputLongSide,
 		DecodeBudget:       decode,
+		Prices:             prices(cfg),
 	}, telemetry.NewStagingMetrics(reg), log)
 	srv := api.New(svc, cat, reg, telemetry.NewHTTPMetrics(reg), log, api.Options{
 		MaxBodyBytes:   cfg.MaxBodyBytes,
@@ -101,6 +102,16 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		a.admin = rollout.NewAdminHandler(bs.router, cfg.Rollout.AdminToken, log.With("component", "admin"))
 	}
 	return a, nil
+}
+
+// prices prices the backends from the cost settings: a self-mode job takes
+// one of CONCURRENCY places on the GPU, so its second costs that share of
+// the GPU's.
+func prices(cfg config.Config) map[string]staging.Price {
+	return map[string]staging.Price{
+		string(mode.Self):    {PerSecond: cfg.Cost.GPUHour / 3600 / float64(max(cfg.Admission.Concurrency, 1))},
+		string(mode.Managed): {PerSecond: cfg.Cost.ManagedPerSecond, PerRun: cfg.Cost.ManagedPerRun},
+	}
 }
 
 // Handler returns the HTTP routes.

@@ -305,7 +305,7 @@ func TestRoutesAndMetrics(t *testing.T) {
 	}
 	for _, want := range []string{
 		`vstage_http_requests_total{method="POST",route="/infer",status="404"} 1`,
-		`vstage_staging_jobs_total{backend="mock",outcome="not_found"} 1`,
+		`vstage_staging_jobs_total{backend="mock",outcome="not_found",tier="free"} 1`,
 		"vstage_build_info{", "go_goroutines ", "process_resident_memory_bytes ",
 	} {
 		if !strings.Contains(string(m.body), want) {

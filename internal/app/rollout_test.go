@@ -82,7 +82,7 @@ func TestKillSwitchUnderLoad(t *testing.T) {
 	}
 	metrics := string(get(t, svc.url+"/metrics").body)
 	for _, b := range []string{"self", "mock"} {
-		if v := metricValue(t, metrics, `vstage_staging_jobs_total{backend="`+b+`",outcome="ok"}`); v == "(absent)" {
+		if v := metricValue(t, metrics, `vstage_staging_jobs_total{backend="`+b+`",outcome="ok",tier="free"}`); v == "(absent)" {
 			t.Errorf("no jobs counted for %s", b)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vstage/vstage/internal/telemetry"
 	"github.com/vstage/vstage/internal/testsupport"
 )
 
@@ -89,8 +90,14 @@ func TestSelfModeEndToEnd(t *testing.T) {
 		t.Errorf("replay: %d %s", replay.status, replay.body)
 	}
 	metrics := string(get(t, svc.url+"/metrics").body)
-	if n := metricValue(t, metrics, `vstage_staging_job_duration_seconds_count{backend="self"}`); n != "2" {
+	size := telemetry.SizeLabel(float64(first.Width * first.Height))
+	if n := metricValue(t, metrics, `vstage_staging_job_duration_seconds_count{backend="self",size="`+size+`"}`); n != "2" {
 		t.Errorf("engine jobs = %s, want 2: the replay must not reach the engine", n)
+	}
+	for _, phase := range telemetry.Phases {
+		if n := metricValue(t, metrics, `vstage_engine_phase_duration_seconds_count{phase="`+phase+`"}`); n != "2" {
+			t.Errorf("%s phases counted = %s, want 2", phase, n)
+		}
 	}
 	if n := metricValue(t, metrics, `vstage_engine_ready`); n != "1" {
 		t.Errorf("vstage_engine_ready = %s", n)

@@ -6,6 +6,7 @@ package backend
 
 import (
 	"context"
+	"time"
 
 	"github.com/vstage/vstage/internal/imagecheck"
 )
@@ -51,6 +52,20 @@ type Result struct {
 	// Warnings are short machine-readable notes for the client, such as
 	// "mask_ignored".
 	Warnings []string
+	// Phases is the backend's own breakdown of the job's time, in the
+	// order of its phases; nil when it gives none.
+	Phases []Phase
+	// BilledTime is the run time the backend reports it charges for (a
+	// provider's prediction time); zero when it reports none, and the
+	// time the sidecar saw counts instead.
+	BilledTime time.Duration
+}
+
+// Phase is one step of a backend's work and how long it took.
+type Phase struct {
+	// Name is one of telemetry.Phases.
+	Name     string
+	Duration time.Duration
 }
 
 // Backend produces staged images. Stage must return promptly after ctx is

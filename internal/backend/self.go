@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -75,7 +76,24 @@ func (s *Self) Stage(ctx context.Context, job Job) (Result, error) {
 		Height:             int(res.GetHeight()),
 		ModelRev:           res.GetModelRev(),
 		PeakGPUMemoryBytes: res.GetPeakGpuMemoryBytes(),
+		Phases:             phases(res.GetTimings()),
 	}, nil
+}
+
+// phases lists the engine's timings under the names of telemetry.Phases;
+// nil when the engine sent none.
+func phases(t *enginev1.Timings) []Phase {
+	if t == nil {
+		return nil
+	}
+	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	return []Phase{
+		{"decode", ms(t.GetDecodeMs())},
+		{"preprocess", ms(t.GetPreprocessMs())},
+		{"denoise", ms(t.GetDenoiseMs())},
+		{"vae_decode", ms(t.GetVaeDecodeMs())},
+		{"encode", ms(t.GetEncodeMs())},
+	}
 }
 
 func (s *Self) request(job Job) *enginev1.StageRequest {

@@ -62,6 +62,30 @@ type Config struct {
 	Rollout Rollout
 	// Managed configures the hosted provider backend.
 	Managed Managed
+	// Cost prices the work of each backend for the cost metrics.
+	Cost Cost
+	// Tracing configures what traces may record; the exporter itself is
+	// configured by the standard OTEL_* variables.
+	Tracing Tracing
+}
+
+// Cost prices backend time, in any currency the operator counts in (the
+// metrics say dollars). Zero prices count no cost.
+type Cost struct {
+	// GPUHour is the price of one GPU for an hour; a self-mode job costs
+	// its share of the GPU (one of CONCURRENCY places) for the time it
+	// held its place.
+	GPUHour float64
+	// ManagedPerSecond and ManagedPerRun price the provider's jobs: its
+	// reported run time, and each run.
+	ManagedPerSecond float64
+	ManagedPerRun    float64
+}
+
+// Tracing configures the content of spans.
+type Tracing struct {
+	// RecordPrompts adds the prompts to the job's span.
+	RecordPrompts bool
 }
 
 // Rollout configures the routing between mock and the real backend.
@@ -205,6 +229,10 @@ var Settings = []Setting{
 	{"MANAGED_BREAKER_OPEN_TIMEOUT", "30s", "How long the circuit stays open before a trial job."},
 	{"FALLBACK_TO_MOCK", "false", "While the provider circuit is open, answer from mock with warning fallback_mock instead of 502."},
 	{"ENGINE_MAX_GPU_MEMORY", "0", "Engine GPU memory, measured between jobs, that triggers a graceful recycle (a leak), e.g. 30GiB; 0: off."},
+	{"GPU_HOUR_COST", "0", "Price of one GPU hour, for vstage_staging_cost_dollars_total: a self-mode job costs its place's share (1/CONCURRENCY) of the GPU for the time it held it; 0: not counted."},
+	{"MANAGED_COST_PER_SECOND", "0", "Provider's price per second of run time (the run time it reports, else the time the sidecar saw)."},
+	{"MANAGED_COST_PER_RUN", "0", "Provider's price per run, added to the per-second price."},
+	{"TRACE_PROMPTS", "false", "true: the job's span records the prompts; off by default, since they can be long and are the business's wording."},
 }
 
 // Load reads the configuration through getenv (os.Getenv in production) and
@@ -221,6 +249,12 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 	c.Engine = p.engine(wd, c.Mode)
 	c.Admission = p.admission()
 	c.GPU = p.gpu()
+	c.Cost = Cost{
+		GPUHour:          p.price("GPU_HOUR_COST"),
+		ManagedPerSecond: p.price("MANAGED_COST_PER_SECOND"),
+		ManagedPerRun:    p.price("MANAGED_COST_PER_RUN"),
+	}
+	c.Tracing = Tracing{RecordPrompts: p.boolean("TRACE_PROMPTS")}
 	return c, errors.Join(p.errs...)
 }
 
@@ -533,6 +567,15 @@ func (p *parser) fraction(name string) float64 {
 	v, err := strconv.ParseFloat(p.str(name), 64)
 	if err != nil || !(v > 0 && v <= 1) {
 		p.fail(name, "must be a number in (0, 1], got %q", p.str(name))
+	}
+	return v
+}
+
+// price accepts a finite number of at least 0.
+func (p *parser) price(name string) float64 {
+	v, err := strconv.ParseFloat(p.str(name), 64)
+	if err != nil || math.IsInf(v, 0) || math.IsNaN(v) || v < 0 {
+		p.fail(name, "must be a price of at least 0 such as 2.50, got %q", p.str(name))
 	}
 	return v
 }

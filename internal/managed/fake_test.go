@@ -41,6 +41,8 @@ type fakeProvider struct {
 	// linkBase, when set, is the origin of the prediction's links and
 	// output instead of the fake's own.
 	linkBase string
+	// predictTime is the run time succeeded predictions report (metrics.predict_time).
+	predictTime float64
 
 	total, creates, polls, downloads atomic.Int32
 	inflight                         atomic.Int32
@@ -185,6 +187,7 @@ func (f *fakeProvider) finish(p *prediction) {
 			out = dataURI(f.image)
 		}
 		p.Output, _ = json.Marshal([]string{out})
+		p.Metrics.PredictTime = f.predictTime
 	case statusFailed:
 		p.Error, _ = json.Marshal(f.errText)
 	}

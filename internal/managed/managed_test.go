@@ -79,6 +79,9 @@ func TestHappyPath(t *testing.T) {
 	if res.Width != 32 || res.Height != 24 || res.ContentType != "image/png" || res.ModelRev != "managed:v123" || !bytes.Equal(res.Image, f.image) {
 		t.Fatalf("result %dx%d %s %s", res.Width, res.Height, res.ContentType, res.ModelRev)
 	}
+	if res.BilledTime != 0 {
+		t.Errorf("billed time %v from a prediction that reports none", res.BilledTime)
+	}
 	if f.creates.Load() != 1 || f.polls.Load() != 2 || f.downloads.Load() != 1 {
 		t.Fatalf("calls: %s", f)
 	}
@@ -95,6 +98,25 @@ func TestHappyPath(t *testing.T) {
 	for _, k := range []string{"image", "mask"} {
 		if s, _ := in[k].(string); !strings.HasPrefix(s, "data:image/png;base64,") {
 			t.Fatalf("input %s = %.40q, want a PNG data URI", k, s)
+		}
+	}
+}
+
+// The provider's reported run time is what its price applies to; a value
+// no run can have is ignored rather than priced.
+func TestBilledTimeFromPredictTime(t *testing.T) {
+	for _, tc := range []struct {
+		reported float64
+		want     time.Duration
+	}{{2.5, 2500 * time.Millisecond}, {-1, 0}, {1e9, 0}} {
+		f := newFake(t)
+		f.predictTime = tc.reported
+		res, err := newBackend(t, quick(f)).Stage(t.Context(), testJob(t))
+		if err != nil {
+			t.Fatalf("Stage: %v (%s)", err, f)
+		}
+		if res.BilledTime != tc.want {
+			t.Errorf("predict_time %v: billed %v, want %v", tc.reported, res.BilledTime, tc.want)
 		}
 	}
 }

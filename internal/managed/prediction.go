@@ -38,6 +38,20 @@ type prediction struct {
 	URLs   struct {
 		Get string `json:"get"`
 	} `json:"urls"`
+	// Metrics.PredictTime is the run time, in seconds, the provider bills.
+	Metrics struct {
+		PredictTime float64 `json:"predict_time"`
+	} `json:"metrics"`
+}
+
+// billed is the run time the provider reports for p; zero when it reports
+// none, or a value no run can have.
+func (p prediction) billed() time.Duration {
+	t := p.Metrics.PredictTime
+	if !(t > 0 && t < 86400) {
+		return 0
+	}
+	return time.Duration(t * float64(time.Second))
 }
 
 // predictionError is a prediction that ended without an output.
@@ -88,7 +102,10 @@ func (b *Backend) run(ctx context.Context, job backend.Job) (backend.Result, err
 		return backend.Result{}, fmt.Errorf("%w: the output is not an accepted image: %w", errMalformed, err)
 	}
 	w, h := info.OrientedSize()
-	return backend.Result{Image: data, ContentType: "image/" + string(info.Format), Width: w, Height: h, ModelRev: b.opts.ModelRev}, nil
+	return backend.Result{
+		Image: data, ContentType: "image/" + string(info.Format), Width: w, Height: h,
+		ModelRev: b.opts.ModelRev, BilledTime: p.billed(),
+	}, nil
 }
 
 func (b *Backend) create(ctx context.Context, job backend.Job) (prediction, error) {

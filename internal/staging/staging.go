@@ -49,6 +49,17 @@ type Options struct {
 	// DecodeBudget bounds the pixels of the masks decoded at once (see
 	// verifyMask); nil bounds nothing. The mock backend shares it.
 	DecodeBudget *imagecheck.Budget
+	// Prices prices each backend's calls by name for the cost metrics; a
+	// backend without one costs nothing.
+	Prices map[string]Price
+}
+
+// Price is what one call of a backend costs: PerRun, plus PerSecond for
+// each second of its billed time (Result.BilledTime, else the time the
+// call took).
+type Price struct {
+	PerSecond float64
+	PerRun    float64
 }
 
 // Backends are the backends a Service routes jobs to.
@@ -151,8 +162,18 @@ func (s *Service) Stage(ctx context.Context, req Request) (Outcome, error) {
 		// Failed before a backend answered: count it where it was routed.
 		name = s.backends.route(req.ImageID)
 	}
-	s.metrics.Jobs.WithLabelValues(name, outcome).Inc()
+	s.metrics.Jobs.WithLabelValues(name, outcome, tierLabel(req.Tier)).Inc()
 	return out, err
+}
+
+// tierLabel is the tier label of a request's tier: "unknown" for one that
+// is not a tier, which validation refuses.
+func tierLabel(t string) string {
+	tier, err := admission.ParseTier(t)
+	if err != nil {
+		return "unknown"
+	}
+	return string(tier)
 }
 
 func (s *Service) stage(ctx context.Context, req Request) (Outcome, error) {
@@ -276,6 +297,7 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	res, err := be.Stage(ctx, job)
 	backendTime := time.Since(ran)
 	g.release(admission.Report{Duration: backendTime, PeakGPUBytes: res.PeakGPUMemoryBytes, Megapixels: float64(res.Width*res.Height) / 1e6})
+	s.count(be.Name(), res, backendTime, p.tier)
 	if err != nil {
 		if ctx.Err() != nil {
 			return record{}, contextFault(ctx)
@@ -311,9 +333,29 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	}); err != nil {
 		return record{}, s.storageFault(ctx, err, "writing "+p.recordKey)
 	}
-	s.metrics.Duration.WithLabelValues(producer).Observe(time.Since(start).Seconds())
+	s.metrics.Duration.WithLabelValues(producer, telemetry.SizeLabel(float64(res.Width*res.Height))).
+		Observe(time.Since(start).Seconds())
+	for _, ph := range res.Phases {
+		s.metrics.Phases.WithLabelValues(ph.Name).Observe(ph.Duration.Seconds())
+	}
 	rec.backendTime = backendTime
 	return rec, nil
+}
+
+// count adds a backend call's time and price to the cost metrics, under
+// the backend that did the work (a fallback's, when one answered).
+func (s *Service) count(called string, res backend.Result, took time.Duration, tier admission.Tier) {
+	name := called
+	if res.Backend != "" {
+		name = res.Backend
+	}
+	billed := took
+	if res.BilledTime > 0 {
+		billed = res.BilledTime
+	}
+	s.metrics.BackendSeconds.WithLabelValues(name, string(tier)).Add(billed.Seconds())
+	price := s.opts.Prices[name]
+	s.metrics.Cost.WithLabelValues(name, string(tier)).Add(price.PerRun + price.PerSecond*billed.Seconds())
 }
 
 // prepare reads and checks the inputs and resolves every job parameter.

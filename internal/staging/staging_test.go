@@ -164,7 +164,7 @@ func TestFailedJobLeavesNoRecordAndRetryRuns(t *testing.T) {
 	if got := f.be.calls.Load(); got != 2 {
 		t.Errorf("backend ran %d times, want 2", got)
 	}
-	if got := testutil.ToFloat64(f.metrics.Jobs.WithLabelValues("mock", "unavailable")); got != 1 {
+	if got := testutil.ToFloat64(f.metrics.Jobs.WithLabelValues("mock", "unavailable", "free")); got != 1 {
 		t.Errorf("jobs{outcome=unavailable} = %v", got)
 	}
 }

@@ -6,7 +6,9 @@ package telemetry
 import (
 	"io"
 	"log/slog"
+	"math"
 	"runtime/debug"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -72,11 +74,20 @@ func NewHTTPMetrics(reg prometheus.Registerer) *HTTPMetrics {
 
 // StagingMetrics are recorded by the staging use case.
 type StagingMetrics struct {
-	// Jobs counts finished /infer jobs by backend and outcome: "ok",
-	// "replay", or the error code.
+	// Jobs counts finished /infer jobs by backend, outcome ("ok",
+	// "replay", or the error code) and tier ("unknown" when the request
+	// was refused before its tier was read).
 	Jobs *prometheus.CounterVec
-	// Duration is the time of jobs that ran a backend, by backend.
+	// Duration is the time of jobs that ran a backend, by backend and
+	// output size (SizeLabel). Observations carry the trace id as an
+	// exemplar when the request is traced.
 	Duration *prometheus.HistogramVec
+	// Phases is the engine's own breakdown of its jobs, by phase.
+	Phases *prometheus.HistogramVec
+	// Cost and BackendSeconds add up what backend calls cost, by backend
+	// and tier, failed calls included: the work was paid for.
+	Cost           *prometheus.CounterVec
+	BackendSeconds *prometheus.CounterVec
 	// Shared counts requests that waited for an identical request's
 	// execution instead of running their own.
 	Shared prometheus.Counter
@@ -86,19 +97,40 @@ type StagingMetrics struct {
 	InputBytes prometheus.Histogram
 }
 
+// Phases are the engine's phases, in the order a job goes through them;
+// the values of vstage_engine_phase_duration_seconds's phase label.
+var Phases = []string{"decode", "preprocess", "denoise", "vae_decode", "encode"}
+
+// Tiers are the values of the tier label: the admission tiers, and
+// "unknown" for requests refused before their tier was read.
+var Tiers = []string{"business", "pro", "free", "unknown"}
+
 // NewStagingMetrics registers the staging metrics with reg.
 func NewStagingMetrics(reg prometheus.Registerer) *StagingMetrics {
 	f := promauto.With(reg)
-	return &StagingMetrics{
+	m := &StagingMetrics{
 		Jobs: f.NewCounterVec(prometheus.CounterOpts{
 			Name: prometheus.BuildFQName(Namespace, "staging", "jobs_total"),
-			Help: "Staging jobs finished, by backend and outcome (ok, replay, or the error code).",
-		}, []string{"backend", "outcome"}),
+			Help: "Staging jobs finished, by backend, outcome (ok, replay, or the error code) and tier.",
+		}, []string{"backend", "outcome", "tier"}),
 		Duration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    prometheus.BuildFQName(Namespace, "staging", "job_duration_seconds"),
-			Help:    "Time from admission to answer of staging jobs that ran a backend, by backend.",
+			Help:    "Time from admission to answer of staging jobs that ran a backend, by backend and output size (the side of a square of the same pixel count, rounded up to 256).",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60, 120},
-		}, []string{"backend"}),
+		}, []string{"backend", "size"}),
+		Phases: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    prometheus.BuildFQName(Namespace, "engine", "phase_duration_seconds"),
+			Help:    "Time of the engine's phases of successful jobs, as the engine measured them: decode, preprocess, denoise, vae_decode, encode.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60},
+		}, []string{"phase"}),
+		Cost: f.NewCounterVec(prometheus.CounterOpts{
+			Name: prometheus.BuildFQName(Namespace, "staging", "cost_dollars_total"),
+			Help: "Estimated price of backend calls (GPU_HOUR_COST, MANAGED_COST_PER_SECOND, MANAGED_COST_PER_RUN), failed ones included, by backend and tier.",
+		}, []string{"backend", "tier"}),
+		BackendSeconds: f.NewCounterVec(prometheus.CounterOpts{
+			Name: prometheus.BuildFQName(Namespace, "staging", "backend_seconds_total"),
+			Help: "Time of backend calls (self: a place on the GPU; managed: the provider's run time), failed ones included, by backend and tier.",
+		}, []string{"backend", "tier"}),
 		Shared: f.NewCounter(prometheus.CounterOpts{
 			Name: prometheus.BuildFQName(Namespace, "staging", "shared_executions_total"),
 			Help: "Requests answered by an identical concurrent request's execution.",
@@ -114,4 +146,25 @@ func NewStagingMetrics(reg prometheus.Registerer) *StagingMetrics {
 			Buckets: prometheus.ExponentialBuckets(64<<10, 2, 10),
 		}),
 	}
+	for _, p := range Phases {
+		m.Phases.WithLabelValues(p)
+	}
+	return m
+}
+
+// sizeStep and maxSizeSide bound the size label: multiples of 256 up to
+// 4096, whatever the output.
+const (
+	sizeStep    = 256
+	maxSizeSide = 4096
+)
+
+// SizeLabel names the size of a job of the given pixels: the side of a
+// square with as many pixels, rounded up to a multiple of 256 and capped
+// at 4096, so a 1024x768 job is "1024" with the square 1024 ones whose
+// time and memory it shares closely.
+func SizeLabel(pixels float64) string {
+	side := math.Sqrt(pixels)
+	b := int(math.Ceil(side/sizeStep - 1e-9))
+	return strconv.Itoa(min(max(b, 1), maxSizeSide/sizeStep) * sizeStep)
 }
