@@ -23,6 +23,12 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vstage/vstage/client/backoff"
 )
@@ -118,7 +124,8 @@ type Client struct {
 	cfg      config
 	breaker  *gobreaker.CircuitBreaker[*Response]
 	// wait pauses between attempts; tests replace it.
-	wait func(ctx context.Context, d time.Duration) error
+	wait   func(ctx context.Context, d time.Duration) error
+	tracer trace.Tracer
 }
 
 type config struct {
@@ -131,13 +138,17 @@ type config struct {
 	breakerTimeout  time.Duration
 	userAgent       string
 	maxBodyBytes    int64
+	tracerProvider  trace.TracerProvider
+	propagator      propagation.TextMapPropagator
 }
 
 // Option configures a Client.
 type Option func(*config)
 
-// WithHTTPClient sets the HTTP client; the default has its own transport
-// and no overall timeout, since ctx bounds each call.
+// WithHTTPClient sets the HTTP client; the default has its own transport,
+// traced, and no overall timeout, since ctx bounds each call. A client
+// given here is used as it is: wrap its transport with otelhttp to trace
+// its calls and send the trace context.
 func WithHTTPClient(c *http.Client) Option { return func(o *config) { o.httpClient = c } }
 
 // WithMaxAttempts bounds the tries of one Infer, the first included;
@@ -164,6 +175,20 @@ func WithBreaker(failures uint32, openFor time.Duration) Option {
 	return func(o *config) { o.breakerFailures, o.breakerTimeout = failures, openFor }
 }
 
+// WithTracerProvider sets where the client's spans go: one span per Infer
+// and a client span per attempt, whose context the service continues (the
+// W3C traceparent header). The default is OpenTelemetry's global provider,
+// which records nothing unless the program set one.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(o *config) { o.tracerProvider = tp }
+}
+
+// WithPropagator sets how the trace context travels in the request
+// headers; the default is OpenTelemetry's global propagator.
+func WithPropagator(p propagation.TextMapPropagator) Option {
+	return func(o *config) { o.propagator = p }
+}
+
 // WithUserAgent sets the User-Agent header.
 func WithUserAgent(ua string) Option { return func(o *config) { o.userAgent = ua } }
 
@@ -185,10 +210,20 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if cfg.maxAttempts < 1 || cfg.backoffBase <= 0 || cfg.backoffMax < cfg.backoffBase || cfg.breakerFailures == 0 || cfg.breakerTimeout <= 0 {
 		return nil, errors.New("vstage: attempts, backoff and breaker settings must be positive, and the largest backoff at least the first")
 	}
-	if cfg.httpClient == nil {
-		cfg.httpClient = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
+	if cfg.tracerProvider == nil {
+		cfg.tracerProvider = otel.GetTracerProvider()
 	}
-	c := &Client{endpoint: u.String() + "/infer", http: cfg.httpClient, cfg: cfg, wait: backoff.Sleep}
+	if cfg.propagator == nil {
+		cfg.propagator = otel.GetTextMapPropagator()
+	}
+	if cfg.httpClient == nil {
+		cfg.httpClient = &http.Client{Transport: otelhttp.NewTransport(http.DefaultTransport.(*http.Transport).Clone(),
+			otelhttp.WithTracerProvider(cfg.tracerProvider), otelhttp.WithPropagators(cfg.propagator))}
+	}
+	c := &Client{
+		endpoint: u.String() + "/infer", http: cfg.httpClient, cfg: cfg, wait: backoff.Sleep,
+		tracer: cfg.tracerProvider.Tracer("github.com/vstage/vstage/client"),
+	}
 	c.breaker = gobreaker.NewCircuitBreaker[*Response](gobreaker.Settings{
 		Name:         "vstage",
 		Timeout:      cfg.breakerTimeout,
@@ -212,32 +247,49 @@ func healthy(err error) bool {
 // runs out of attempts, or the next wait would pass ctx's deadline; it then
 // returns the last failure: an *Error for an answer of the service, an
 // error wrapping ErrCircuitOpen, or a transport or context error.
+//
+// The call is a span, "vstage.infer", under ctx's span; each attempt is an
+// HTTP client span under it, whose context the service continues. A caller
+// that wants the call linked to an earlier trace (the span that enqueued
+// the job, say) starts its own span with that link and passes its context.
 func (c *Client) Infer(ctx context.Context, req Request) (*Response, error) {
+	ctx, span := c.tracer.Start(ctx, "vstage.infer", trace.WithAttributes(attribute.String("vstage.image_id", req.ImageID)))
+	defer span.End()
+	resp, attempts, err := c.infer(ctx, req)
+	span.SetAttributes(attribute.Int("vstage.attempts", attempts))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "infer failed")
+	}
+	return resp, err
+}
+
+func (c *Client) infer(ctx context.Context, req Request) (*Response, int, error) {
 	body, err := json.Marshal(req)
 	if err != nil {
-		return nil, fmt.Errorf("vstage: encoding the request: %w", err)
+		return nil, 0, fmt.Errorf("vstage: encoding the request: %w", err)
 	}
 	for attempt := 1; ; attempt++ {
 		resp, err := c.breaker.Execute(func() (*Response, error) { return c.attempt(ctx, body) })
 		if err == nil {
-			return resp, nil
+			return resp, attempt, nil
 		}
 		if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
-			return nil, fmt.Errorf("%w (%w)", ErrCircuitOpen, err)
+			return nil, attempt, fmt.Errorf("%w (%w)", ErrCircuitOpen, err)
 		}
 		if ctx.Err() != nil {
-			return nil, err
+			return nil, attempt, err
 		}
 		retry, after := retryable(err)
 		if !retry || attempt >= c.cfg.maxAttempts {
-			return nil, err
+			return nil, attempt, err
 		}
 		d := max(backoff.Delay(attempt, c.cfg.backoffBase, c.cfg.backoffMax), after)
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) <= d {
-			return nil, err
+			return nil, attempt, err
 		}
 		if werr := c.wait(ctx, d); werr != nil {
-			return nil, err
+			return nil, attempt, err
 		}
 	}
 }

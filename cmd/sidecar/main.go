@@ -12,11 +12,17 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
+
+	"go.opentelemetry.io/otel"
 
 	"github.com/vstage/vstage/internal/app"
 	"github.com/vstage/vstage/internal/config"
 	"github.com/vstage/vstage/internal/telemetry"
 )
+
+// traceFlushTimeout bounds the export of the last spans at exit.
+const traceFlushTimeout = 5 * time.Second
 
 func main() { os.Exit(run()) }
 
@@ -41,7 +47,23 @@ func run() int {
 	if cfg.SeedDemo {
 		banner = os.Stdout
 	}
-	a, err := app.New(ctx, cfg, log)
+	tr, err := telemetry.NewTracing(ctx, cfg.Tracing.Exporter)
+	if err != nil {
+		log.Error("start failed", "error", err)
+		return 1
+	}
+	// The exporter reports its failures (a collector that is down) through
+	// OpenTelemetry's process-wide handler; they belong in our log.
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("tracing", "error", err) }))
+	defer func() {
+		// Spans still buffered are sent before the process ends.
+		sctx, cancel := context.WithTimeout(context.Background(), traceFlushTimeout)
+		defer cancel()
+		if err := tr.Shutdown(sctx); err != nil {
+			log.Warn("traces lost at exit", "error", err)
+		}
+	}()
+	a, err := app.New(ctx, cfg, log, tr)
 	if err != nil {
 		log.Error("start failed", "error", err)
 		return 1

@@ -23,6 +23,9 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/vstage/vstage/internal/fault"
 )
 
@@ -226,10 +229,16 @@ func (c *Controller) Acquire(ctx context.Context, req Request) (*Ticket, error) 
 		return nil, c.reject(rej)
 	}
 	w := &waiter{t: t, rank: rank, ready: make(chan struct{})}
+	ahead := 0
+	for r := 0; r <= rank; r++ {
+		ahead += c.queues[r].Len()
+	}
 	w.elem = c.queues[rank].PushBack(w)
 	c.queuedMP[rank] += t.mp
 	c.dispatchLocked()
 	c.mu.Unlock()
+	// Jobs of a higher tier that arrive later may still pass it.
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("vstage.admission.queued_ahead", ahead))
 	return c.wait(ctx, w, asked)
 }
 

@@ -19,6 +19,11 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/fault"
@@ -48,6 +53,11 @@ type Options struct {
 	// device), so that a test model is never taken for a real one; it
 	// returns nil before the engine has said. A nil Engine adds nothing.
 	Engine func() map[string]string
+	// TracerProvider makes a server span of every request but the probes
+	// and scrapes, continuing the caller's trace from its W3C traceparent
+	// and tracestate headers (read by Propagator); nil makes none.
+	TracerProvider trace.TracerProvider
+	Propagator     propagation.TextMapPropagator
 }
 
 // Server holds the API's dependencies and its draining state.
@@ -72,6 +82,30 @@ func (s *Server) Drain() { s.draining.Store(true) }
 
 // Handler returns the routes with their middleware.
 func (s *Server) Handler() http.Handler {
+	mux := s.routes()
+	if s.opts.TracerProvider == nil {
+		return mux
+	}
+	opts := []otelhttp.Option{
+		otelhttp.WithTracerProvider(s.opts.TracerProvider),
+		otelhttp.WithFilter(func(r *http.Request) bool { return !quiet(r.URL.Path) }),
+		// The route is known only once chi has matched it; observe renames
+		// the span then.
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return methodLabel(r.Method) }),
+	}
+	if s.opts.Propagator != nil {
+		opts = append(opts, otelhttp.WithPropagators(s.opts.Propagator))
+	}
+	return otelhttp.NewHandler(mux, "", opts...)
+}
+
+// quiet reports whether path is a probe's or a scrape's: they are neither
+// traced nor logged, or they would drown both.
+func quiet(path string) bool {
+	return path == "/metrics" || path == "/healthz" || path == "/readyz"
+}
+
+func (s *Server) routes() *chi.Mux {
 	mux := chi.NewRouter()
 	mux.Use(s.observe, s.recoverPanic)
 	mux.NotFound(func(w http.ResponseWriter, r *http.Request) {
@@ -232,8 +266,18 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		method := methodLabel(r.Method)
 		s.metrics.Requests.WithLabelValues(route, method, strconv.Itoa(sw.status)).Inc()
 		s.metrics.Duration.WithLabelValues(route, method).Observe(elapsed.Seconds())
-		if route == "/metrics" || route == "/healthz" || route == "/readyz" {
-			return // probes and scrapes would drown the log
+		if quiet(route) {
+			return
+		}
+		if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+			span.SetName(method + " " + route)
+			span.SetAttributes(semconv.HTTPRoute(route), attribute.String("vstage.request_id", id))
+			if f.imageID != "" {
+				span.SetAttributes(attribute.String("vstage.image_id", f.imageID))
+			}
+			if f.code != "" {
+				span.SetAttributes(attribute.String("vstage.error.code", string(f.code)))
+			}
 		}
 		attrs := []slog.Attr{
 			slog.String("request_id", id), slog.String("method", method), slog.String("route", route),

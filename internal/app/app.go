@@ -29,6 +29,9 @@ import (
 	"github.com/vstage/vstage/internal/telemetry"
 )
 
+// tracerName is the instrumentation scope of the sidecar's own spans.
+const tracerName = "github.com/vstage/vstage"
+
 // App is the wired sidecar.
 type App struct {
 	cfg      config.Config
@@ -44,7 +47,7 @@ type App struct {
 // the demo photo when cfg.SeedDemo is set), the backends and the router
 // between them, the staging service, the API and the admin API. Nothing
 // runs until Serve.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error) {
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, tr *telemetry.Tracing) (*App, error) {
 	if cfg.Rollout.AdminAddr != "" {
 		if err := rollout.CheckAdminAddr(cfg.Rollout.AdminAddr, cfg.Rollout.AdminToken); err != nil {
 			return nil, err
@@ -53,11 +56,12 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 	store, err := storage.Open(ctx, cfg.StorageURL, storage.Options{
 		S3Endpoint: cfg.S3Endpoint, S3ForcePathStyle: cfg.S3ForcePathStyle,
 		S3AttemptTimeout: cfg.S3AttemptTimeout, S3MaxAttempts: cfg.S3MaxAttempts, S3MaxBackoff: cfg.S3MaxBackoff,
+		TracerProvider: tr.Provider, Propagator: tr.Propagator,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open storage: %w", err)
 	}
-	a, err := build(ctx, cfg, log, store)
+	a, err := build(ctx, cfg, log, store, tr)
 	if err != nil {
 		_ = store.Close()
 		return nil, err
@@ -65,7 +69,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger) (*App, error)
 	return a, nil
 }
 
-func build(ctx context.Context, cfg config.Config, log *slog.Logger, store storage.Store) (*App, error) {
+func build(ctx context.Context, cfg config.Config, log *slog.Logger, store storage.Store, tr *telemetry.Tracing) (*App, error) {
 	if cfg.SeedDemo {
 		if err := seedDemo(ctx, store); err != nil {
 			return nil, fmt.Errorf("seed the demo photo: %w", err)
@@ -76,7 +80,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 	// One decode budget for the whole process: mock jobs and mask checks
 	// draw on it together.
 	decode := imagecheck.NewBudget(cfg.DecodePixelBudget)
-	bs, err := buildBackends(cfg, log, reg, decode)
+	bs, err := buildBackends(cfg, log, reg, decode, tr)
 	if err != nil {
 		return nil, err
 	}
@@ -89,6 +93,8 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		OutputLongSide:     cfg.OutputLongSide,
 		DecodeBudget:       decode,
 		Prices:             prices(cfg),
+		Tracer:             tr.Provider.Tracer(tracerName),
+		RecordPrompts:      cfg.Tracing.RecordPrompts,
 	}, telemetry.NewStagingMetrics(reg), log)
 	srv := api.New(svc, cat, reg, telemetry.NewHTTPMetrics(reg), log, api.Options{
 		MaxBodyBytes:   cfg.MaxBodyBytes,
@@ -96,6 +102,8 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		Mode:           cfg.Mode,
 		Ready:          bs.ready,
 		Engine:         bs.engineInfo,
+		TracerProvider: tr.Provider,
+		Propagator:     tr.Propagator,
 	})
 	a := &App{cfg: cfg, log: log, store: store, api: srv, handler: srv.Handler(), backends: bs}
 	if cfg.Rollout.AdminAddr != "" {

@@ -37,20 +37,20 @@ type backends struct {
 // and managed (when a model version is configured), and the router between
 // them. Only self jobs pass admission: they are the ones on this pod's GPU.
 // Mock decodes within the decode budget.
-func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, decode *imagecheck.Budget) (*backends, error) {
+func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, decode *imagecheck.Budget, tr *telemetry.Tracing) (*backends, error) {
 	mock := &backend.Mock{MaxPixels: cfg.MaxInputPixels, Quality: cfg.OutputJPEGQuality, Budget: decode}
 	b := &backends{}
 	byName := map[string]backend.Backend{mock.Name(): mock}
 	var available []mode.Mode
 
 	if cfg.Mode == mode.Self {
-		if err := b.buildSelf(cfg, log, reg, byName); err != nil {
+		if err := b.buildSelf(cfg, log, reg, byName, tr); err != nil {
 			return nil, err
 		}
 		available = append(available, mode.Self)
 	}
 	if cfg.Managed.Version != "" {
-		mb, err := buildManaged(cfg, log, reg, mock)
+		mb, err := buildManaged(cfg, log, reg, mock, tr)
 		if err != nil {
 			return nil, err
 		}
@@ -77,7 +77,7 @@ func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registere
 	return b, nil
 }
 
-func (b *backends) buildSelf(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, byName map[string]backend.Backend) error {
+func (b *backends) buildSelf(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, byName map[string]backend.Backend, tr *telemetry.Tracing) error {
 	n := cfg.Admission.Concurrency
 	sup, err := engine.New(engine.Options{
 		Python:    cfg.Engine.Python,
@@ -99,8 +99,13 @@ func (b *backends) buildSelf(cfg config.Config, log *slog.Logger, reg prometheus
 		MaxJobs:       cfg.Engine.MaxJobs,
 		BackoffMin:    cfg.Engine.BackoffMin,
 		BackoffMax:    cfg.Engine.BackoffMax,
-		Logger:        log.With("component", "engine"),
-		Registerer:    reg,
+		// The engine exports its own spans under its own name, to wherever
+		// the OTEL_* variables it inherits say.
+		Env:            []string{"OTEL_SERVICE_NAME=" + telemetry.EngineServiceName},
+		TracerProvider: tr.Provider,
+		Propagator:     tr.Propagator,
+		Logger:         log.With("component", "engine"),
+		Registerer:     reg,
 	})
 	if err != nil {
 		return fmt.Errorf("engine: %w", err)
@@ -144,7 +149,7 @@ func (b *backends) buildSelf(cfg config.Config, log *slog.Logger, reg prometheus
 	return nil
 }
 
-func buildManaged(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, mock backend.Backend) (*managed.Backend, error) {
+func buildManaged(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, mock backend.Backend, tr *telemetry.Tracing) (*managed.Backend, error) {
 	m := cfg.Managed
 	token, err := managed.ReadToken(m.Token, m.TokenFile)
 	if err != nil {
@@ -159,7 +164,8 @@ func buildManaged(cfg config.Config, log *slog.Logger, reg prometheus.Registerer
 		CallTimeout: m.CallTimeout, Wait: m.Wait, PollInterval: m.PollInterval, MaxAttempts: m.MaxAttempts,
 		BreakerFailures: uint32(m.BreakerFailures), BreakerOpenTimeout: m.BreakerOpenTimeout,
 		FallbackToMock: m.FallbackToMock, Fallback: mock,
-		Logger: log.With("component", "managed"),
+		HTTPClient: managed.TracedClient(tr.Provider),
+		Logger:     log.With("component", "managed"),
 		OnCircuitChange: func(_, to string) {
 			switch to {
 			case "open":

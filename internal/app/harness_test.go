@@ -247,6 +247,12 @@ func start(t *testing.T, env map[string]string) *service {
 // startWithReload is start with a channel standing for SIGHUP.
 func startWithReload(t *testing.T, env map[string]string, reload <-chan os.Signal) *service {
 	t.Helper()
+	return startTraced(t, env, reload, telemetry.NoTracing())
+}
+
+// startTraced is startWithReload with the given tracing.
+func startTraced(t *testing.T, env map[string]string, reload <-chan os.Signal, tr *telemetry.Tracing) *service {
+	t.Helper()
 	cfg, err := config.Load(func(k string) string {
 		if v, ok := env[k]; ok || k != "INFERENCE_MODE" {
 			return v
@@ -258,7 +264,7 @@ func startWithReload(t *testing.T, env map[string]string, reload <-chan os.Signa
 	}
 	logs := &testsupport.LogBuffer{}
 	log := telemetry.NewLogger(logs, slog.LevelDebug)
-	a, err := app.New(t.Context(), cfg, log)
+	a, err := app.New(t.Context(), cfg, log, tr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -143,7 +143,7 @@ func TestAdminOnANonLoopbackAddressNeedsAToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := app.New(t.Context(), cfg, telemetry.NewLogger(&testsupport.LogBuffer{}, 0)); err == nil || !strings.Contains(err.Error(), "ADMIN_TOKEN") {
+	if _, err := app.New(t.Context(), cfg, telemetry.NewLogger(&testsupport.LogBuffer{}, 0), telemetry.NoTracing()); err == nil || !strings.Contains(err.Error(), "ADMIN_TOKEN") {
 		t.Errorf("New = %v, want a refusal naming ADMIN_TOKEN", err)
 	}
 }

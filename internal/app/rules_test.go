@@ -84,7 +84,7 @@ func everyMetric(t *testing.T) (map[string][]string, map[string]map[string][]str
 	var logs testsupport.LogBuffer
 	log := slog.New(slog.NewJSONHandler(&logs, nil))
 	f := &families{reg: telemetry.NewRegistry(), labels: map[string][]string{}}
-	if _, err := buildBackends(cfg, log, f, imagecheck.NewBudget(cfg.DecodePixelBudget)); err != nil {
+	if _, err := buildBackends(cfg, log, f, imagecheck.NewBudget(cfg.DecodePixelBudget), telemetry.NoTracing()); err != nil {
 		t.Fatal(err)
 	}
 	telemetry.NewHTTPMetrics(f)

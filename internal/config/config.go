@@ -82,8 +82,11 @@ type Cost struct {
 	ManagedPerRun    float64
 }
 
-// Tracing configures the content of spans.
+// Tracing configures traces.
 type Tracing struct {
+	// Exporter is OTEL_TRACES_EXPORTER: none, otlp or console. The
+	// OpenTelemetry SDK reads the exporter's other OTEL_* variables itself.
+	Exporter string
 	// RecordPrompts adds the prompts to the job's span.
 	RecordPrompts bool
 }
@@ -232,6 +235,7 @@ var Settings = []Setting{
 	{"GPU_HOUR_COST", "0", "Price of one GPU hour, for vstage_staging_cost_dollars_total: a self-mode job costs its place's share (1/CONCURRENCY) of the GPU for the time it held it; 0: not counted."},
 	{"MANAGED_COST_PER_SECOND", "0", "Provider's price per second of run time (the run time it reports, else the time the sidecar saw)."},
 	{"MANAGED_COST_PER_RUN", "0", "Provider's price per run, added to the per-second price."},
+	{"OTEL_TRACES_EXPORTER", "none", "none, otlp or console: where the sidecar and the engine send their traces; see Tracing for the other OTEL_* variables."},
 	{"TRACE_PROMPTS", "false", "true: the job's span records the prompts; off by default, since they can be long and are the business's wording."},
 }
 
@@ -254,7 +258,12 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		ManagedPerSecond: p.price("MANAGED_COST_PER_SECOND"),
 		ManagedPerRun:    p.price("MANAGED_COST_PER_RUN"),
 	}
-	c.Tracing = Tracing{RecordPrompts: p.boolean("TRACE_PROMPTS")}
+	c.Tracing = Tracing{Exporter: strings.ToLower(p.str("OTEL_TRACES_EXPORTER")), RecordPrompts: p.boolean("TRACE_PROMPTS")}
+	switch c.Tracing.Exporter {
+	case "none", "otlp", "console":
+	default:
+		p.fail("OTEL_TRACES_EXPORTER", "must be none, otlp or console, got %q", c.Tracing.Exporter)
+	}
 	return c, errors.Join(p.errs...)
 }
 

@@ -12,10 +12,12 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/stats"
 
 	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
 )
@@ -242,14 +244,25 @@ func (s *Supervisor) connect(i *instance) error {
 	if _, err := os.Stat(i.socket); err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient("unix://"+i.socket,
+	dial := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second,
 		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
-	)
+	}
+	if tp := s.opts.TracerProvider; tp != nil {
+		dial = append(dial, grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+			otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(s.opts.propagator()),
+			// Health checks every second and Info calls are not jobs.
+			otelgrpc.WithFilter(func(info *stats.RPCTagInfo) bool {
+				return info.FullMethodName == enginev1.Engine_Stage_FullMethodName ||
+					info.FullMethodName == enginev1.Engine_Cancel_FullMethodName
+			}),
+		)))
+	}
+	conn, err := grpc.NewClient("unix://"+i.socket, dial...)
 	if err != nil {
 		return fmt.Errorf("engine: dial %s: %w", i.socket, err)
 	}

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Options configures a Supervisor. The zero value of every field means the
@@ -47,6 +49,11 @@ type Options struct {
 	// SocketDir is where the private socket directory is created; empty
 	// means os.TempDir(). A Unix socket path must stay under 100 bytes.
 	SocketDir string
+	// TracerProvider and Propagator trace the Stage calls (a gRPC client
+	// span each) and carry the trace context to the engine in the call's
+	// metadata; nil traces nothing and sends no context.
+	TracerProvider trace.TracerProvider
+	Propagator     propagation.TextMapPropagator
 
 	// StartTimeout bounds the time from spawn to SERVING, model load and
 	// warm-up included [ENGINE_START_TIMEOUT]. Default 10m.
@@ -91,6 +98,14 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the metrics; nil means they are not registered.
 	Registerer prometheus.Registerer
+}
+
+// propagator is the Propagator, or the W3C trace context when none is set.
+func (o Options) propagator() propagation.TextMapPropagator {
+	if o.Propagator != nil {
+		return o.Propagator
+	}
+	return propagation.TraceContext{}
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -171,6 +186,11 @@ func scrubEnv(env []string) []string {
 
 func isCredential(name string) bool {
 	upper := strings.ToUpper(name)
+	// OTLP exporter headers often carry a backend's API key; the engine's
+	// exporter is meant for a collector beside it, which needs none.
+	if strings.HasPrefix(upper, "OTEL_") && strings.HasSuffix(upper, "_HEADERS") {
+		return true
+	}
 	if strings.HasPrefix(upper, "AWS_") || strings.HasPrefix(upper, "AZURE_") ||
 		strings.HasPrefix(upper, "GOOGLE_APPLICATION_CREDENTIALS") {
 		return true

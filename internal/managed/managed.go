@@ -21,6 +21,9 @@ import (
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/fault"
@@ -264,4 +267,29 @@ func detailSuffix(d string) string {
 		return ""
 	}
 	return ": " + d
+}
+
+// TracedClient returns an HTTP client for the provider whose calls are
+// spans of tp. It sends no trace context: the provider is a third party,
+// and our trace ids mean nothing to it.
+func TracedClient(tp trace.TracerProvider) *http.Client {
+	return &http.Client{Transport: otelhttp.NewTransport(http.DefaultTransport.(*http.Transport).Clone(),
+		otelhttp.WithTracerProvider(tp),
+		otelhttp.WithPropagators(propagation.NewCompositeTextMapPropagator()),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			return "managed " + r.Method + " " + callName(r.URL.Path)
+		}),
+	)}
+}
+
+// callName names a provider call by the kind of its path, not the path,
+// which holds a prediction id: span names must stay few.
+func callName(path string) string {
+	switch {
+	case path == "/v1/predictions" || strings.HasSuffix(path, "/v1/predictions"):
+		return "/v1/predictions"
+	case strings.Contains(path, "/v1/predictions/"):
+		return "/v1/predictions/{id}"
+	}
+	return "output"
 }

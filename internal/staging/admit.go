@@ -3,6 +3,7 @@ package staging
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/vstage/vstage/internal/admission"
 )
@@ -44,7 +45,11 @@ func (s *Service) admitOrLookup(ctx context.Context, p plan) (g gate, found *rec
 	req := admission.Request{
 		Tier: p.tier, Megapixels: float64(s.opts.OutputLongSide*s.opts.OutputLongSide) / 1e6, NoWait: true,
 	}
-	if rel, err := s.backends.Admit(ctx, name, req); err == nil {
+	actx, span := s.start(ctx, "admission", attrTier.String(string(p.tier)), attrBackend.String(name))
+	rel, err := s.backends.Admit(actx, name, req)
+	span.SetAttributes(attrAdmitted.Bool(err == nil))
+	span.End()
+	if err == nil {
 		g = openGate(name, rel)
 		found, err = s.lookup(ctx, p)
 		if err != nil || found != nil {
@@ -56,7 +61,11 @@ func (s *Service) admitOrLookup(ctx context.Context, p plan) (g gate, found *rec
 		return gate{backend: name, release: noPlace}, found, err
 	}
 	req.NoWait = false
-	rel, err := s.backends.Admit(ctx, name, req)
+	wctx, span := s.start(ctx, "admission.wait", attrTier.String(string(p.tier)), attrBackend.String(name))
+	asked := time.Now()
+	rel, err = s.backends.Admit(wctx, name, req)
+	span.SetAttributes(attrWaitedMS.Float64(float64(time.Since(asked).Microseconds())/1000), attrAdmitted.Bool(err == nil))
+	end(span, err)
 	if err != nil {
 		if ctx.Err() != nil {
 			return gate{}, nil, contextFault(ctx)

@@ -13,6 +13,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/vstage/vstage/internal/admission"
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/catalog"
@@ -52,6 +57,10 @@ type Options struct {
 	// Prices prices each backend's calls by name for the cost metrics; a
 	// backend without one costs nothing.
 	Prices map[string]Price
+	// Tracer makes the job's spans; nil makes none.
+	Tracer trace.Tracer
+	// RecordPrompts adds the prompts to the job's span.
+	RecordPrompts bool
 }
 
 // Price is what one call of a backend costs: PerRun, plus PerSecond for
@@ -100,6 +109,7 @@ type Service struct {
 	validate validator
 	metrics  *telemetry.StagingMetrics
 	log      *slog.Logger
+	tracer   trace.Tracer
 	// drawSeed picks a seed when a request has none.
 	drawSeed func() uint32
 
@@ -137,8 +147,12 @@ func New(store Store, b Backends, cat *catalog.Catalog, opts Options, metrics *t
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	tracer := opts.Tracer
+	if tracer == nil {
+		tracer = noop.NewTracerProvider().Tracer("")
+	}
 	return &Service{
-		store: store, backends: b, catalog: cat, opts: opts, metrics: metrics, log: log,
+		store: store, backends: b, catalog: cat, opts: opts, metrics: metrics, log: log, tracer: tracer,
 		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey},
 		drawSeed: rand.Uint32,
 		owner:    newOwner(),
@@ -149,7 +163,11 @@ func New(store Store, b Backends, cat *catalog.Catalog, opts Options, metrics *t
 // Stage runs one job. Errors are *fault.Error values; a context that ends
 // first yields a Timeout (deadline) or Canceled error wrapping ctx.Err().
 func (s *Service) Stage(ctx context.Context, req Request) (Outcome, error) {
+	tier := tierLabel(req.Tier)
+	ctx, span := s.start(ctx, "staging.job", attrImageID.String(req.ImageID), attrTier.String(tier),
+		attrRoomType.String(req.RoomType), attrStyle.String(req.Style))
 	out, err := s.stage(ctx, req)
+	defer func() { end(span, err) }()
 	outcome := "ok"
 	switch {
 	case err != nil:
@@ -162,7 +180,12 @@ func (s *Service) Stage(ctx context.Context, req Request) (Outcome, error) {
 		// Failed before a backend answered: count it where it was routed.
 		name = s.backends.route(req.ImageID)
 	}
-	s.metrics.Jobs.WithLabelValues(name, outcome, tierLabel(req.Tier)).Inc()
+	s.metrics.Jobs.WithLabelValues(name, outcome, tier).Inc()
+	span.SetAttributes(attrBackend.String(name), attrOutcome.String(outcome), attrReplay.Bool(out.Replay))
+	if err == nil {
+		span.SetAttributes(attrModelRev.String(out.ModelRev), attrSeed.Int64(int64(out.Seed)),
+			attrWidth.Int(out.Width), attrHeight.Int(out.Height))
+	}
 	return out, err
 }
 
@@ -177,7 +200,9 @@ func tierLabel(t string) string {
 }
 
 func (s *Service) stage(ctx context.Context, req Request) (Outcome, error) {
+	_, span := s.start(ctx, "staging.validate")
 	p, err := s.validate.plan(req)
+	end(span, err)
 	if err != nil {
 		return Outcome{}, err
 	}
@@ -293,9 +318,11 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	if err != nil {
 		return record{}, err
 	}
+	bctx, span := s.start(ctx, "backend."+be.Name(), attrBackend.String(be.Name()))
 	ran := time.Now()
-	res, err := be.Stage(ctx, job)
+	res, err := be.Stage(bctx, job)
 	backendTime := time.Since(ran)
+	end(span, err)
 	g.release(admission.Report{Duration: backendTime, PeakGPUBytes: res.PeakGPUMemoryBytes, Megapixels: float64(res.Width*res.Height) / 1e6})
 	s.count(be.Name(), res, backendTime, p.tier)
 	if err != nil {
@@ -333,13 +360,24 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	}); err != nil {
 		return record{}, s.storageFault(ctx, err, "writing "+p.recordKey)
 	}
-	s.metrics.Duration.WithLabelValues(producer, telemetry.SizeLabel(float64(res.Width*res.Height))).
-		Observe(time.Since(start).Seconds())
+	observe(ctx, s.metrics.Duration.WithLabelValues(producer, telemetry.SizeLabel(float64(res.Width*res.Height))),
+		time.Since(start).Seconds())
 	for _, ph := range res.Phases {
 		s.metrics.Phases.WithLabelValues(ph.Name).Observe(ph.Duration.Seconds())
 	}
 	rec.backendTime = backendTime
 	return rec, nil
+}
+
+// observe records v in o, with the trace id of ctx's span as an exemplar
+// when the span is sampled, so a slow bucket leads to its trace.
+func observe(ctx context.Context, o prometheus.Observer, v float64) {
+	sc := trace.SpanContextFromContext(ctx)
+	if eo, ok := o.(prometheus.ExemplarObserver); ok && sc.IsSampled() {
+		eo.ObserveWithExemplar(v, prometheus.Labels{"trace_id": sc.TraceID().String()})
+		return
+	}
+	o.Observe(v)
 }
 
 // count adds a backend call's time and price to the cost metrics, under
@@ -389,6 +427,9 @@ func (s *Service) prepare(ctx context.Context, p plan) (backend.Job, error) {
 	if job.Prompt, job.NegativePrompt, err = s.catalog.Prompts(p.params.RoomType, p.params.Style); err != nil {
 		return backend.Job{}, fault.Wrap(err, fault.Internal, "expanding the prompt failed")
 	}
+	if s.opts.RecordPrompts {
+		trace.SpanFromContext(ctx).SetAttributes(attrPrompt.String(job.Prompt), attrNegPrompt.String(job.NegativePrompt))
+	}
 	if p.seed != nil {
 		job.Seed = *p.seed
 	} else {
@@ -409,7 +450,10 @@ func (s *Service) readImage(ctx context.Context, field, key string) ([]byte, ima
 	case err != nil:
 		return nil, imagecheck.Info{}, s.storageFault(ctx, err, "reading "+field)
 	}
+	_, span := s.start(ctx, "imagecheck.inspect")
 	info, err := imagecheck.Inspect(data, s.opts.MaxInputPixels)
+	span.SetAttributes(attrFormat.String(string(info.Format)), attrPixels.Int64(info.Pixels()))
+	span.End()
 	switch {
 	case errors.Is(err, imagecheck.ErrUnsupported):
 		return nil, info, fault.Wrap(err, fault.UnsupportedMediaType, "%s is not a JPEG, PNG or WebP image (the content decides, not the extension)", field)
@@ -433,7 +477,9 @@ func (s *Service) verifyMask(ctx context.Context, mask []byte, info imagecheck.I
 		return contextFault(ctx)
 	}
 	defer release()
+	_, span := s.start(ctx, "imagecheck.verify_mask")
 	_, err = imagecheck.Verify(mask, s.opts.MaxInputPixels)
+	span.End()
 	switch {
 	case errors.Is(err, imagecheck.ErrUnsupported):
 		return fault.Wrap(err, fault.UnsupportedMediaType, "mask_key uses an image feature that cannot be decoded")
@@ -444,7 +490,12 @@ func (s *Service) verifyMask(ctx context.Context, mask []byte, info imagecheck.I
 }
 
 // lookup reads p's record: nil when there is none.
-func (s *Service) lookup(ctx context.Context, p plan) (*record, error) {
+func (s *Service) lookup(ctx context.Context, p plan) (rec *record, err error) {
+	ctx, span := s.start(ctx, "staging.record_lookup")
+	defer func() {
+		span.SetAttributes(attrRecordSeen.Bool(rec != nil))
+		end(span, err)
+	}()
 	data, err := s.get(ctx, p.recordKey, maxRecordBytes)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, nil
@@ -452,30 +503,47 @@ func (s *Service) lookup(ctx context.Context, p plan) (*record, error) {
 	if err != nil {
 		return nil, s.storageFault(ctx, err, "reading the idempotency record")
 	}
-	var rec record
-	if err := json.Unmarshal(data, &rec); err != nil || rec.Version != recordVersion || rec.ImageID != p.imageID {
+	var found record
+	if err := json.Unmarshal(data, &found); err != nil || found.Version != recordVersion || found.ImageID != p.imageID {
 		// A record we cannot trust must not be replayed nor silently
 		// overwritten: a person has to look at it.
 		s.log.ErrorContext(ctx, "unreadable idempotency record", "key", p.recordKey, "error", err)
 		return nil, fault.New(fault.Internal, "the idempotency record for image_id %s is unreadable", quote(p.imageID))
 	}
-	return &rec, nil
+	return &found, nil
 }
 
 func (s *Service) get(ctx context.Context, key string, maxBytes int64) ([]byte, error) {
+	ctx, span := s.start(ctx, "storage.get", attrKey.String(key))
 	start := time.Now()
 	data, err := s.store.Get(ctx, key, maxBytes)
-	s.metrics.StorageDuration.WithLabelValues("get", storageResult(err)).Observe(time.Since(start).Seconds())
+	result := storageResult(err)
+	s.metrics.StorageDuration.WithLabelValues("get", result).Observe(time.Since(start).Seconds())
+	storageEnd(span, result, len(data), err)
 	return data, err
 }
 
 // put writes key and times it; like get, it returns the store's own error,
 // which the caller classifies (a claim that exists is no failure).
 func (s *Service) put(ctx context.Context, key string, data []byte, opts storage.PutOptions) error {
+	ctx, span := s.start(ctx, "storage.put", attrKey.String(key))
 	start := time.Now()
 	err := s.store.Put(ctx, key, data, opts)
-	s.metrics.StorageDuration.WithLabelValues("put", storageResult(err)).Observe(time.Since(start).Seconds())
+	result := storageResult(err)
+	s.metrics.StorageDuration.WithLabelValues("put", result).Observe(time.Since(start).Seconds())
+	storageEnd(span, result, len(data), err)
 	return err
+}
+
+// storageEnd ends a storage span: a missing object, one too large, or a
+// claim already taken are answers, not failures of the store.
+func storageEnd(span trace.Span, result string, n int, err error) {
+	span.SetAttributes(attrResult.String(result), attrBytes.Int(n))
+	if result == "error" {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "storage failed")
+	}
+	span.End()
 }
 
 func storageResult(err error) string {

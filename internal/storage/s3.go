@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
+	"go.opentelemetry.io/contrib/instrumentation/github.com/aws/aws-sdk-go-v2/otelaws"
 )
 
 // S3 is a [Store] kept in an S3 bucket, or in a bucket of an S3-compatible
@@ -57,6 +58,13 @@ func newS3Client(ctx context.Context, opts Options) (*s3.Client, error) {
 	}
 	if err := limitAttempts(&cfg, opts); err != nil {
 		return nil, err
+	}
+	if opts.TracerProvider != nil {
+		tracing := []otelaws.Option{otelaws.WithTracerProvider(opts.TracerProvider)}
+		if opts.Propagator != nil {
+			tracing = append(tracing, otelaws.WithTextMapPropagator(opts.Propagator))
+		}
+		otelaws.AppendMiddlewares(&cfg.APIOptions, tracing...)
 	}
 	return s3.NewFromConfig(cfg, func(o *s3.Options) {
 		if opts.S3Endpoint != "" {

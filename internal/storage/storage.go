@@ -18,6 +18,9 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Errors reported by a Store. They are always wrapped with the key and the
@@ -94,6 +97,10 @@ type Options struct {
 	// S3MaxBackoff caps the jittered wait between attempts; zero means the
 	// SDK's default of 20s.
 	S3MaxBackoff time.Duration
+	// TracerProvider and Propagator trace the S3 calls (GetObject,
+	// PutObject spans through the SDK's middleware); nil traces nothing.
+	TracerProvider trace.TracerProvider
+	Propagator     propagation.TextMapPropagator
 }
 
 // Open opens the store named by rawURL:

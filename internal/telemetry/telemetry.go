@@ -18,9 +18,10 @@ import (
 // Namespace prefixes every metric the service defines.
 const Namespace = "vstage"
 
-// NewLogger returns a JSON logger writing to w at the given level.
+// NewLogger returns a JSON logger writing to w at the given level. A line
+// logged with a context that holds a span carries its trace_id and span_id.
 func NewLogger(w io.Writer, level slog.Level) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+	return slog.New(traceHandler{slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})})
 }
 
 // NewRegistry returns a registry with the Go runtime and process collectors
@@ -31,12 +32,9 @@ func NewRegistry() *prometheus.Registry {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
-	version, goVersion := "devel", "unknown"
+	version, goVersion := buildVersion(), "unknown"
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		goVersion = bi.GoVersion
-		if v := bi.Main.Version; v != "" && v != "(devel)" {
-			version = v
-		}
 	}
 	promauto.With(reg).NewGaugeVec(prometheus.GaugeOpts{
 		Name: prometheus.BuildFQName(Namespace, "", "build_info"),
