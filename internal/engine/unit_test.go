@@ -69,10 +69,15 @@ func TestScrubEnv(t *testing.T) {
 		"HF_TOKEN=c", "HF_HOME=/cache", "GITHUB_TOKEN=d", "DB_PASSWORD=e", "API_KEY=f",
 		"CUDA_VISIBLE_DEVICES=0", "ENGINE_CONCURRENCY=2", "OTEL_EXPORTER_OTLP_HEADERS_SECRET=g",
 		"LD_LIBRARY_PATH=/lib", "SIGNING_KEY_ID=h",
+		// The engine exports its traces to a collector beside it: it gets the
+		// exporter's settings, never the headers that may hold a key.
+		"OTEL_TRACES_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318",
+		"OTEL_EXPORTER_OTLP_HEADERS=api-key=i", "OTEL_EXPORTER_OTLP_TRACES_HEADERS=x-key=j",
 	}
 	got := scrubEnv(env)
 	want := []string{"PATH=/usr/bin", "HOME=/root", "HF_HOME=/cache", "CUDA_VISIBLE_DEVICES=0",
-		"ENGINE_CONCURRENCY=2", "LD_LIBRARY_PATH=/lib"}
+		"ENGINE_CONCURRENCY=2", "LD_LIBRARY_PATH=/lib",
+		"OTEL_TRACES_EXPORTER=otlp", "OTEL_EXPORTER_OTLP_ENDPOINT=http://collector:4318"}
 	if !slices.Equal(got, want) {
 		t.Errorf("scrubEnv:\n got %q\nwant %q", got, want)
 	}
