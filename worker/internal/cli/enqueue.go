@@ -9,9 +9,13 @@ import (
 	"regexp"
 	"strconv"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/vstage/vstage/worker/internal/config"
 	"github.com/vstage/vstage/worker/internal/queue"
 	"github.com/vstage/vstage/worker/internal/store"
+	"github.com/vstage/vstage/worker/internal/tracing"
 )
 
 // imageID is the service's own rule for image_id; checking it here refuses
@@ -68,6 +72,16 @@ func enqueue(ctx context.Context, cfg config.Config, args []string, env Env) int
 		return ExitError
 	}
 	defer db.Close()
+	tp, err := tracing.New(ctx, cfg.TracesExporter)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "worker: %v\n", err)
+		return ExitError
+	}
+	defer func() { _ = tp.Shutdown(context.WithoutCancel(ctx)) }()
+	// The task keeps this span's context; the job's spans link to it.
+	ctx, span := tp.Tracer("github.com/vstage/vstage/worker").Start(ctx, "vstage.enqueue",
+		trace.WithAttributes(attribute.String("vstage.image_id", img.ID), attribute.String("vstage.tier", tier)))
+	defer span.End()
 	out := enqueued{ImageID: img.ID, Queue: tier, Result: "enqueued"}
 	got, err := db.Enqueue(ctx, img, tier, func() error { return q.Enqueue(ctx, queue.Payload{Image: img, Tier: tier}) })
 	switch {

@@ -19,7 +19,17 @@ import (
 	"github.com/vstage/vstage/worker/internal/job"
 	"github.com/vstage/vstage/worker/internal/queue"
 	"github.com/vstage/vstage/worker/internal/store"
+	"github.com/vstage/vstage/worker/internal/tracing"
 )
+
+// flushTraces exports the spans still buffered, within a few seconds.
+func flushTraces(tp *tracing.Provider, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := tp.Shutdown(ctx); err != nil {
+		log.Warn("traces lost at exit", "error", err)
+	}
+}
 
 // run serves jobs until ctx ends, then shuts down: no new jobs start,
 // running ones get WORKER_SHUTDOWN_TIMEOUT to finish, and asynq puts the
@@ -37,8 +47,14 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	if err := db.CheckSchema(ctx); err != nil {
 		return err
 	}
+	tp, err := tracing.New(ctx, cfg.TracesExporter)
+	if err != nil {
+		return err
+	}
+	defer flushTraces(tp, log)
 	vs, err := client.New(cfg.VstageURL, client.WithMaxAttempts(cfg.MaxAttempts), client.WithAttemptTimeout(cfg.AttemptTimeout),
-		client.WithBreaker(cfg.BreakerFails, cfg.BreakerOpen), client.WithUserAgent("vstage-worker"))
+		client.WithBreaker(cfg.BreakerFails, cfg.BreakerOpen), client.WithUserAgent("vstage-worker"),
+		client.WithTracerProvider(tp), client.WithPropagator(tracing.Propagator))
 	if err != nil {
 		return err
 	}
@@ -48,7 +64,7 @@ func run(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		queue.NewCollector(q, config.Tiers))
-	handler := job.NewHandler(vs, db, job.NewMetrics(reg), log, cfg.JobDeadline, cfg.BreakerOpen)
+	handler := job.NewHandler(vs, db, job.NewMetrics(reg), log, cfg.JobDeadline, cfg.BreakerOpen, tp)
 
 	srv := asynq.NewServer(conn, asynq.Config{
 		Concurrency:     cfg.Concurrency,

@@ -44,6 +44,7 @@ var Settings = []Setting{
 	{"VSTAGE_BREAKER_FAILURES", "5", "Consecutive failed calls that open the client's circuit."},
 	{"VSTAGE_BREAKER_OPEN", "30s", "How long the circuit stays open; jobs that meet it wait this long without using a retry."},
 	{"LOG_LEVEL", "info", "debug, info, warn or error."},
+	{"OTEL_TRACES_EXPORTER", "none", "none, otlp or console: where run and enqueue send their spans; the SDK reads the other OTEL_* variables (endpoint, protocol, sampler) itself."},
 }
 
 // Config is the worker's typed configuration.
@@ -67,6 +68,8 @@ type Config struct {
 	BreakerFails   uint32
 	BreakerOpen    time.Duration
 	LogLevel       slog.Level
+	// TracesExporter is OTEL_TRACES_EXPORTER: none, otlp or console.
+	TracesExporter string
 }
 
 // Load reads every setting through getenv (os.Getenv in production) and
@@ -93,6 +96,12 @@ func Load(getenv func(string) string) (Config, error) {
 		BreakerFails:   uint32(p.positive("VSTAGE_BREAKER_FAILURES")),
 		BreakerOpen:    p.duration("VSTAGE_BREAKER_OPEN"),
 		LogLevel:       p.level("LOG_LEVEL"),
+		TracesExporter: strings.ToLower(p.str("OTEL_TRACES_EXPORTER")),
+	}
+	switch c.TracesExporter {
+	case "none", "otlp", "console":
+	default:
+		p.fail("OTEL_TRACES_EXPORTER", "must be none, otlp or console")
 	}
 	if c.MetricsAddr == "off" {
 		c.MetricsAddr = ""

@@ -13,11 +13,15 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vstage/vstage/client"
 	"github.com/vstage/vstage/client/backoff"
 	"github.com/vstage/vstage/worker/internal/queue"
 	"github.com/vstage/vstage/worker/internal/store"
+	"github.com/vstage/vstage/worker/internal/tracing"
 )
 
 // Stager stages one image; *client.Client is one.
@@ -42,11 +46,16 @@ type Handler struct {
 	deadline time.Duration
 	// breakerOpen is how long a job that met an open circuit waits.
 	breakerOpen time.Duration
+	tracer      trace.Tracer
 }
 
-// NewHandler returns a Handler whose attempts last at most deadline.
-func NewHandler(s Stager, r Recorder, m *Metrics, log *slog.Logger, deadline, breakerOpen time.Duration) *Handler {
-	return &Handler{stager: s, rec: r, metrics: m, log: log, deadline: deadline, breakerOpen: breakerOpen}
+// NewHandler returns a Handler whose attempts last at most deadline. Each
+// attempt is a span of tp, linked to the span that enqueued the job.
+func NewHandler(s Stager, r Recorder, m *Metrics, log *slog.Logger, deadline, breakerOpen time.Duration, tp trace.TracerProvider) *Handler {
+	return &Handler{
+		stager: s, rec: r, metrics: m, log: log, deadline: deadline, breakerOpen: breakerOpen,
+		tracer: tp.Tracer("github.com/vstage/vstage/worker"),
+	}
 }
 
 // Error codes of failures that are not the service's answers.
@@ -59,12 +68,23 @@ const (
 )
 
 // ProcessTask implements asynq.Handler.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	p, err := queue.Decode(t)
 	if err != nil {
 		h.metrics.attempts.WithLabelValues("", OutcomeFailed, CodeBadTask).Inc()
 		return fmt.Errorf("%w: %w", err, asynq.SkipRetry)
 	}
+	// A new trace per attempt, linked to the enqueuing span: the job's
+	// attempts can be hours apart, and one trace each stays readable.
+	ctx, span := h.tracer.Start(ctx, "vstage.job", trace.WithNewRoot(), trace.WithLinks(tracing.Links(p.Traceparent)...),
+		trace.WithAttributes(attribute.String("vstage.image_id", p.Image.ID), attribute.String("vstage.tier", p.Tier)))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, "attempt failed")
+		}
+		span.End()
+	}()
 	h.metrics.inFlight.Inc()
 	defer h.metrics.inFlight.Dec()
 	log := h.log.With("image_id", p.Image.ID, "queue", p.Tier)
@@ -79,6 +99,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		h.metrics.queueWait.WithLabelValues(p.Tier).Observe(queueWait.Seconds())
 	}
 	log = log.With("attempt", started.Attempts)
+	span.SetAttributes(attribute.Int("vstage.attempt", started.Attempts))
 	if started.Status == store.StatusStaged {
 		h.metrics.attempts.WithLabelValues(p.Tier, OutcomeSkipped, "").Inc()
 		log.Info("job skipped: the image is already staged")

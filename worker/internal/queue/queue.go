@@ -15,6 +15,7 @@ import (
 	"github.com/hibiken/asynq"
 
 	"github.com/vstage/vstage/worker/internal/store"
+	"github.com/vstage/vstage/worker/internal/tracing"
 )
 
 // TaskType is the asynq task type of a staging job.
@@ -30,6 +31,9 @@ var ErrDuplicate = errors.New("queue: a job for this image_id is already queued"
 type Payload struct {
 	Image store.Image `json:"image"`
 	Tier  string      `json:"tier"`
+	// Traceparent is the W3C trace context of the span that enqueued the
+	// job, if any; the job's span links to it.
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 // Decode reads a task's payload.
@@ -79,7 +83,13 @@ func (q *Queue) Close() error {
 // of running twice. A queue at its cap refuses with ErrFull. The cap is
 // read just before the enqueue, so enqueuers racing each other can pass
 // it by at most their own number.
+//
+// The task carries the trace context of ctx's span, if any, unless p
+// already names one.
 func (q *Queue) Enqueue(ctx context.Context, p Payload) error {
+	if p.Traceparent == "" {
+		p.Traceparent = tracing.Traceparent(ctx)
+	}
 	live, err := q.Live(p.Tier)
 	if err != nil {
 		return err
