@@ -45,6 +45,7 @@ type fakeProvider struct {
 	predictTime float64
 
 	total, creates, polls, downloads atomic.Int32
+	traceparents                     atomic.Int32 // requests that carried one
 	inflight                         atomic.Int32
 
 	mu     sync.Mutex
@@ -81,6 +82,9 @@ func testPNG(t *testing.T, w, h int) []byte {
 
 func (f *fakeProvider) serve(w http.ResponseWriter, r *http.Request) {
 	f.total.Add(1)
+	if r.Header.Get("Traceparent") != "" {
+		f.traceparents.Add(1)
+	}
 	f.inflight.Add(1)
 	defer f.inflight.Add(-1)
 	// Reading the body first lets the server notice a client that hangs
