@@ -43,8 +43,10 @@ build:
 build-worker:
 	cd worker && $(GO) build -o ../bin/worker ./cmd/worker
 
-## servers: install Redis and PostgreSQL (Debian packages) when missing; the
-## worker's tests start private instances of both.
+## servers: install Redis, PostgreSQL and Prometheus (Debian packages) when
+## missing; the worker's tests start private instances of the first two, and
+## a test of internal/app one of Prometheus with the rules (PROMETHEUS may
+## name another binary).
 servers:
 	bash mk/servers.sh
 
@@ -60,17 +62,19 @@ lint-go:
 	done
 
 # The Go tests drive the real engine process, so they need the venv; the
-# worker's tests need Redis and PostgreSQL.
+# worker's tests need Redis and PostgreSQL, and the rules' end-to-end test
+# Prometheus.
 test-go: venv servers
 	@for m in $(GO_MODULES); do \
 		echo "== $$m"; \
 		(cd $$m && $(GO) test -race -count=1 -timeout 15m ./...) || exit 1; \
 	done
 
-## test-rules: check the Prometheus rules and run their unit tests.
+## test-rules: check the Prometheus rules and run their unit tests (every
+## *_test.yaml beside them).
 test-rules: $(PROMTOOL)
 	$(PROMTOOL) check rules deploy/prometheus/rules.yaml
-	$(PROMTOOL) test rules deploy/prometheus/rules_test.yaml
+	$(PROMTOOL) test rules deploy/prometheus/*_test.yaml
 
 $(PROMTOOL):
 	GOBIN=$(CURDIR)/$(@D) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
