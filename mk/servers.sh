@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the servers the worker's tests start privately: Redis and
-# PostgreSQL, from Debian's packages. Does nothing when both are present, so
-# `make test` costs no time on a machine that has them. The tests never use
-# the system services these packages may start; each test runs its own
-# instance in a temporary folder.
+# Installs the servers the tests start privately, from Debian's packages:
+# Redis and PostgreSQL for the worker's tests, and Prometheus for the test
+# that loads deploy/prometheus/rules.yaml into a real server scraping a
+# sidecar. Does nothing when all are present, so `make test` costs no time on
+# a machine that has them. The tests never use the system services these
+# packages may start; each test runs its own instance in a temporary folder.
 set -euo pipefail
 
 have_postgres() {
@@ -13,6 +14,7 @@ have_postgres() {
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 have_postgres || missing+=(postgresql)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -26,5 +28,15 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 echo "mk/servers.sh: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Debian starts a package's service when it installs it; a Prometheus
+# service would scrape and keep port 9090 for nothing. Unless the machine
+# has its own policy (containers usually forbid every start), ask
+# invoke-rc.d not to start that one service during this install.
+policy=/usr/sbin/policy-rc.d
+if [[ " ${missing[*]} " == *" prometheus "* && ! -e $policy ]]; then
+	printf '#!/bin/sh\n[ "$1" = prometheus ] && exit 101\nexit 0\n' | "${sudo[@]}" tee "$policy" >/dev/null
+	"${sudo[@]}" chmod 755 "$policy"
+	trap '"${sudo[@]}" rm -f "$policy"' EXIT
+fi
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
