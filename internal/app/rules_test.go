@@ -20,7 +20,7 @@ const (
 	ruleTestsGlob = "../../deploy/prometheus/*_test.yaml"
 	dashboardPath = "../../deploy/grafana/vstage-canary.json"
 	runbookPath   = "../../docs/RUNBOOK.md"
-	// RunbookURL is where every alert's runbook_url points, followed by
+	// runbookURL is where every alert's runbook_url points, followed by
 	// the anchor of the alert's heading.
 	runbookURL = "https://github.com/vstage/vstage/blob/main/docs/RUNBOOK.md#"
 )
