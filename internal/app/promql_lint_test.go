@@ -28,8 +28,8 @@ import (
 // job by Prometheus, namespace and pod by a Kubernetes scrape config.
 var targetLabels = []string{"instance", "job", "namespace", "pod"}
 
-// openInfoLabels are labels whose one series is created up front but whose
-// values are not a closed set.
+// openInfoLabels names the families whose series exist from the start but
+// whose label values are no closed set: a build's version.
 var openInfoLabels = map[string]bool{"vstage_build_info": true}
 
 // descFields reads a Desc's name and variable labels from its String form,
