@@ -32,7 +32,8 @@ var gpuOnlyRecords = map[string]string{
 // TestPrometheusEvaluatesEveryRule runs a real Prometheus with the rules of
 // deploy/prometheus/rules.yaml, scraping a self-mode sidecar (on the
 // torch-free test engine) every second while it runs jobs of every tier,
-// some queued, some refused, some invalid and one lost to an engine crash.
+// some queued, some refused, some invalid, one lost to an engine crash and
+// one refused while the engine restarts.
 // Every rule must evaluate without error, and every recording rule must
 // have a result, except those built on GPU metrics on a machine without a
 // GPU.
@@ -60,8 +61,9 @@ func TestPrometheusEvaluatesEveryRule(t *testing.T) {
 	prom := startPrometheus(t, promBin, strings.TrimPrefix(svc.url, "http://"))
 	t.Logf("sidecar and Prometheus up after %v", time.Since(begin).Round(time.Millisecond))
 
-	// Scrapes before the first job, so the counters' first increase is
-	// seen by rate().
+	// Scrapes before the first job, so the series that exist from the
+	// start (refusal reasons, queue wait by tier) have a sample from
+	// before their first increase.
 	prom.waitForTarget(t, min(20*time.Second, left()))
 
 	// A counter's series appears with its first increment, which rate()
