@@ -3,6 +3,7 @@ package app
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -423,10 +424,12 @@ type dashboard struct {
 }
 
 type panel struct {
-	Title      string          `json:"title"`
-	Type       string          `json:"type"`
-	Datasource json.RawMessage `json:"datasource"`
-	Panels     []panel         `json:"panels"`
+	ID         int                      `json:"id"`
+	Title      string                   `json:"title"`
+	Type       string                   `json:"type"`
+	GridPos    struct{ X, Y, W, H int } `json:"gridPos"`
+	Datasource json.RawMessage          `json:"datasource"`
+	Panels     []panel                  `json:"panels"`
 	Targets    []struct {
 		Expr     string `json:"expr"`
 		Exemplar bool   `json:"exemplar"`
@@ -522,4 +525,86 @@ func lintDashboard(t *testing.T, s *schema) []string {
 		problems = append(problems, fmt.Sprintf("dashboard: only %d queries", queries))
 	}
 	return problems
+}
+
+// italic matches *text* once the bold markers (**) are gone: the runbook
+// writes panel names in italics.
+var italic = regexp.MustCompile(`\*([^*]+)\*`)
+
+// TestRunbookNamesDashboardPanels checks that every panel the runbook's
+// Alerts section sends the reader to is a panel of the canary dashboard.
+func TestRunbookNamesDashboardPanels(t *testing.T) {
+	data, err := os.ReadFile(runbookPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	section := string(data)
+	if i := strings.Index(section, "\n## Alerts\n"); i >= 0 {
+		section = section[i+1:]
+	}
+	if i := strings.Index(section[1:], "\n## "); i >= 0 {
+		section = section[:i+1]
+	}
+	titles := map[string]bool{}
+	for _, p := range loadDashboard(t).allPanels() {
+		titles[p.Title] = true
+	}
+	named := 0
+	for _, m := range italic.FindAllStringSubmatch(strings.ReplaceAll(section, "**", ""), -1) {
+		named++
+		title := strings.Join(strings.Fields(m[1]), " ") // wrapped lines
+		if !titles[title] {
+			t.Errorf("%s names the panel %q; the dashboard has %v", runbookPath, title, slices.Sorted(maps.Keys(titles)))
+		}
+	}
+	if named < 10 {
+		t.Errorf("%s names only %d panels", runbookPath, named)
+	}
+}
+
+// TestDashboardShape checks what other files rely on: the dashboard's uid,
+// a Prometheus data source chosen by a variable and used by every panel,
+// job and instance selectors, unique panel ids, and exemplars on the job
+// time panel.
+func TestDashboardShape(t *testing.T) {
+	d := loadDashboard(t)
+	if d.UID != "vstage-canary" || d.Title == "" || d.SchemaVersion < 36 {
+		t.Errorf("uid %q, title %q, schemaVersion %d", d.UID, d.Title, d.SchemaVersion)
+	}
+	vars := map[string]string{}
+	for _, v := range d.Templating.List {
+		vars[v.Name] = v.Type
+	}
+	if vars["datasource"] != "datasource" || vars["job"] != "query" || vars["instance"] != "query" {
+		t.Errorf("variables %v, want datasource, job and instance", vars)
+	}
+	ids := map[int]bool{}
+	exemplars := false
+	for _, p := range d.allPanels() {
+		if ids[p.ID] {
+			t.Errorf("panel id %d twice", p.ID)
+		}
+		ids[p.ID] = true
+		if p.Type == "row" {
+			continue
+		}
+		var ds struct {
+			Type string `json:"type"`
+			UID  string `json:"uid"`
+		}
+		if err := json.Unmarshal(p.Datasource, &ds); err != nil || ds.Type != "prometheus" || ds.UID != "${datasource}" {
+			t.Errorf("panel %q: data source %s, want the datasource variable", p.Title, p.Datasource)
+		}
+		if p.GridPos.X+p.GridPos.W > 24 || p.GridPos.W <= 0 || p.GridPos.H <= 0 {
+			t.Errorf("panel %q: gridPos %+v", p.Title, p.GridPos)
+		}
+		for _, tg := range p.Targets {
+			if tg.Exemplar {
+				exemplars = strings.Contains(tg.Expr, "vstage_staging_job_duration_seconds_bucket")
+			}
+		}
+	}
+	if !exemplars {
+		t.Error("no job-time query shows exemplars")
+	}
 }
