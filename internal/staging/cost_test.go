@@ -131,3 +131,15 @@ func phaseCount(t *testing.T, m *telemetry.StagingMetrics, phase string) uint64 
 }
 
 func near(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
+
+// Every outcome's series exists at zero before the first job, so that the
+// first failure of a kind counts in rate().
+func TestJobSeriesExistBeforeTheFirstJob(t *testing.T) {
+	f := newFixture(t, 0)
+	if got := testutil.CollectAndCount(f.metrics.Jobs); got != len(outcomes)*3+1 {
+		t.Errorf("%d job series before any job, want %d (every outcome and tier, and invalid_input of an unknown tier)", got, len(outcomes)*3+1)
+	}
+	if got := testutil.ToFloat64(f.metrics.Jobs.WithLabelValues("mock", "oom", "business")); got != 0 {
+		t.Errorf("jobs{oom,business} = %v before any job", got)
+	}
+}

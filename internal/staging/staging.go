@@ -151,6 +151,7 @@ func New(store Store, b Backends, cat *catalog.Catalog, opts Options, metrics *t
 	if tracer == nil {
 		tracer = noop.NewTracerProvider().Tracer("")
 	}
+	precount(metrics, b)
 	return &Service{
 		store: store, backends: b, catalog: cat, opts: opts, metrics: metrics, log: log, tracer: tracer,
 		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey},
@@ -187,6 +188,32 @@ func (s *Service) Stage(ctx context.Context, req Request) (Outcome, error) {
 			attrWidth.Int(out.Width), attrHeight.Int(out.Height))
 	}
 	return out, err
+}
+
+// outcomes are the values of the jobs counter's outcome label: a success,
+// a replay, and every code Stage returns.
+var outcomes = []string{
+	"ok", "replay",
+	string(fault.InvalidInput), string(fault.Forbidden), string(fault.NotFound), string(fault.IdempotencyConflict),
+	string(fault.InProgress), string(fault.PayloadTooLarge), string(fault.UnsupportedMediaType), string(fault.ImageTooLarge),
+	string(fault.Overloaded), string(fault.Unavailable), string(fault.OOM), string(fault.Timeout),
+	string(fault.ProviderError), string(fault.Internal), string(fault.Canceled),
+}
+
+// precount creates every series of the jobs counter at zero, so that the
+// first failure of a kind is an increase that rate() sees, not a series
+// that appears at 1.
+func precount(m *telemetry.StagingMetrics, b Backends) {
+	for name := range b.ByName {
+		for _, o := range outcomes {
+			for _, tier := range telemetry.Tiers {
+				if tier != "unknown" {
+					m.Jobs.WithLabelValues(name, o, tier)
+				}
+			}
+		}
+		m.Jobs.WithLabelValues(name, string(fault.InvalidInput), "unknown")
+	}
 }
 
 // tierLabel is the tier label of a request's tier: "unknown" for one that
