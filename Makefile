@@ -6,13 +6,15 @@ FUZZTIME ?= 30s
 # warnings say nothing about this project.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: run build build-worker servers test test-go lint-go test-rules fuzz bench-go bench-worker clean
+.PHONY: run build build-worker servers test test-go lint-go test-rules deploy-generate fuzz bench-go bench-worker clean
 
 # The public client is a module of its own (client/go.mod), so that a program
 # importing it does not inherit the sidecar's dependencies; so is the queue
-# worker (worker/go.mod), which depends on the client alone. The Go targets
-# run in each module.
-GO_MODULES := . client worker
+# worker (worker/go.mod), which depends on the client alone; and so are the
+# deployment checks (deploy/go.mod), whose Kubernetes, KEDA and compose
+# libraries stay out of the sidecar's build. The Go targets run in each
+# module.
+GO_MODULES := . client worker deploy
 
 # promtool checks and unit-tests the Prometheus rules. It is built once into
 # a folder named after its version, so a version change builds it afresh and
@@ -74,6 +76,12 @@ test-rules: $(PROMTOOL)
 
 $(PROMTOOL):
 	GOBIN=$(CURDIR)/$(@D) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
+## deploy-generate: rewrite the Kubernetes copies of files kept elsewhere
+## (the PrometheusRule from deploy/prometheus/rules.yaml); test-go fails
+## while they are stale.
+deploy-generate:
+	cd deploy && $(GO) run ./cmd/generate
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora already run in test-go).
 fuzz:
