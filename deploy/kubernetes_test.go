@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -20,6 +21,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
@@ -98,7 +100,23 @@ func (o *objects) add(apiVersion, kind string, data []byte) error {
 	default:
 		return fmt.Errorf("no Go type for %s %s in this test", apiVersion, kind)
 	}
-	return yaml.UnmarshalStrict(data, into)
+	return decodeStrict(data, into)
+}
+
+// decodeStrict decodes YAML into a Kubernetes Go type as the API server
+// would in strict mode: field names matched case-sensitively (encoding/json
+// alone would take runAsNonroot for runAsNonRoot), unknown and repeated
+// fields refused.
+func decodeStrict(data []byte, into any) error {
+	j, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return err
+	}
+	strict, err := kjson.UnmarshalStrict(j, into, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
 }
 
 // counts lists how many objects of each kind a build holds, for messages.
@@ -506,7 +524,7 @@ func TestPrometheusRuleMatchesRules(t *testing.T) {
 	var file struct {
 		Groups []monitoringv1.RuleGroup `json:"groups"`
 	}
-	if err := yaml.UnmarshalStrict(data, &file); err != nil {
+	if err := decodeStrict(data, &file); err != nil {
 		t.Fatal(err)
 	}
 	if len(o.prometheusRules) != 1 {
