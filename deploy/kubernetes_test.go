@@ -289,6 +289,13 @@ func (o objects) check(t *testing.T, r readme, routes map[string]bool, ov overla
 	}
 
 	problems = append(problems, checkSecurity(pod, c)...)
+	tmp := false
+	for _, m := range c.VolumeMounts {
+		tmp = tmp || m.MountPath == "/tmp"
+	}
+	if !tmp {
+		bad("no writable /tmp for the engine's socket folder")
+	}
 	problems = append(problems, o.checkRolloutFile(env, c, pod)...)
 	problems = append(problems, o.checkWiring(d, ports)...)
 	problems = append(problems, o.checkScaling(r, ov)...)
@@ -315,13 +322,6 @@ func checkSecurity(pod corev1.PodSpec, c corev1.Container) []string {
 	}
 	if cs.Capabilities == nil || !reflect.DeepEqual(cs.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(cs.Capabilities.Add) > 0 {
 		problems = append(problems, "capabilities: drop ALL and add none")
-	}
-	tmp := false
-	for _, m := range c.VolumeMounts {
-		tmp = tmp || m.MountPath == "/tmp"
-	}
-	if !tmp {
-		problems = append(problems, "no writable /tmp for the engine's socket folder")
 	}
 	return problems
 }
@@ -542,7 +542,11 @@ func TestWorker(t *testing.T) {
 	if len(o.deployments) != 1 {
 		t.Fatalf("%d Deployments", len(o.deployments))
 	}
-	for _, c := range append(o.deployments[0].Spec.Template.Spec.InitContainers, o.deployments[0].Spec.Template.Spec.Containers...) {
+	pod := o.deployments[0].Spec.Template.Spec
+	for _, c := range append(pod.InitContainers, pod.Containers...) {
+		for _, p := range checkSecurity(pod, c) {
+			t.Errorf("%s: %s", c.Name, p)
+		}
 		for _, e := range c.Env {
 			if !r.documented(e.Name) {
 				t.Errorf("%s: env %s is no setting in the README's tables", c.Name, e.Name)
