@@ -35,6 +35,7 @@ func TestInvariantsCatchBrokenManifests(t *testing.T) {
 		mutate func(objects)
 	}{
 		{"no setting in the README", func(o objects) { setEnv(o, "ENGINE_START_TIMEOUTS", "1m") }},
+		{"want one from", func(o objects) { container(o).Image = "registry.example.com/vstage:1" }},
 		{"from a Secret", func(o objects) { setEnv(o, "ADMIN_TOKEN", "plain") }},
 		{"ServiceAccount's role", func(o objects) { setEnv(o, "AWS_SECRET_ACCESS_KEY", "x") }},
 		{"does not cover", func(o objects) { setEnv(o, "SHUTDOWN_TIMEOUT", "2m") }},

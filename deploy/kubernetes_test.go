@@ -132,14 +132,15 @@ func (o objects) counts() map[string]int {
 
 // overlay is what each overlay must be, beyond what every one must be.
 type overlay struct {
-	dir  string
-	mode string
-	gpu  bool
+	dir   string
+	mode  string
+	gpu   bool
+	image string // the image's repository, without the tag
 }
 
 var overlays = []overlay{
-	{dir: "kubernetes/overlays/gpu", mode: "self", gpu: true},
-	{dir: "kubernetes/overlays/managed", mode: "managed"},
+	{dir: "kubernetes/overlays/gpu", mode: "self", gpu: true, image: "registry.example.com/vstage-gpu"},
+	{dir: "kubernetes/overlays/managed", mode: "managed", image: "registry.example.com/vstage"},
 }
 
 func TestOverlays(t *testing.T) {
@@ -176,6 +177,11 @@ func (o objects) check(t *testing.T, r readme, routes map[string]bool, ov overla
 		return problems
 	}
 	c := pod.Containers[0]
+	// Self mode needs the gpu image (the engine's environment); the sidecar
+	// image would fail at start.
+	if repo, _, _ := strings.Cut(c.Image, ":"); repo != ov.image {
+		bad("image %s, want one from %s", c.Image, ov.image)
+	}
 	env := map[string]string{}
 	for _, e := range c.Env {
 		if !r.documented(e.Name) {
