@@ -96,7 +96,7 @@ deploy-generate:
 ## lint-docker: hadolint on the Dockerfiles, shellcheck on their build scripts.
 lint-docker: $(HADOLINT) $(SHELLCHECK)
 	$(HADOLINT) Dockerfile worker/Dockerfile
-	$(SHELLCHECK) deploy/docker/*.sh mk/servers.sh
+	$(SHELLCHECK) deploy/docker/*.sh
 
 ## test-image: run the images' build steps where no image can be built: the
 ## sidecar's into a temporary folder (the engine's runs in make venv, into
