@@ -182,13 +182,31 @@ func TestCompose(t *testing.T) {
 	}
 	var ds struct {
 		Datasources []struct {
-			Type string `json:"type"`
-			URL  string `json:"url"`
+			UID      string `json:"uid"`
+			Type     string `json:"type"`
+			URL      string `json:"url"`
+			JSONData struct {
+				Exemplars []struct {
+					DatasourceUID string `json:"datasourceUid"`
+				} `json:"exemplarTraceIdDestinations"`
+			} `json:"jsonData"`
 		} `json:"datasources"`
 	}
 	readYAML(t, mounted["grafana:/etc/grafana/provisioning/datasources/prometheus.yaml"], &ds)
-	if len(ds.Datasources) != 1 || ds.Datasources[0].URL != "http://prometheus:9090" {
-		t.Errorf("Grafana's data source is %+v, want Prometheus at http://prometheus:9090", ds.Datasources)
+	urls, uids := map[string]string{}, map[string]bool{}
+	for _, d := range ds.Datasources {
+		urls[d.Type] = d.URL
+		uids[d.UID] = true
+	}
+	if urls["prometheus"] != "http://prometheus:9090" || urls["jaeger"] != "http://jaeger:16686" {
+		t.Errorf("Grafana's data sources are %v, want Prometheus at http://prometheus:9090 and Jaeger at http://jaeger:16686", urls)
+	}
+	for _, d := range ds.Datasources {
+		for _, e := range d.JSONData.Exemplars {
+			if !uids[e.DatasourceUID] {
+				t.Errorf("exemplars of %s link to data source %q, which is not provisioned", d.UID, e.DatasourceUID)
+			}
+		}
 	}
 	var dash struct {
 		Providers []struct {
