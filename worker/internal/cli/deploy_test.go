@@ -50,7 +50,7 @@ func TestScalingQueryNamesWorkerMetrics(t *testing.T) {
 			}
 		}
 	}
-	data, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "deploy", "kubernetes", "keda-scaledobject.yaml"))
+	data, err := os.ReadFile(filepath.Join(testenv.RepoRoot(t), "deploy", "kubernetes", "base", "scaledobject.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
