@@ -19,7 +19,7 @@ import grpc
 import pytest
 from opentelemetry import trace
 
-from helpers import Engine, fault, gradient, png, reason_of, request, start_test
+from helpers import Engine, fault, gradient, png, reason_of, request, start, start_test
 from inference import config, tracing
 from inference._proto import engine_pb2 as pb
 from otlp import (
@@ -444,3 +444,49 @@ print(sorted(m for m in sys.modules if m.startswith("opentelemetry.sdk")))
 def test_a_job_without_traceparent_has_no_context_when_off() -> None:
     job = tracing.Tracing().start_job({}, "j")
     assert not trace.get_current_span(job.context).get_span_context().is_valid
+
+
+def test_diffusers_backend_spans() -> None:
+    """The model backend makes the same spans, on the tiny model, on the CPU."""
+    receiver = http_receiver()
+    args = ["--tiny-model", "--device", "cpu", *SMALL, "--warmup-long-side", "64"]
+    engine = start(args, otlp_env(receiver))
+    try:
+        caller = Caller()
+        req = request(IMAGE, job_id="tiny-1", steps=2, strength=1.0, guidance_scale=3.0)
+        events = list(engine.stub.Stage(req, timeout=120, metadata=caller.metadata()))
+        assert events[-1].WhichOneof("event") == "result"
+        result = events[-1].result
+        spans = receiver.trace(caller.trace_id, len(PHASES) + 1)
+        assert_job_trace(spans, caller, "tiny-1", result, events[0].accepted.queue_ms)
+        names = by_name(spans)
+        # The resize before the queue and the control image on the worker.
+        assert len(names["preprocess"]) == 2
+        assert names["denoise"][0].attributes == {
+            "vstage.steps": 2,
+            "vstage.width": 64,
+            "vstage.height": 32,
+            "vstage.strength": 1.0,
+            "vstage.guidance_scale": 3.0,
+            "vstage.control": "canny",
+            "vstage.inpaint": False,
+        }
+        # The warm-up job is the engine's own: no trace at all.
+        assert all(s.trace_id == caller.trace_id for s in receiver.spans())
+        lines = job_lines(engine, "tiny-1")
+        assert {"job queued", "job done"} <= {e["msg"] for e in lines}
+        assert all(e["trace_id"] == caller.trace_id for e in lines)
+
+        bad = Caller()
+        with pytest.raises(grpc.RpcError):
+            list(
+                engine.stub.Stage(
+                    request(IMAGE, job_id="tiny-2", steps=0), timeout=30, metadata=bad.metadata()
+                )
+            )
+        stage = the_stage(receiver.trace(bad.trace_id, 1))
+        assert stage.status_code == STATUS_ERROR
+        assert stage.status_message == "FAILURE_REASON_OUT_OF_RANGE"
+    finally:
+        engine.close()
+        receiver.close()
