@@ -229,6 +229,10 @@ class Tracing:
                 "vstage.job_id": job_id,
             },
         )
+        if not span.is_recording():
+            # Not sampled: no phase spans either, and the log lines name the
+            # caller's span rather than one that is never exported.
+            return JobTrace(parent)
         return JobTrace(trace.set_span_in_context(span, parent), self._tracer, span)
 
     def shutdown(self, timeout: float) -> bool:

@@ -265,7 +265,10 @@ def test_unsampled_caller_exports_nothing_but_logs_keep_the_trace(
     assert not [s for s in receiver.spans() if s.trace_id == caller.trace_id]
     assert spans
     lines = job_lines(traced, "unsampled-1")
-    assert lines and all(e["trace_id"] == caller.trace_id for e in lines)
+    assert lines
+    for entry in lines:
+        assert entry["trace_id"] == caller.trace_id
+        assert entry["span_id"] == caller.span_id
 
 
 def test_sigterm_flushes_the_last_spans(receiver: Receiver) -> None:
