@@ -23,7 +23,7 @@ test-py: venv
 	$(VENV_PY) -m pytest python/tests
 
 # bench/ is shared with other tools; only the engine's Python scripts are linted here.
-BENCH_PY := bench/gpu_bench.py bench/gpu_report.py
+BENCH_PY := bench/gpu_bench.py bench/gpu_report.py bench/engine_tracing.py
 
 lint-py: venv
 	$(VENV_PY) -m ruff check python $(BENCH_PY)
