@@ -12,6 +12,7 @@ where tracing adds its cost; a model's job takes seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import io
 import os
@@ -107,40 +108,39 @@ def engine(env: dict[str, str]) -> Iterator[pb_grpc.EngineStub]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def image() -> bytes:
+def _image() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (96, 64), (120, 80, 40)).save(buf, "PNG")
     return buf.getvalue()
 
 
-def run_jobs(stub: pb_grpc.EngineStub, jobs: int, warmup: int, traceparent: bool) -> list[float]:
-    """Returns each job's milliseconds as the caller sees them."""
-    data = image()
-    times = []
-    for i in range(warmup + jobs):
-        md = []
-        if traceparent:
-            md.append(("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"))
-        req = pb.StageRequest(
-            job_id=f"b{i}",
-            image=data,
-            prompt="p",
-            seed=1,
-            strength=1.0,
-            guidance_scale=5.0,
-            steps=4,
-            conditioning_scale=0.5,
-            output_long_side=64,
-            output_format=pb.IMAGE_FORMAT_PNG,
-        )
-        t0 = time.perf_counter()
-        events = list(stub.Stage(req, timeout=30, metadata=md))
-        elapsed = (time.perf_counter() - t0) * 1000
-        if events[-1].WhichOneof("event") != "result":
-            raise RuntimeError("a job failed")
-        if i >= warmup:
-            times.append(elapsed)
-    return times
+IMAGE = _image()
+
+
+def one_job(stub: pb_grpc.EngineStub, i: int, traceparent: bool) -> tuple[float, float]:
+    """Runs a job; returns its milliseconds as the caller saw them and as the
+    engine reports them (Timings.total_ms, arrival to result)."""
+    md = []
+    if traceparent:
+        md.append(("traceparent", f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"))
+    req = pb.StageRequest(
+        job_id=f"b{i}",
+        image=IMAGE,
+        prompt="p",
+        seed=1,
+        strength=1.0,
+        guidance_scale=5.0,
+        steps=4,
+        conditioning_scale=0.5,
+        output_long_side=64,
+        output_format=pb.IMAGE_FORMAT_PNG,
+    )
+    t0 = time.perf_counter()
+    events = list(stub.Stage(req, timeout=30, metadata=md))
+    elapsed = (time.perf_counter() - t0) * 1000
+    if events[-1].WhichOneof("event") != "result":
+        raise RuntimeError("a job failed")
+    return elapsed, events[-1].result.timings.total_ms
 
 
 def summary(times: list[float]) -> str:
@@ -151,8 +151,9 @@ def summary(times: list[float]) -> str:
     )
 
 
-def phase_cost(n: int) -> tuple[float, float]:
-    """Microseconds per JobContext.phase: untraced, and with the SDK recording
+def phase_cost(n: int) -> tuple[float, float, float]:
+    """Microseconds per phase: two monotonic clock reads (what timing a step
+    cost before phases), JobContext.phase untraced, and with the SDK recording
     into a batch processor whose exporter drops everything."""
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -176,10 +177,15 @@ def phase_cost(n: int) -> tuple[float, float]:
         with c.phase("denoise", {"vstage.steps": 4}):
             pass
 
+    def clocks() -> None:
+        t0 = time.monotonic()
+        _ = (time.monotonic() - t0) * 1000
+
+    clocks_us = min(timeit.repeat(clocks, number=n, repeat=3)) / n * 1e6
     off_us = min(timeit.repeat(lambda: one(off), number=n, repeat=3)) / n * 1e6
     on_us = min(timeit.repeat(lambda: one(on), number=n, repeat=3)) / n * 1e6
     provider.shutdown()
-    return off_us, on_us
+    return clocks_us, off_us, on_us
 
 
 def main() -> None:
@@ -189,7 +195,7 @@ def main() -> None:
     parser.add_argument("--phase-calls", type=int, default=20000)
     args = parser.parse_args()
 
-    with sink() as endpoint:
+    with sink() as endpoint, contextlib.ExitStack() as stack:
         modes = [
             ("off, no traceparent", {}, False),
             ("off, traceparent", {}, True),
@@ -203,13 +209,27 @@ def main() -> None:
                 True,
             ),
         ]
-        for name, env, traceparent in modes:
-            with engine(env) as stub:
-                times = run_jobs(stub, args.jobs, args.warmup, traceparent)
-            print(f"{name:24s} {args.jobs} jobs: {summary(times)}")
+        stubs = [stack.enter_context(engine(env)) for _, env, _ in modes]
+        client: list[list[float]] = [[] for _ in modes]
+        server: list[list[float]] = [[] for _ in modes]
+        # One job on each engine in turn, so that the machine's load, which
+        # drifts, falls on every mode alike.
+        for i in range(args.warmup + args.jobs):
+            for k, (_, _, traceparent) in enumerate(modes):
+                c, e = one_job(stubs[k], i, traceparent)
+                if i >= args.warmup:
+                    client[k].append(c)
+                    server[k].append(e)
+        for k, (name, _, _) in enumerate(modes):
+            print(f"{name:24s} {args.jobs} jobs, caller: {summary(client[k])}")
+            print(f"{'':24s} {args.jobs} jobs, engine: {summary(server[k])}")
+        stack.close()
         print(f"OTLP exports received: {_Sink.exports}")
-    off_us, on_us = phase_cost(args.phase_calls)
-    print(f"JobContext.phase: {off_us:.2f} us untraced, {on_us:.2f} us with a recorded span")
+    clocks_us, off_us, on_us = phase_cost(args.phase_calls)
+    print(
+        f"per phase: {clocks_us:.2f} us two clock reads (the timing before phases), "
+        f"{off_us:.2f} us JobContext.phase untraced, {on_us:.2f} us with a recorded span"
+    )
 
 
 if __name__ == "__main__":

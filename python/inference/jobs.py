@@ -114,9 +114,13 @@ class Phase:
         self.name = name
         self.ms = 0.0
         self._timings = timings
-        self._wall = time.time_ns()
+        self._span = None
+        self._wall = 0
+        if trace.recording:
+            # Span times are wall-clock; the duration below is monotonic.
+            self._wall = time.time_ns()
+            self._span = trace.start_phase(name, self._wall, attributes)
         self._start = time.monotonic_ns()
-        self._span = trace.start_phase(name, self._wall, attributes)
         self._open = True
 
     def end(self, exc: BaseException | None = None) -> float:

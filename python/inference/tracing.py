@@ -115,6 +115,11 @@ class JobTrace:
         self._ended = False
         self._lock = threading.Lock()
 
+    @property
+    def recording(self) -> bool:
+        """Whether the job's phases become spans."""
+        return self._tracer is not None
+
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
         """Makes the job's context current in this thread for the block."""
@@ -127,7 +132,8 @@ class JobTrace:
     def start_phase(
         self, name: str, start_ns: int, attributes: Mapping[str, AttributeValue] | None
     ) -> trace.Span | None:
-        """Opens a child span of the Stage span; None when spans are not exported."""
+        """Opens a child span of the Stage span at start_ns (time.time_ns());
+        None when spans are not exported."""
         if self._tracer is None:
             return None
         return self._tracer.start_span(
