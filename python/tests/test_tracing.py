@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -284,6 +285,33 @@ def test_sigterm_flushes_the_last_spans(receiver: Receiver) -> None:
         assert engine.wait_exit(20) == 0
         spans = [s for s in receiver.spans() if s.trace_id == caller.trace_id]
         assert {s.name for s in spans} == PHASES | {STAGE}
+    finally:
+        engine.close()
+
+
+def test_a_collector_that_is_down_holds_neither_jobs_nor_the_stop() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    engine = start_test(["--concurrency", "1", *SMALL], env=env)
+    try:
+        caller = Caller()
+        for i in range(3):
+            req = request(IMAGE, job_id=f"down-{i}")
+            events = list(engine.stub.Stage(req, timeout=10, metadata=caller.metadata()))
+            assert events[-1].WhichOneof("event") == "result"
+        time.sleep(0.3)  # the exporter is retrying by now
+        t0 = time.monotonic()
+        engine.proc.send_signal(signal.SIGTERM)
+        assert engine.wait_exit(20) == 0
+        # The flush gives up after main.TRACE_FLUSH_TIMEOUT, not the exporter's own 10 s.
+        assert time.monotonic() - t0 < 9
+        assert "trace export unfinished" in {e["msg"] for e in job_lines_all(engine)}
     finally:
         engine.close()
 
