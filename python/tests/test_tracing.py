@@ -251,6 +251,35 @@ def test_cancelled_job_is_an_error_named_cancelled(traced: Engine, receiver: Rec
     assert by_name(spans)["denoise"][0].status_code == STATUS_ERROR
 
 
+def test_job_cancelled_in_the_queue(traced: Engine, receiver: Receiver) -> None:
+    running = traced.stub.Stage(
+        request(IMAGE, job_id="busy-1", steps=10), metadata=fault("sleep=30")
+    )
+    assert next(running).WhichOneof("event") == "accepted"
+    caller = Caller()
+    queued = traced.stub.Stage(
+        request(IMAGE, job_id="queued-1"), timeout=60, metadata=caller.metadata()
+    )
+    deadline = time.monotonic() + 20
+    while not job_lines(traced, "queued-1") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    resp = traced.stub.Cancel(pb.CancelRequest(job_id="queued-1"), timeout=20)
+    assert resp.outcome == pb.CancelResponse.OUTCOME_STOPPED
+    with pytest.raises(grpc.RpcError):
+        list(queued)
+    running.cancel()
+
+    spans = receiver.trace(caller.trace_id, 4)
+    stage = the_stage(spans)
+    assert stage.status_message == "cancelled"
+    names = by_name(spans)
+    assert set(names) == {STAGE, "decode", "preprocess", "queue"}
+    assert names["queue"][0].status_code == STATUS_ERROR
+    (stopped,) = [e for e in job_lines(traced, "queued-1") if e["msg"] == "job stopped"]
+    assert stopped["trace_id"] == caller.trace_id
+    assert stopped["span_id"] == stage.span_id
+
+
 def test_unsampled_caller_exports_nothing_but_logs_keep_the_trace(
     traced: Engine, receiver: Receiver
 ) -> None:
