@@ -58,6 +58,7 @@ class Span:
     trace_id: str
     span_id: str
     parent_span_id: str
+    trace_state: str
     kind: int
     start_ns: int
     end_ns: int
@@ -95,6 +96,7 @@ class Receiver:
                             trace_id=s.trace_id.hex(),
                             span_id=s.span_id.hex(),
                             parent_span_id=s.parent_span_id.hex(),
+                            trace_state=s.trace_state,
                             kind=s.kind,
                             start_ns=s.start_time_unix_nano,
                             end_ns=s.end_time_unix_nano,

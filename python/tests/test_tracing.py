@@ -110,6 +110,7 @@ def assert_job_trace(
     assert spans and all(s.trace_id == caller.trace_id for s in spans)
     stage = the_stage(spans)
     assert stage.parent_span_id == caller.span_id
+    assert stage.trace_state == "vendor=x"  # the caller's tracestate carries on
     assert stage.kind == SPAN_KIND_SERVER
     assert stage.status_code == STATUS_UNSET
     assert stage.attributes["rpc.system"] == "grpc"
