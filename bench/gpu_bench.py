@@ -69,7 +69,7 @@ from PIL import Image  # noqa: E402
 from inference import config, models, speed, tiny  # noqa: E402
 from inference._proto import engine_pb2 as pb  # noqa: E402
 from inference.diffusers_backend import DiffusersBackend  # noqa: E402
-from inference.jobs import JobContext, JobSpec, Work  # noqa: E402
+from inference.jobs import DENOISE, VAE_DECODE, JobContext, JobSpec, Work  # noqa: E402
 
 LARGE, SMALL = "large", "small"
 STACK = {"channels_last": True, "fuse_qkv": True}
@@ -277,7 +277,7 @@ class Bench:
         t0 = time.perf_counter()
         out = backend.run(Work(spec=spec, image=picture(px), mask=None), ctx)
         wall = time.perf_counter() - t0
-        return Job(wall, steps[0], out.denoise_ms, out.vae_decode_ms, out.peak_gpu_memory_bytes)
+        return Job(wall, steps[0], ctx.ms(DENOISE), ctx.ms(VAE_DECODE), out.peak_gpu_memory_bytes)
 
     def timed(
         self, backend: DiffusersBackend, px: int, concurrency: int

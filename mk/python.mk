@@ -25,7 +25,7 @@ test-py: venv
 
 # bench/ is shared with other tools; only the engine's Python scripts are
 # linted here, with the lock writer.
-SCRIPTS_PY := bench/gpu_bench.py bench/gpu_report.py mk/lock.py
+SCRIPTS_PY := bench/gpu_bench.py bench/gpu_report.py bench/engine_tracing.py mk/lock.py
 
 lint-py: venv
 	$(VENV_PY) -m ruff check python $(SCRIPTS_PY)

@@ -9,10 +9,11 @@ import signal
 import threading
 import time
 
+from opentelemetry.util.types import AttributeValue
 from PIL import ImageOps
 
 from inference import errors, logs
-from inference.jobs import BackendInfo, JobContext, Output, Work
+from inference.jobs import DENOISE, VAE_DECODE, BackendInfo, JobContext, Output, Work
 
 from . import faults
 
@@ -84,17 +85,31 @@ class FaultBackend:
             raise
 
     def _steps(self, work: Work, ctx: JobContext, f: faults.Faults) -> Output:
-        steps = work.spec.steps
+        spec = work.spec
+        steps = spec.steps
         step_delay = self._options.step_delay if f.sleep is None else f.sleep / steps
-        start = time.monotonic()
-        for step in range(1, steps + 1):
-            if step_delay:
-                ctx.sleep(step_delay)
-            ctx.progress(step, steps)
-            if f.oom:
-                raise errors.out_of_memory()
-        denoise_ms = (time.monotonic() - start) * 1000
-        return Output(image=ImageOps.invert(work.image), denoise_ms=denoise_ms)
+        width, height = work.image.size
+        # The model backend's phases and attributes, so that tests of the
+        # sidecar see the spans a real job makes.
+        attributes: dict[str, AttributeValue] = {
+            "vstage.steps": steps,
+            "vstage.width": width,
+            "vstage.height": height,
+            "vstage.strength": spec.strength,
+            "vstage.guidance_scale": spec.guidance_scale,
+            "vstage.control": spec.control,
+            "vstage.inpaint": work.mask is not None,
+        }
+        with ctx.phase(DENOISE, attributes):
+            for step in range(1, steps + 1):
+                if step_delay:
+                    ctx.sleep(step_delay)
+                ctx.progress(step, steps)
+                if f.oom:
+                    raise errors.out_of_memory()
+        with ctx.phase(VAE_DECODE):
+            image = ImageOps.invert(work.image)
+        return Output(image=image)
 
 
 def _crash(value: str) -> None:

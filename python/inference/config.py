@@ -1,7 +1,9 @@
 """Engine settings: command-line flags, each with an environment variable of the same meaning.
 
 A flag wins over its variable, which wins over the default. Everything is read
-once at start, validated, and passed down; nothing else reads the environment.
+once at start, validated, and passed down; nothing else reads the environment,
+except the OpenTelemetry SDK, which reads its own OTEL_* variables when trace
+export is on (see tracing).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,12 +18,22 @@ from diffusers import (
     StableDiffusionXLControlNetImg2ImgPipeline,
     StableDiffusionXLControlNetInpaintPipeline,
 )
+from opentelemetry.util.types import AttributeValue
 from PIL import Image
 
 from . import buckets, conditioning, config, errors, fewstep, imageio, logs, models, speed, tiny
 from ._proto import engine_pb2 as pb
 from .config import Settings
-from .jobs import BackendInfo, JobContext, JobSpec, Output, Work
+from .jobs import (
+    DENOISE,
+    PREPROCESS,
+    VAE_DECODE,
+    BackendInfo,
+    JobContext,
+    JobSpec,
+    Output,
+    Work,
+)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -281,10 +292,9 @@ class DiffusersBackend:
             torch.cuda.reset_peak_memory_stats(self._device)
         ctx.check()
 
-        t0 = time.monotonic()
-        image, mask = self._render_inputs(work)
-        control = self._control_image(spec, image)
-        preprocess_ms = _ms(t0)
+        with ctx.phase(PREPROCESS):
+            image, mask = self._render_inputs(work)
+            control = self._control_image(spec, image)
 
         pipe, args = self._pipeline(spec, image, control, mask)
         s = self._settings
@@ -300,30 +310,22 @@ class DiffusersBackend:
             ctx.progress(i + 1, int(p.num_timesteps))
             return replaced
 
-        t1 = time.monotonic()
-        latents = pipe(
-            **args,
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=switches.tensor_inputs,
-        ).images
-        if cuda:
-            torch.cuda.synchronize(self._device)
-        denoise_ms = _ms(t1)
+        with ctx.phase(DENOISE, _denoise_attributes(args, spec, mask is not None)):
+            latents = pipe(
+                **args,
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=switches.tensor_inputs,
+            ).images
+            if cuda:
+                torch.cuda.synchronize(self._device)
         ctx.check()
 
-        t2 = time.monotonic()
-        pixels = self._decode(pipe, latents)
-        if pixels.size != work.image.size:
-            pixels = imageio.resize(pixels, work.image.size)
-        vae_decode_ms = _ms(t2)
+        with ctx.phase(VAE_DECODE):
+            pixels = self._decode(pipe, latents)
+            if pixels.size != work.image.size:
+                pixels = imageio.resize(pixels, work.image.size)
         peak = int(torch.cuda.max_memory_allocated(self._device)) if cuda else 0
-        return Output(
-            image=pixels,
-            preprocess_ms=preprocess_ms,
-            denoise_ms=denoise_ms,
-            vae_decode_ms=vae_decode_ms,
-            peak_gpu_memory_bytes=peak,
-        )
+        return Output(image=pixels, peak_gpu_memory_bytes=peak)
 
     def _control_image(self, spec: JobSpec, image: Image.Image) -> Image.Image:
         """Returns the ControlNet's conditioning image: the depth map or the
@@ -423,8 +425,20 @@ class DiffusersBackend:
         return Image.fromarray(np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8), "RGB")
 
 
-def _ms(since: float) -> float:
-    return (time.monotonic() - since) * 1000
+def _denoise_attributes(
+    args: Mapping[str, Any], spec: JobSpec, inpaint: bool
+) -> dict[str, AttributeValue]:
+    """The denoise span's attributes: what the pipeline is asked to run (the
+    few-step profile's steps and guidance when it is on), never the prompts."""
+    return {
+        "vstage.steps": int(args["num_inference_steps"]),
+        "vstage.width": int(args["width"]),
+        "vstage.height": int(args["height"]),
+        "vstage.strength": float(args["strength"]),
+        "vstage.guidance_scale": float(args["guidance_scale"]),
+        "vstage.control": spec.control,
+        "vstage.inpaint": inpaint,
+    }
 
 
 def _never_cancelled() -> JobContext:

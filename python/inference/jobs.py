@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
+from opentelemetry.util.types import AttributeValue
 from PIL import Image
 
-from . import errors
+from . import errors, tracing
 from ._proto import engine_pb2 as pb
 from .config import Settings
 
@@ -64,12 +67,12 @@ class Work:
 
 @dataclasses.dataclass
 class Output:
-    """Output is a backend's answer: an RGB image of the Work's size and its timings."""
+    """Output is a backend's answer: an RGB image of the Work's size.
+
+    A backend times its steps with JobContext.phase, not here.
+    """
 
     image: Image.Image
-    preprocess_ms: float = 0.0
-    denoise_ms: float = 0.0
-    vae_decode_ms: float = 0.0
     peak_gpu_memory_bytes: int = 0
 
 
@@ -84,11 +87,65 @@ class BackendInfo:
     control_kinds: tuple[str, ...]
 
 
+# Phase names: the Timings fields and the spans under a job's Stage span.
+QUEUE = "queue"
+DECODE = "decode"
+PREPROCESS = "preprocess"
+DENOISE = "denoise"
+VAE_DECODE = "vae_decode"
+ENCODE = "encode"
+
+
+class Phase:
+    """Phase is one timed step of a job, from its creation to end().
+
+    Its time is added to the job's timings under its name and, when spans are
+    exported, the same interval is a span under the Stage span: both come from
+    one pair of clock readings, so a Timings field and its spans always agree.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        timings: dict[str, float],
+        trace: tracing.JobTrace,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> None:
+        self.name = name
+        self.ms = 0.0
+        self._timings = timings
+        self._span = None
+        self._wall = 0
+        if trace.recording:
+            # Span times are wall-clock; the duration below is monotonic.
+            self._wall = time.time_ns()
+            self._span = trace.start_phase(name, self._wall, attributes)
+        self._start = time.monotonic_ns()
+        self._open = True
+
+    def end(self, exc: BaseException | None = None) -> float:
+        """Ends the phase (a failed one when exc is given); returns its milliseconds.
+
+        Only the first call counts.
+        """
+        if not self._open:
+            return self.ms
+        self._open = False
+        elapsed = time.monotonic_ns() - self._start
+        self.ms = elapsed / 1e6
+        self._timings[self.name] = self._timings.get(self.name, 0.0) + self.ms
+        if self._span is not None:
+            tracing.end_phase(self._span, self._wall + elapsed, exc)
+        return self.ms
+
+
 class JobContext:
     """JobContext links a running job to its RPC: progress out, cancellation and metadata in.
 
     metadata is the call's request metadata, for backends that act on it; the
-    model backend reads none.
+    model backend reads none. trace is the job's place in its caller's trace
+    (tracing.UNTRACED for the engine's own jobs); timings holds each phase's
+    milliseconds, summed when a phase runs more than once.
     """
 
     def __init__(
@@ -97,11 +154,35 @@ class JobContext:
         reason: Callable[[], errors.Reason],
         progress: Callable[[int, int], None],
         metadata: Mapping[str, str] | None = None,
+        trace: tracing.JobTrace = tracing.UNTRACED,
     ) -> None:
         self._cancelled = cancelled
         self._reason = reason
         self._progress = progress
         self.metadata: Mapping[str, str] = metadata or {}
+        self.trace = trace
+        self.timings: dict[str, float] = {}
+
+    def begin(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> Phase:
+        """Starts a phase that ends in another block or thread (the queue)."""
+        return Phase(name, self.timings, self.trace, attributes)
+
+    @contextlib.contextmanager
+    def phase(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> Iterator[Phase]:
+        """Times the block as the phase name (see Phase)."""
+        p = self.begin(name, attributes)
+        try:
+            yield p
+        except BaseException as exc:
+            p.end(exc)
+            raise
+        p.end()
+
+    def ms(self, name: str) -> float:
+        """The milliseconds the job spent in phase name so far."""
+        return self.timings.get(name, 0.0)
 
     def check(self) -> None:
         """Raises JobCancelled when the RPC has ended."""

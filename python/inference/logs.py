@@ -8,11 +8,18 @@ import logging
 import sys
 from typing import Any
 
+from opentelemetry import trace
+
 LOGGER_NAME = "inference"
 
 
 class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON object; fields come from extra={"fields": {...}}."""
+    """Formats a record as one JSON object; fields come from extra={"fields": {...}}.
+
+    A record written while a job's trace context is current (its RPC and
+    worker threads) carries trace_id and span_id, so that its lines can be
+    found from the caller's trace, whether or not the engine exports spans.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -23,6 +30,11 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "logger": record.name,
         }
+        # Formatted in the thread that logged: handlers here are synchronous.
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = trace.format_trace_id(span.trace_id)
+            entry["span_id"] = trace.format_span_id(span.span_id)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)

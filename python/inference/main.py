@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
-from . import config, logs
+from . import config, logs, tracing
 from .config import Settings
 from .jobs import Backend
 from .server import Server
@@ -22,6 +22,8 @@ EXIT_LOAD_FAILED = 1
 EXIT_CONFIG = 2
 
 WATCH_INTERVAL = 0.25
+# TRACE_FLUSH_TIMEOUT bounds the export of the last spans on the way out.
+TRACE_FLUSH_TIMEOUT = 5.0
 
 BackendFactory = Callable[[Settings], Backend]
 
@@ -131,6 +133,7 @@ def run(
     t0 = time.monotonic()
     try:
         settings = config.parse(argv, environ, needs_model)
+        trace_settings = tracing.parse(environ)
     except config.ConfigError as err:
         logs.setup("info").error("bad configuration", extra=logs.fields(error=str(err)))
         return EXIT_CONFIG
@@ -139,9 +142,13 @@ def run(
     log.info(
         "engine starting",
         extra=logs.fields(
-            pid=os.getpid(), socket=settings.socket, concurrency=settings.concurrency
+            pid=os.getpid(),
+            socket=settings.socket,
+            concurrency=settings.concurrency,
+            traces_exporter=trace_settings.describe(),
         ),
     )
+    traces = tracing.start(trace_settings)
 
     parent = settings.parent_pid or os.getppid()
     t1 = time.monotonic()
@@ -152,7 +159,7 @@ def run(
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(settings.socket).st_mode):
             os.unlink(settings.socket)
-    server = Server(settings, backend)
+    server = Server(settings, backend, traces)
     try:
         server.start()
     except (OSError, RuntimeError) as err:  # grpc reports a failed bind as RuntimeError
@@ -188,6 +195,8 @@ def run(
     with contextlib.suppress(OSError):
         if os.stat(settings.socket).st_ino == inode:
             os.unlink(settings.socket)
+    if not traces.shutdown(TRACE_FLUSH_TIMEOUT):
+        log.warning("trace export unfinished", extra=logs.fields(timeout_s=TRACE_FLUSH_TIMEOUT))
     log.info("engine stopped", extra=logs.fields(code=stop.code))
     return stop.code
 

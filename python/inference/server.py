@@ -15,24 +15,32 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import errors, imageio, logs
+from . import errors, imageio, logs, tracing
 from ._proto import engine_pb2 as pb
 from ._proto import engine_pb2_grpc as pb_grpc
 from .config import Settings
 from .jobs import (
     CONTROL_KINDS,
+    DECODE,
+    DENOISE,
+    ENCODE,
     FORMATS,
+    PREPROCESS,
+    QUEUE,
+    VAE_DECODE,
     Backend,
     BackendInfo,
     JobContext,
     JobSpec,
+    Phase,
     Work,
     check_job_id,
     validate,
 )
 from .registry import Job, Jobs
+from .tracing import JobTrace, Tracing
 
-SERVICE_NAME = "vstage.engine.v1.Engine"
+SERVICE_NAME = tracing.RPC_SERVICE
 
 # Handler threads: every Stage call holds one while it streams, queued or not,
 # and every Cancel while its job stops, so this is sized well above the job
@@ -82,12 +90,8 @@ class Prepared:
     spec: JobSpec
     work: Work
     info: BackendInfo
-    decode_ms: float
-    resize_ms: float
-    # started is when the call arrived, queued when the job was ready to queue
-    # (time.monotonic()).
+    # started is when the call arrived (time.monotonic()).
     started: float
-    queued: float
 
     @property
     def size(self) -> tuple[int, int]:
@@ -97,9 +101,10 @@ class Prepared:
 class EngineService(pb_grpc.EngineServicer):
     """EngineService runs jobs on a backend, at most `concurrency` at once, in order."""
 
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(self, settings: Settings, backend: Backend, traces: Tracing | None = None) -> None:
         self._settings = settings
         self._backend = backend
+        self._tracing = traces or Tracing()
         self._ready = threading.Event()
         # The executor's FIFO queue is the job queue; its threads are the job slots.
         self._slots = concurrent.futures.ThreadPoolExecutor(
@@ -166,6 +171,30 @@ class EngineService(pb_grpc.EngineServicer):
         self, request: pb.StageRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StageEvent]:
         started = time.monotonic()
+        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        trace = self._tracing.start_job(metadata, request.job_id)
+        try:
+            # Attached only around the steps before streaming: a generator
+            # that kept it across a yield would leave it on this handler thread.
+            with trace.attached():
+                events = self._start(request, context, metadata, trace, started)
+        except BaseException as exc:
+            # An abort raised by _fail ended the span already; anything else is a bug.
+            trace.end(errors.internal(), exc)
+            raise
+        if events is not None:
+            yield from stream(events, context)
+
+    def _start(
+        self,
+        request: pb.StageRequest,
+        context: grpc.ServicerContext,
+        metadata: dict[str, str],
+        trace: JobTrace,
+        started: float,
+    ) -> queue.Queue[StreamItem] | None:
+        """Checks and queues a job; returns its event queue, or None once the
+        call has been ended with a failure."""
         remaining = context.time_remaining()
         deadline = None if remaining is None else started + remaining
         stop = threading.Event()
@@ -173,22 +202,13 @@ class EngineService(pb_grpc.EngineServicer):
             stop.set()
         job = self._jobs.arrive(request.job_id, stop)
         if job is None:
-            self._fail(
-                context,
-                request.job_id,
-                errors.EngineError(
-                    grpc.StatusCode.CANCELLED,
-                    pb.FAILURE_REASON_CANCELLED,
-                    "the job was cancelled before it arrived",
-                ),
+            err = errors.EngineError(
+                grpc.StatusCode.CANCELLED,
+                pb.FAILURE_REASON_CANCELLED,
+                "the job was cancelled before it arrived",
             )
-            return
-        try:
-            prepared = self._prepare(request, started)
-        except errors.EngineError as err:
-            self._jobs.release(job)
-            self._fail(context, request.job_id, err)
-            return
+            self._fail(context, trace, request.job_id, err)
+            return None
 
         def reason() -> errors.Reason:
             # Once the RPC has ended, the context no longer says why; the clock does.
@@ -198,103 +218,138 @@ class EngineService(pb_grpc.EngineServicer):
             return pb.FAILURE_REASON_CANCELLED
 
         events: queue.Queue[StreamItem] = queue.Queue()
-        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-        ctx = JobContext(stop, reason, _progress_to(events), metadata)
+        ctx = JobContext(stop, reason, _progress_to(events), metadata, trace)
+        try:
+            prepared = self._prepare(request, ctx, started)
+        except errors.EngineError as err:
+            self._jobs.release(job)
+            self._fail(context, trace, request.job_id, err, err)
+            return None
+        # Begun before submitting: a free worker may start the job at once.
+        queued = ctx.begin(QUEUE)
         submitted = self._jobs.submit(
             job,
             self._slots,
-            lambda: self._run(prepared, ctx, events, job),
-            lambda: self._stopped_in_queue(job, events, reason()),
+            lambda: self._run(prepared, ctx, events, job, queued),
+            lambda: self._stopped_in_queue(job, ctx, events, reason(), queued),
         )
         if not submitted:
             self._jobs.release(job)
-            self._fail(context, request.job_id, errors.stopped(reason()))
-            return
+            stopped = errors.stopped(reason())
+            queued.end(stopped)
+            self._fail(context, trace, request.job_id, stopped)
+            return None
         self._log_queued(prepared)
-        yield from stream(events, context)
+        return events
 
-    def _prepare(self, request: pb.StageRequest, started: float) -> Prepared:
+    def _prepare(self, request: pb.StageRequest, ctx: JobContext, started: float) -> Prepared:
         """Checks, decodes and resizes the input in the RPC thread; raises EngineError."""
         if not self.ready:
             raise errors.not_ready()
         info = self._backend.info()
         spec = validate(request, self._settings, info.control_kinds)
-        t0 = time.monotonic()
         max_pixels = self._settings.max_input_pixels
-        image = imageio.as_rgb(imageio.decode(request.image, max_pixels))
-        mask = imageio.decode(request.mask, max_pixels, "mask") if request.mask else None
-        if mask is not None and mask.size != image.size:
-            raise errors.invalid(
-                pb.FAILURE_REASON_MASK_SIZE_MISMATCH,
-                f"mask is {mask.size[0]}x{mask.size[1]}, "
-                f"image is {image.size[0]}x{image.size[1]}; they must match",
+        with ctx.phase(DECODE):
+            image = imageio.as_rgb(imageio.decode(request.image, max_pixels))
+            mask = imageio.decode(request.mask, max_pixels, "mask") if request.mask else None
+            if mask is not None and mask.size != image.size:
+                raise errors.invalid(
+                    pb.FAILURE_REASON_MASK_SIZE_MISMATCH,
+                    f"mask is {mask.size[0]}x{mask.size[1]}, "
+                    f"image is {image.size[0]}x{image.size[1]}; they must match",
+                )
+        with ctx.phase(PREPROCESS):
+            size = imageio.target_size(image.size[0], image.size[1], spec.long_side)
+            work = Work(
+                spec=spec,
+                image=imageio.resize(image, size),
+                mask=imageio.resize_mask(mask, size) if mask is not None else None,
             )
-        decode_ms = _ms(t0)
-        t1 = time.monotonic()
-        size = imageio.target_size(image.size[0], image.size[1], spec.long_side)
-        work = Work(
-            spec=spec,
-            image=imageio.resize(image, size),
-            mask=imageio.resize_mask(mask, size) if mask is not None else None,
-        )
-        return Prepared(spec, work, info, decode_ms, _ms(t1), started, time.monotonic())
+        return Prepared(spec, work, info, started)
 
-    def _run(self, p: Prepared, ctx: JobContext, events: queue.Queue[StreamItem], job: Job) -> None:
+    def _run(
+        self,
+        p: Prepared,
+        ctx: JobContext,
+        events: queue.Queue[StreamItem],
+        job: Job,
+        queued: Phase,
+    ) -> None:
         """Runs a job on a worker thread and hands its events to the RPC thread.
 
         Outcomes are logged here, not in the RPC thread: once the caller has
-        gone, grpc stops pulling events and that thread never resumes.
+        gone, grpc stops pulling events and that thread never resumes. The
+        Stage span ends here for the same reason, before the caller hears
+        the outcome, so that it nests inside the caller's span.
         """
-        try:
-            ctx.check()
-            width, height = p.size
-            accepted = pb.Accepted(
-                job_id=p.spec.job_id, queue_ms=_ms(p.queued), width=width, height=height
+        queue_ms = queued.end()
+        with ctx.trace.attached():
+            try:
+                ctx.check()
+                result = self._result(p, ctx, queue_ms, events)
+                ctx.trace.end()
+                # The caller first: the log line is not its business.
+                events.put(pb.StageEvent(result=result))
+                self._log_done(p.spec, result)
+            except BaseException as exc:
+                err = self._job_error(p.spec.job_id, exc)
+                ctx.trace.end(err, exc)
+                events.put(Failed(err))
+            finally:
+                self._jobs.release(job)
+
+    def _result(
+        self, p: Prepared, ctx: JobContext, queue_ms: float, events: queue.Queue[StreamItem]
+    ) -> pb.Result:
+        """Runs the backend and encodes its image; raises on failure."""
+        width, height = p.size
+        accepted = pb.Accepted(job_id=p.spec.job_id, queue_ms=queue_ms, width=width, height=height)
+        events.put(pb.StageEvent(accepted=accepted))
+        out = self._backend.run(p.work, ctx)
+        if p.work.mask is not None:
+            out.image = imageio.composite(
+                p.work.image, out.image, p.work.mask, self._settings.mask_feather
             )
-            events.put(pb.StageEvent(accepted=accepted))
-            out = self._backend.run(p.work, ctx)
-            if p.work.mask is not None:
-                out.image = imageio.composite(
-                    p.work.image, out.image, p.work.mask, self._settings.mask_feather
-                )
-            ctx.check()
-            t2 = time.monotonic()
+        ctx.check()
+        with ctx.phase(ENCODE):
             data = imageio.encode(out.image, p.spec.output_format, p.spec.quality)
-            timings = pb.Timings(
-                decode_ms=p.decode_ms,
-                preprocess_ms=p.resize_ms + out.preprocess_ms,
-                denoise_ms=out.denoise_ms,
-                vae_decode_ms=out.vae_decode_ms,
-                encode_ms=_ms(t2),
-                total_ms=_ms(p.started),
-            )
-            result = pb.Result(
-                image=data,
-                width=width,
-                height=height,
-                format=FORMATS[p.spec.output_format],
-                model_rev=self._settings.model_rev or p.info.model_rev,
-                seed=p.spec.seed,
-                timings=timings,
-                peak_gpu_memory_bytes=out.peak_gpu_memory_bytes,
-            )
-            # The caller first: the log line is not its business.
-            events.put(pb.StageEvent(result=result))
-            self._log_done(p.spec, result)
-        except BaseException as exc:
-            events.put(Failed(self._job_error(p.spec.job_id, exc)))
-        finally:
-            self._jobs.release(job)
+        timings = pb.Timings(
+            decode_ms=ctx.ms(DECODE),
+            preprocess_ms=ctx.ms(PREPROCESS),
+            denoise_ms=ctx.ms(DENOISE),
+            vae_decode_ms=ctx.ms(VAE_DECODE),
+            encode_ms=ctx.ms(ENCODE),
+            total_ms=_ms(p.started),
+        )
+        return pb.Result(
+            image=data,
+            width=width,
+            height=height,
+            format=FORMATS[p.spec.output_format],
+            model_rev=self._settings.model_rev or p.info.model_rev,
+            seed=p.spec.seed,
+            timings=timings,
+            peak_gpu_memory_bytes=out.peak_gpu_memory_bytes,
+        )
 
     def _stopped_in_queue(
-        self, job: Job, events: queue.Queue[StreamItem], reason: errors.Reason
+        self,
+        job: Job,
+        ctx: JobContext,
+        events: queue.Queue[StreamItem],
+        reason: errors.Reason,
+        queued: Phase,
     ) -> None:
         """Ends a job that Cancel took out of the queue before it reached a worker."""
-        self._log.info(
-            "job stopped",
-            extra=logs.fields(job_id=job.job_id, reason=pb.FailureReason.Name(reason)),
-        )
-        events.put(Failed(errors.stopped(reason)))
+        err = errors.stopped(reason)
+        queued.end(err)
+        with ctx.trace.attached():
+            self._log.info(
+                "job stopped",
+                extra=logs.fields(job_id=job.job_id, reason=pb.FailureReason.Name(reason)),
+            )
+        ctx.trace.end(err)
+        events.put(Failed(err))
 
     def _log_queued(self, p: Prepared) -> None:
         spec = p.spec
@@ -362,8 +417,17 @@ class EngineService(pb_grpc.EngineServicer):
             ),
         )
 
-    def _fail(self, context: grpc.ServicerContext, job_id: str, err: errors.EngineError) -> None:
+    def _fail(
+        self,
+        context: grpc.ServicerContext,
+        trace: JobTrace,
+        job_id: str,
+        err: errors.EngineError,
+        exc: BaseException | None = None,
+    ) -> None:
+        """Ends a call that never reached the queue (abort_with_status raises)."""
         self._log_failure(job_id, err)
+        trace.end(err, exc)
         context.abort_with_status(rich_status(err))
 
     def close(self) -> None:
@@ -421,7 +485,7 @@ def _ms(since: float) -> float:
 class Server:
     """Server owns the grpc.Server, the Engine service and the health status."""
 
-    def __init__(self, settings: Settings, backend: Backend) -> None:
+    def __init__(self, settings: Settings, backend: Backend, traces: Tracing | None = None) -> None:
         self.settings = settings
         opts = [
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -434,7 +498,7 @@ class Server:
             ),
             options=opts,
         )
-        self.engine = EngineService(settings, backend)
+        self.engine = EngineService(settings, backend, traces)
         self.health = health.HealthServicer()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -211,7 +211,8 @@ def start(
     workdir = tempfile.mkdtemp(prefix="vse")
     sock = os.path.join(workdir, "engine.sock")
     stderr_path = os.path.join(workdir, "stderr.log")
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    # OTEL_*: a test's traces go where it says, never to a collector the shell names.
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ENGINE_", "OTEL_"))}
     full_env.pop("MODEL_DIR", None)
     full_env.update(env or {})
     with open(stderr_path, "wb") as err:
