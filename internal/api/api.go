@@ -55,7 +55,9 @@ type Options struct {
 	Engine func() map[string]string
 	// TracerProvider makes a server span of every request but the probes
 	// and scrapes, continuing the caller's trace from its W3C traceparent
-	// and tracestate headers (read by Propagator); nil makes none.
+	// and tracestate headers (read by Propagator). Nil makes none, and
+	// Propagator, when set, only puts the caller's trace context in the
+	// request's context, so that logs and the engine still see it.
 	TracerProvider trace.TracerProvider
 	Propagator     propagation.TextMapPropagator
 }
@@ -84,6 +86,11 @@ func (s *Server) Drain() { s.draining.Store(true) }
 func (s *Server) Handler() http.Handler {
 	mux := s.routes()
 	if s.opts.TracerProvider == nil {
+		if p := s.opts.Propagator; p != nil {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				mux.ServeHTTP(w, r.WithContext(p.Extract(r.Context(), propagation.HeaderCarrier(r.Header))))
+			})
+		}
 		return mux
 	}
 	opts := []otelhttp.Option{

@@ -56,7 +56,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, tr *telemetry
 	store, err := storage.Open(ctx, cfg.StorageURL, storage.Options{
 		S3Endpoint: cfg.S3Endpoint, S3ForcePathStyle: cfg.S3ForcePathStyle,
 		S3AttemptTimeout: cfg.S3AttemptTimeout, S3MaxAttempts: cfg.S3MaxAttempts, S3MaxBackoff: cfg.S3MaxBackoff,
-		TracerProvider: tr.Provider, Propagator: tr.Propagator,
+		TracerProvider: tr.Recording(), Propagator: tr.Propagator,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open storage: %w", err)
@@ -102,7 +102,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		Mode:           cfg.Mode,
 		Ready:          bs.ready,
 		Engine:         bs.engineInfo,
-		TracerProvider: tr.Provider,
+		TracerProvider: tr.Recording(),
 		Propagator:     tr.Propagator,
 	})
 	a := &App{cfg: cfg, log: log, store: store, api: srv, handler: srv.Handler(), backends: bs}

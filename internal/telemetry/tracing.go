@@ -75,6 +75,17 @@ func NewTracing(ctx context.Context, exporter string) (*Tracing, error) {
 // Enabled reports whether spans are recorded and exported.
 func (t *Tracing) Enabled() bool { return t.sdk != nil }
 
+// Recording returns the provider when spans are recorded, and nil when
+// they are not: the parts whose instrumentation would cost something on
+// every request even with a no-op provider (the HTTP server's, the S3
+// client's) leave it out then.
+func (t *Tracing) Recording() trace.TracerProvider {
+	if t.sdk == nil {
+		return nil
+	}
+	return t.Provider
+}
+
 // Shutdown exports the spans still buffered and stops the exporter; ctx
 // bounds the wait.
 func (t *Tracing) Shutdown(ctx context.Context) error {
