@@ -128,6 +128,13 @@ def _tolerance(name: str, golden: float) -> float:
 # near-vertical segments, which the tiny model's noise has or lacks by chance.
 _MAY_VANISH = {"vertical_tilt_deg"}
 
+# Metrics that measure chance on a case without a mask, where the tiny model repaints the whole
+# photo with noise: the tilt follows whichever noisy segments the line detector keeps, and a
+# float kernel of another CPU moves it by degrees (2 on one machine, 14 on another, with every
+# edge metric equal to the third decimal). There it must only be a valid value; with a mask, the
+# original's own lines survive outside it and the golden holds.
+_CHANCE_WITHOUT_MASK = {"vertical_tilt_deg"}
+
 
 def test_bundled_set_matches_its_goldens(bundled_run: Path) -> None:
     doc = json.loads((bundled_run / "results.json").read_text())
@@ -136,6 +143,7 @@ def test_bundled_set_matches_its_goldens(bundled_run: Path) -> None:
     assert doc["run"]["staged"] == len(cases) and doc["run"]["failed"] == 0
     assert all(rev.startswith("tiny-random") for rev in doc["run"]["model_revs"])
     got = {r["case"]: r["metrics"] for r in doc["cases"]}
+    masked = {r["case"] for r in doc["cases"] if "mask_key" in r["request"]}
     for r in doc["cases"]:
         assert set(r["metrics"]) == set(metrics.METRICS), r["case"]
         has_mask = "mask_key" in r["request"]
@@ -148,6 +156,12 @@ def test_bundled_set_matches_its_goldens(bundled_run: Path) -> None:
     for case, values in want.items():
         for name, v in values.items():
             g = got[case][name]
+            if name in _CHANCE_WITHOUT_MASK and case not in masked:
+                m = metrics.METRICS[name]
+                assert g is None or m.lo <= g <= m.hi, (
+                    f"{case} {name}: {g} outside [{m.lo}, {m.hi}]"
+                )
+                continue
             if v is None or g is None:
                 assert v is g or name in _MAY_VANISH, f"{case} {name}: {g} vs golden {v}"
                 continue
