@@ -147,7 +147,7 @@ func tracedService(t *testing.T, extra map[string]string) (*service, *otlpReceiv
 		env[k] = v
 	}
 	svc := startTraced(t, env, nil, tr)
-	waitReady(t, svc, time.Minute)
+	waitReady(t, svc, 3*time.Minute)
 	s3b.put(t, "listings/42/empty.jpg", photo(t, 320, 240))
 	return svc, rcv, s3b
 }
@@ -186,6 +186,23 @@ func postTraced(t *testing.T, svc *service, id string) (*http.Response, []byte) 
 // trace id.
 func TestTraceFollowsAJobThroughS3AndTheEngine(t *testing.T) {
 	svc, rcv, _ := tracedService(t, nil)
+	checkJobTrace(t, svc, rcv)
+}
+
+// TestTraceWithTheDiffusersEngine is the same trace through the real
+// Diffusers engine (the tiny random SDXL-shaped model on the CPU): its
+// phases are spans of the pipeline's own steps.
+func TestTraceWithTheDiffusersEngine(t *testing.T) {
+	t.Setenv("ENGINE_MIN_LONG_SIDE", "64") // small sizes keep the CPU run short
+	svc, rcv, _ := tracedService(t, map[string]string{
+		"ENGINE_MODULE": "inference", "ENGINE_DEVICE": "cpu", "INFERENCE_STEPS": "2", "OUTPUT_LONG_SIDE": "64",
+	})
+	checkJobTrace(t, svc, rcv)
+}
+
+// checkJobTrace sends one traced job and checks its trace and log lines.
+func checkJobTrace(t *testing.T, svc *service, rcv *otlpReceiver) {
+	t.Helper()
 	resp, body := postTraced(t, svc, "traced-1")
 	if resp.StatusCode != 200 {
 		t.Fatalf("/infer = %d %s", resp.StatusCode, body)
