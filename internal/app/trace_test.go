@@ -296,6 +296,30 @@ func checkJobTrace(t *testing.T, svc *service, rcv *otlpReceiver) {
 	if !bytes.Contains(body, []byte(`"staged_key"`)) {
 		t.Errorf("answer %s", body)
 	}
+
+	// The job's duration carries its trace id as an exemplar, in the
+	// OpenMetrics exposition a scraper asks for.
+	req, err := http.NewRequest(http.MethodGet, svc.url+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
+	mresp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mresp.Body.Close()
+	exposition, _ := io.ReadAll(mresp.Body)
+	found := false
+	for _, line := range strings.Split(string(exposition), "\n") {
+		if strings.HasPrefix(line, "vstage_staging_job_duration_seconds_bucket{") &&
+			strings.Contains(line, `# {trace_id="`+callerTrace+`"}`) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no job-duration bucket with the exemplar trace_id %s in the OpenMetrics exposition", callerTrace)
+	}
 }
 
 // TestTraceMarksAKilledEngineAsAnError: a SIGKILL of the engine mid-job
