@@ -8,6 +8,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/catalog"
@@ -141,5 +143,37 @@ func TestJobSeriesExistBeforeTheFirstJob(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(f.metrics.Jobs.WithLabelValues("mock", "oom", "business")); got != 0 {
 		t.Errorf("jobs{oom,business} = %v before any job", got)
+	}
+}
+
+// The job's span records the prompts only when asked: they are the
+// business's wording, and long.
+func TestJobSpanRecordsPromptsOnlyWhenAsked(t *testing.T) {
+	for _, record := range []bool{false, true} {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		f := newFixture(t, 0)
+		svc := New(f.store, NewSingle(f.be), catalog.Default(), Options{
+			StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
+			MaxInputBytes:  1 << 20,
+			MaxInputPixels: 1 << 20,
+			OutputLongSide: 64,
+			Tracer:         tp.Tracer("test"),
+			RecordPrompts:  record,
+		}, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
+		if _, err := svc.Stage(t.Context(), req("prompts")); err != nil {
+			t.Fatal(err)
+		}
+		var prompt string
+		for _, s := range rec.Ended() {
+			for _, kv := range s.Attributes() {
+				if kv.Key == "vstage.prompt" {
+					prompt = kv.Value.AsString()
+				}
+			}
+		}
+		if record != (prompt != "") {
+			t.Errorf("RecordPrompts %v: prompt attribute %q", record, prompt)
+		}
 	}
 }
