@@ -47,6 +47,10 @@ type Request struct {
 	// Tier is sent only when set; a service that does not know tiers
 	// refuses a request that names one.
 	Tier string `json:"tier,omitempty"`
+	// Label asks for the "Virtually staged" label burned into the image;
+	// nil takes the service's default. It is part of the job: the same
+	// image_id with another Label is a conflict.
+	Label *bool `json:"label,omitempty"`
 }
 
 // Response is a successful answer of POST /infer.

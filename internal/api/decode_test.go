@@ -15,7 +15,7 @@ import (
 
 func TestDecodeInferAcceptsAFullRequest(t *testing.T) {
 	req, err := decodeInfer(strings.NewReader(`{"image_id":"a-1","original_key":"l/1/o.jpg","room_type":"bedroom",
-		"style":"modern","seed":4294967295,"strength":0.5,"guidance_scale":0,"mask_key":"l/1/m.png"}`))
+		"style":"modern","seed":4294967295,"strength":0.5,"guidance_scale":0,"mask_key":"l/1/m.png","label":true}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,6 +25,9 @@ func TestDecodeInferAcceptsAFullRequest(t *testing.T) {
 	if req.Seed == nil || *req.Seed != math.MaxUint32 || req.Strength == nil || *req.Strength != 0.5 || req.GuidanceScale == nil || *req.GuidanceScale != 0 {
 		t.Errorf("numbers not carried: %+v", req)
 	}
+	if req.Label == nil || !*req.Label {
+		t.Errorf("label not carried: %+v", req)
+	}
 }
 
 func TestDecodeInferOptionalFieldsStayAbsent(t *testing.T) {
@@ -32,7 +35,7 @@ func TestDecodeInferOptionalFieldsStayAbsent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if req.Seed != nil || req.Strength != nil || req.GuidanceScale != nil || req.MaskKey != "" {
+	if req.Seed != nil || req.Strength != nil || req.GuidanceScale != nil || req.MaskKey != "" || req.Label != nil {
 		t.Errorf("absent fields got values: %+v", req)
 	}
 }
@@ -58,6 +61,8 @@ func TestDecodeInferRejects(t *testing.T) {
 		"seed fraction":  {`{"seed":1.5}`, fault.InvalidInput, "seed must be a whole number"},
 		"seed exponent":  {`{"seed":1e3}`, fault.InvalidInput, "seed must be a whole number"},
 		"strength str":   {`{"strength":"0.5"}`, fault.InvalidInput, "strength must be a number"},
+		"label string":   {`{"label":"yes"}`, fault.InvalidInput, "label must be"},
+		"label number":   {`{"label":1}`, fault.InvalidInput, "label must be"},
 		"strength huge":  {`{"strength":1e400}`, fault.InvalidInput, "strength"},
 		"empty mask key": {`{"mask_key":""}`, fault.InvalidInput, "mask_key"},
 		"mask key num":   {`{"mask_key":3}`, fault.InvalidInput, "mask_key must be a string"},

@@ -29,6 +29,9 @@ type inferRequest struct {
 	GuidanceScale *float64        `json:"guidance_scale"`
 	// Tier orders admission: business, pro or free (the default).
 	Tier string `json:"tier"`
+	// Label burns the disclosure label into the staged image; absent takes
+	// DISCLOSURE_LABEL_DEFAULT.
+	Label *bool `json:"label"`
 }
 
 // decodeInfer reads one JSON object from body, strictly (see strictjson):
@@ -42,7 +45,7 @@ func decodeInfer(body io.Reader) (staging.Request, error) {
 	}
 	req := staging.Request{
 		ImageID: in.ImageID, OriginalKey: in.OriginalKey, RoomType: in.RoomType, Style: in.Style,
-		Strength: in.Strength, GuidanceScale: in.GuidanceScale, Tier: in.Tier,
+		Strength: in.Strength, GuidanceScale: in.GuidanceScale, Tier: in.Tier, Label: in.Label,
 	}
 	if in.MaskKey != nil {
 		if *in.MaskKey == "" {

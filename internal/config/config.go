@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/vstage/vstage/internal/mode"
 	"github.com/vstage/vstage/internal/storage"
@@ -67,6 +69,17 @@ type Config struct {
 	// Tracing configures what traces may record; the exporter itself is
 	// configured by the standard OTEL_* variables.
 	Tracing Tracing
+	// Disclosure says how staged images are marked as virtually staged.
+	Disclosure Disclosure
+}
+
+// Disclosure configures the marking of staged images: every one carries
+// the DigitalSourceType metadata; the label is burned in on request.
+type Disclosure struct {
+	// LabelDefault is the label of requests that do not say.
+	LabelDefault bool
+	// Text is the label's text.
+	Text string
 }
 
 // Cost prices backend time, in any currency the operator counts in (the
@@ -235,6 +248,8 @@ var Settings = []Setting{
 	{"GPU_HOUR_COST", "0", "Price of one GPU hour, for vstage_staging_cost_dollars_total: a self-mode job costs its place's share (1/CONCURRENCY) of the GPU for the time it held it; 0: not counted."},
 	{"MANAGED_COST_PER_SECOND", "0", "Provider's price per second of run time (the run time it reports, else the time the sidecar saw)."},
 	{"MANAGED_COST_PER_RUN", "0", "Provider's price per run, added to the per-second price."},
+	{"DISCLOSURE_LABEL_DEFAULT", "false", "Whether a request without \"label\" gets the disclosure label burned in; every staged image carries the DigitalSourceType metadata either way."},
+	{"DISCLOSURE_TEXT", "Virtually staged", "Text of the disclosure label (1 to 64 printable characters)."},
 	{"OTEL_TRACES_EXPORTER", "none", "none, otlp or console: where the sidecar and the engine send their traces; see Tracing for the other OTEL_* variables."},
 	{"TRACE_PROMPTS", "false", "true: the job's span records the prompts; off by default, since they can be long and are the business's wording."},
 }
@@ -257,6 +272,10 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		GPUHour:          p.price("GPU_HOUR_COST"),
 		ManagedPerSecond: p.price("MANAGED_COST_PER_SECOND"),
 		ManagedPerRun:    p.price("MANAGED_COST_PER_RUN"),
+	}
+	c.Disclosure = Disclosure{LabelDefault: p.boolean("DISCLOSURE_LABEL_DEFAULT"), Text: p.str("DISCLOSURE_TEXT")}
+	if n := utf8.RuneCountInString(c.Disclosure.Text); n > 64 || !printable(c.Disclosure.Text) {
+		p.fail("DISCLOSURE_TEXT", "must be 1 to 64 printable characters, got %q", c.Disclosure.Text)
 	}
 	c.Tracing = Tracing{Exporter: strings.ToLower(p.str("OTEL_TRACES_EXPORTER")), RecordPrompts: p.boolean("TRACE_PROMPTS")}
 	switch c.Tracing.Exporter {
@@ -578,6 +597,20 @@ func (p *parser) fraction(name string) float64 {
 		p.fail(name, "must be a number in (0, 1], got %q", p.str(name))
 	}
 	return v
+}
+
+// printable reports whether s is non-empty and has no control characters
+// nor invalid UTF-8.
+func printable(s string) bool {
+	if s == "" || !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // price accepts a finite number of at least 0.

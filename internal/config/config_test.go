@@ -87,14 +87,14 @@ func TestBadValuesAreAllReported(t *testing.T) {
 		"LISTEN_ADDR": "8080", "INFERENCE_MODE": "gpu", "STORAGE_URL": "file://relative/dir", "S3_FORCE_PATH_STYLE": "yes please",
 		"ALLOWED_PREFIXES": "a,,b", "MAX_BODY_BYTES": "64KB", "MAX_INPUT_PIXELS": "-1", "OUTPUT_LONG_SIDE": "10",
 		"OUTPUT_JPEG_QUALITY": "101", "REQUEST_TIMEOUT": "30", "LOG_LEVEL": "loud", "STAGED_KEY_TEMPLATE": "{dir}/x.jpg",
-		"S3_MAX_BACKOFF": "0s", "GPU_HOUR_COST": "-2", "OTEL_TRACES_EXPORTER": "jaeger", "MANAGED_COST_PER_RUN": "NaN", "MANAGED_COST_PER_SECOND": "cheap",
+		"S3_MAX_BACKOFF": "0s", "GPU_HOUR_COST": "-2", "OTEL_TRACES_EXPORTER": "jaeger", "DISCLOSURE_TEXT": "bad\ttext", "MANAGED_COST_PER_RUN": "NaN", "MANAGED_COST_PER_SECOND": "cheap",
 	}), "/")
 	if err == nil {
 		t.Fatal("bad configuration accepted")
 	}
 	for _, name := range []string{"LISTEN_ADDR", "INFERENCE_MODE", "STORAGE_URL", "S3_FORCE_PATH_STYLE", "ALLOWED_PREFIXES",
 		"MAX_BODY_BYTES", "MAX_INPUT_PIXELS", "OUTPUT_LONG_SIDE", "OUTPUT_JPEG_QUALITY", "REQUEST_TIMEOUT", "LOG_LEVEL", "STAGED_KEY_TEMPLATE", "S3_MAX_BACKOFF",
-		"GPU_HOUR_COST", "MANAGED_COST_PER_RUN", "MANAGED_COST_PER_SECOND", "OTEL_TRACES_EXPORTER"} {
+		"GPU_HOUR_COST", "MANAGED_COST_PER_RUN", "MANAGED_COST_PER_SECOND", "OTEL_TRACES_EXPORTER", "DISCLOSURE_TEXT"} {
 		if !strings.Contains(err.Error(), name+":") {
 			t.Errorf("error does not mention %s:\n%v", name, err)
 		}

@@ -27,6 +27,9 @@ type Request struct {
 	// does not change the result, so it is not part of the idempotency
 	// parameters.
 	Tier string
+	// Label burns the disclosure label into the staged image; nil takes
+	// the service's default (Options.LabelDefault). It is part of the job.
+	Label *bool
 }
 
 // Response is the answer to a finished job. A replay returns the recorded
@@ -54,6 +57,9 @@ type params struct {
 	Style         string  `json:"style"`
 	Strength      float64 `json:"strength"`
 	GuidanceScale float64 `json:"guidance_scale"`
+	// Label is left out when false, so records written before it existed
+	// still match the jobs that ask for no label.
+	Label bool `json:"label,omitempty"`
 }
 
 // plan is a validated request with everything derived from it.
@@ -87,6 +93,8 @@ type validator struct {
 	catalog   *catalog.Catalog
 	prefixes  storage.Prefixes
 	stagedKey func(originalKey, imageID string) string
+	// label is the Label of requests that do not say.
+	label bool
 }
 
 // plan validates r and derives its keys. Every error is a *fault.Error with
@@ -118,7 +126,10 @@ func (v validator) plan(r Request) (plan, error) {
 	d := v.catalog.Defaults
 	p := params{
 		OriginalKey: r.OriginalKey, MaskKey: r.MaskKey, RoomType: r.RoomType, Style: r.Style,
-		Strength: d.Strength, GuidanceScale: d.GuidanceScale,
+		Strength: d.Strength, GuidanceScale: d.GuidanceScale, Label: v.label,
+	}
+	if r.Label != nil {
+		p.Label = *r.Label
 	}
 	if r.Strength != nil {
 		if s := *r.Strength; math.IsNaN(s) || s <= 0 || s > 1 {

@@ -57,10 +57,25 @@ type Options struct {
 	// Prices prices each backend's calls by name for the cost metrics; a
 	// backend without one costs nothing.
 	Prices map[string]Price
+	// Discloser marks every staged image as AI-altered (and labels it when
+	// the job asks); nil writes the backend's bytes as they are.
+	Discloser Discloser
+	// LabelDefault is the label of requests that do not say
+	// [DISCLOSURE_LABEL_DEFAULT].
+	LabelDefault bool
 	// Tracer makes the job's spans; nil makes none.
 	Tracer trace.Tracer
 	// RecordPrompts adds the prompts to the job's span.
 	RecordPrompts bool
+}
+
+// Discloser marks staged images; *disclosure.Discloser is the production
+// one. Apply returns a JPEG whose only metadata says that the image holds
+// AI-generated content, with the label burned in when label is set;
+// NeedsDecode says whether it will decode data to do so.
+type Discloser interface {
+	NeedsDecode(data []byte, label bool) bool
+	Apply(data []byte, label bool) ([]byte, error)
 }
 
 // Price is what one call of a backend costs: PerRun, plus PerSecond for
@@ -154,7 +169,7 @@ func New(store Store, b Backends, cat *catalog.Catalog, opts Options, metrics *t
 	precount(metrics, b)
 	return &Service{
 		store: store, backends: b, catalog: cat, opts: opts, metrics: metrics, log: log, tracer: tracer,
-		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey},
+		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey, label: opts.LabelDefault},
 		drawSeed: rand.Uint32,
 		owner:    newOwner(),
 		calls:    map[string]*call{},
@@ -358,6 +373,9 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 		}
 		return record{}, err
 	}
+	if err := s.disclose(ctx, &res, p.params.Label); err != nil {
+		return record{}, err
+	}
 	if err := s.put(ctx, p.stagedKey, res.Image, storage.PutOptions{
 		ContentType: res.ContentType, CacheControl: s.opts.StagedCacheControl,
 	}); err != nil {
@@ -394,6 +412,34 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	}
 	rec.backendTime = backendTime
 	return rec, nil
+}
+
+// disclose marks res's image as AI-altered, labelled when label is set,
+// before it is written: every staged image says what it is. An image that
+// must be decoded for it takes its pixels from the decode budget first.
+func (s *Service) disclose(ctx context.Context, res *backend.Result, label bool) error {
+	d := s.opts.Discloser
+	if d == nil {
+		return nil
+	}
+	ctx, span := s.start(ctx, "disclosure.apply", attrLabel.Bool(label))
+	var err error
+	defer func() { end(span, err) }()
+	if d.NeedsDecode(res.Image, label) {
+		release, aerr := s.opts.DecodeBudget.Acquire(ctx, int64(max(res.Width, 1))*int64(max(res.Height, 1)))
+		if aerr != nil {
+			err = contextFault(ctx)
+			return err
+		}
+		defer release()
+	}
+	out, aerr := d.Apply(res.Image, label)
+	if aerr != nil {
+		err = fault.Wrap(aerr, fault.Internal, "marking the staged image as virtually staged failed")
+		return err
+	}
+	res.Image, res.ContentType = out, "image/jpeg"
+	return nil
 }
 
 // observe records v in o, with the trace id of ctx's span as an exemplar

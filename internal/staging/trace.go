@@ -36,6 +36,7 @@ const (
 	attrWaitedMS   = attribute.Key("vstage.admission.waited_ms")
 	attrAdmitted   = attribute.Key("vstage.admission.admitted")
 	attrRecordSeen = attribute.Key("vstage.record.found")
+	attrLabel      = attribute.Key("vstage.label")
 )
 
 // clientErrors are the codes of requests refused for what they asked: the

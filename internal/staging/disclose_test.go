@@ -1,0 +1,112 @@
+package staging
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vstage/vstage/internal/catalog"
+	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/telemetry"
+)
+
+// markingDiscloser stands for the disclosure package: it appends a marker
+// to the image, and records what it was asked.
+type markingDiscloser struct {
+	mu     sync.Mutex
+	labels []bool
+	fail   bool
+}
+
+func (d *markingDiscloser) NeedsDecode(_ []byte, label bool) bool { return label }
+
+func (d *markingDiscloser) Apply(data []byte, label bool) ([]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.labels = append(d.labels, label)
+	if d.fail {
+		return nil, errors.New("corrupt output")
+	}
+	return append(bytes.Clone(data), []byte("marked")...), nil
+}
+
+func discloseFixture(t *testing.T, d Discloser, labelDefault bool) (*Service, fixture) {
+	t.Helper()
+	f := newFixture(t, 0)
+	svc := New(f.store, NewSingle(f.be), catalog.Default(), Options{
+		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
+		MaxInputBytes:  1 << 20,
+		MaxInputPixels: 1 << 20,
+		OutputLongSide: 64,
+		Discloser:      d,
+		LabelDefault:   labelDefault,
+	}, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
+	return svc, f
+}
+
+// Every staged image passes through the discloser, with the request's
+// label or the default, and what it returns is what is written.
+func TestEveryStagedImageIsDisclosed(t *testing.T) {
+	d := &markingDiscloser{}
+	svc, f := discloseFixture(t, d, true)
+	yes, no := true, false
+	for _, tc := range []struct {
+		id    string
+		label *bool
+		want  bool
+	}{{"default", nil, true}, {"asked", &yes, true}, {"declined", &no, false}} {
+		r := req(tc.id)
+		r.Label = tc.label
+		out, err := svc.Stage(t.Context(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		staged, err := f.store.Get(t.Context(), out.StagedKey, 1<<20)
+		if err != nil || !bytes.HasSuffix(staged, []byte("marked")) {
+			t.Errorf("%s: the staged object is not the discloser's output (%v)", tc.id, err)
+		}
+	}
+	if want := []bool{true, true, false}; !slices.Equal(d.labels, want) {
+		t.Errorf("labels asked %v, want %v", d.labels, want)
+	}
+}
+
+// The label is part of the job: a replay must not hand an unlabelled image
+// to a request that asks for the label, nor the reverse.
+func TestLabelIsPartOfTheJob(t *testing.T) {
+	svc, _ := discloseFixture(t, &markingDiscloser{}, false)
+	if _, err := svc.Stage(t.Context(), req("same")); err != nil {
+		t.Fatal(err)
+	}
+	no := false
+	r := req("same")
+	r.Label = &no
+	if out, err := svc.Stage(t.Context(), r); err != nil || !out.Replay {
+		t.Errorf("label false where the default is false: %+v %v, want a replay", out, err)
+	}
+	yes := true
+	r.Label = &yes
+	if _, err := svc.Stage(t.Context(), r); fault.CodeOf(err) != fault.IdempotencyConflict {
+		t.Errorf("the same image_id with a label: %v, want idempotency_conflict", err)
+	}
+}
+
+// A discloser that fails leaves nothing written (no record, so a retry
+// runs the job again), and the job fails as the service's own fault.
+func TestDiscloserFailureWritesNothing(t *testing.T) {
+	svc, f := discloseFixture(t, &markingDiscloser{fail: true}, false)
+	_, err := svc.Stage(t.Context(), req("broken"))
+	var fe *fault.Error
+	if !errors.As(err, &fe) || fe.Code != fault.Internal {
+		t.Fatalf("err = %v, want internal", err)
+	}
+	for _, key := range []string{"l/staged/broken.jpg", "l/staged/broken.jpg.json"} {
+		if _, err := f.store.Get(t.Context(), key, 1<<20); err == nil {
+			t.Errorf("%s was written by a failed job", key)
+		}
+	}
+}
