@@ -19,6 +19,7 @@ import (
 	"github.com/vstage/vstage/internal/api"
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/config"
+	"github.com/vstage/vstage/internal/disclosure"
 	"github.com/vstage/vstage/internal/httpjson"
 	"github.com/vstage/vstage/internal/imagecheck"
 	"github.com/vstage/vstage/internal/mode"
@@ -84,6 +85,10 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 	if err != nil {
 		return nil, err
 	}
+	disc, err := disclosure.New(cfg.Disclosure.Text, cfg.OutputJPEGQuality)
+	if err != nil {
+		return nil, fmt.Errorf("DISCLOSURE_TEXT: %w", err)
+	}
 	svc := staging.New(store, bs.staging, cat, staging.Options{
 		AllowedPrefixes:    cfg.AllowedPrefixes,
 		StagedKey:          cfg.StagedKey,
@@ -93,6 +98,8 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		OutputLongSide:     cfg.OutputLongSide,
 		DecodeBudget:       decode,
 		Prices:             prices(cfg),
+		Discloser:          disc,
+		LabelDefault:       cfg.Disclosure.LabelDefault,
 		Tracer:             tr.Provider.Tracer(tracerName),
 		RecordPrompts:      cfg.Tracing.RecordPrompts,
 	}, telemetry.NewStagingMetrics(reg), log)
