@@ -1,0 +1,143 @@
+// Package disclosure marks staged images as altered by a trained model, as
+// listing rules require: in the file's metadata, with the IPTC digital
+// source type that listing platforms read, and, when asked, with a label
+// burnt into the pixels that a viewer sees.
+package disclosure
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"image"
+	"image/draw"
+	"image/jpeg"
+	"unicode"
+	"unicode/utf8"
+
+	// Formats Apply re-encodes as JPEG besides JPEG itself.
+	_ "image/gif"
+	_ "image/png"
+
+	_ "golang.org/x/image/webp"
+
+	"golang.org/x/image/font/gofont/gobold"
+	"golang.org/x/image/font/opentype"
+)
+
+// DigitalSourceType is the IPTC NewsCodes term for an image that composites a capture with AI-generated content.
+const DigitalSourceType = "http://cv.iptc.org/newscodes/digitalsourcetype/compositeWithTrainedAlgorithmicMedia"
+
+// maxTextLen is the most characters New accepts for a label: longer text
+// would not fit a phone-sized photo at a legible size.
+const maxTextLen = 64
+
+// Discloser marks staged images. It is safe for concurrent use.
+type Discloser struct {
+	text    string
+	quality int
+	// font is parsed once; each Apply that draws makes its own face from
+	// it, because a face caches glyphs and is not safe for concurrent use.
+	font *opentype.Font
+}
+
+// New returns a Discloser that burns text (e.g. "Virtually staged") into the images it is asked to label and encodes
+// re-encoded images at JPEG quality (1-100). text must be 1 to 64 printable characters (error otherwise).
+//
+// Every character must also be one the bundled Go Bold font can draw, so a
+// label never shows a missing-glyph box.
+func New(text string, quality int) (*Discloser, error) {
+	if quality < 1 || quality > 100 {
+		return nil, fmt.Errorf("disclosure: JPEG quality %d is outside 1 to 100", quality)
+	}
+	if !utf8.ValidString(text) {
+		return nil, errors.New("disclosure: label text is not valid UTF-8")
+	}
+	if n := utf8.RuneCountInString(text); n < 1 || n > maxTextLen {
+		return nil, fmt.Errorf("disclosure: label text has %d characters, want 1 to %d", n, maxTextLen)
+	}
+	f, err := opentype.Parse(gobold.TTF)
+	if err != nil {
+		return nil, fmt.Errorf("disclosure: parsing the label font: %w", err)
+	}
+	for _, r := range text {
+		if !unicode.IsPrint(r) {
+			return nil, fmt.Errorf("disclosure: label text has the unprintable character %U", r)
+		}
+		if g, err := f.GlyphIndex(nil, r); err != nil || g == 0 {
+			return nil, fmt.Errorf("disclosure: the label font has no glyph for %q", r)
+		}
+	}
+	return &Discloser{text: text, quality: quality, font: f}, nil
+}
+
+// NeedsDecode reports whether Apply will decode data: when label is true, or when data is not a JPEG (then it is
+// re-encoded as a JPEG). The caller uses it to take the pixels from its decode budget first.
+//
+// A JPEG whose data cannot be copied unchanged is decoded too: one that is
+// not baseline, or whose colours depend on the APP0 or APP14 segment that
+// Apply drops (CMYK, YCCK and RGB-coded frames).
+func (d *Discloser) NeedsDecode(data []byte, label bool) bool {
+	if label || !isJPEG(data) {
+		return true
+	}
+	l, err := parseJPEG(data)
+	if err != nil {
+		// Apply refuses it without decoding.
+		return false
+	}
+	return !l.copyable()
+}
+
+// Apply returns data as a baseline JPEG whose only metadata is one XMP packet (APP1) naming DigitalSourceType:
+// every APPn segment (JFIF, EXIF, ICC, XMP, Adobe...) and COM segment of the input is dropped, so EXIF and GPS
+// never survive. With label false and a JPEG input, the image data (tables, frames, scans) is copied byte for byte,
+// not re-encoded. With label true, or a PNG/WebP/other input Go can decode, the image is decoded, the label drawn
+// (when asked) and encoded as a JPEG at the quality given to New. Errors wrap the cause.
+//
+// Segments between the scans of a JPEG are copied too, except APPn and COM,
+// and anything after its EOI marker (such as the extra images of an MPF
+// file) is dropped. A JPEG input that is malformed or truncated is refused,
+// not repaired.
+func (d *Discloser) Apply(data []byte, label bool) ([]byte, error) {
+	if !label && isJPEG(data) {
+		l, err := parseJPEG(data)
+		if err != nil {
+			return nil, err
+		}
+		if l.copyable() {
+			return l.assemble(), nil
+		}
+	}
+	img, format, err := image.Decode(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("disclosure: decoding the image: %w", err)
+	}
+	rgba := flatten(img)
+	if label {
+		if err := d.drawLabel(rgba); err != nil {
+			return nil, err
+		}
+	}
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, rgba, &jpeg.Options{Quality: d.quality}); err != nil {
+		return nil, fmt.Errorf("disclosure: encoding the %s image as JPEG: %w", format, err)
+	}
+	// Go's encoder writes no metadata; parsing its output is how the XMP
+	// packet gets in, by the same path as a copied JPEG.
+	l, err := parseJPEG(buf.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("disclosure: re-reading the encoded JPEG: %w", err)
+	}
+	return l.assemble(), nil
+}
+
+// flatten returns img as an RGBA image at the origin, laid over white so that
+// transparent pixels of a PNG or WebP turn white rather than black in a JPEG,
+// which has no alpha.
+func flatten(img image.Image) *image.RGBA {
+	b := img.Bounds()
+	dst := image.NewRGBA(image.Rect(0, 0, b.Dx(), b.Dy()))
+	draw.Draw(dst, dst.Bounds(), image.White, image.Point{}, draw.Src)
+	draw.Draw(dst, dst.Bounds(), img, b.Min, draw.Over)
+	return dst
+}
