@@ -2,7 +2,9 @@
 # Installs the servers the tests start privately, from Debian's packages:
 # Redis and PostgreSQL for the worker's tests, and Prometheus for the test
 # that loads deploy/prometheus/rules.yaml into a real server scraping a
-# sidecar. Does nothing when all are present, so `make test` costs no time on
+# sidecar. It also installs ExifTool (not a server, but a tool a test runs:
+# internal/disclosure checks with it the metadata a reader sees in its
+# output). Does nothing when all are present, so `make test` costs no time on
 # a machine that has them. The tests never use the system services these
 # packages may start; each test runs its own instance in a temporary folder.
 set -euo pipefail
@@ -15,6 +17,7 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 have_postgres || missing+=(postgresql)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v exiftool >/dev/null 2>&1 || missing+=(libimage-exiftool-perl)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then
