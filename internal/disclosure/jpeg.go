@@ -169,15 +169,12 @@ func scanEnd(data []byte, at int) (int, error) {
 		if i+1 >= len(data) {
 			return 0, fmt.Errorf("%w: ends inside the entropy-coded data", errTruncated)
 		}
-		switch c := data[i+1]; {
-		case c == 0x00 || (c >= markerRST0 && c <= markerRST7):
+		if c := data[i+1]; c == 0x00 || (c >= markerRST0 && c <= markerRST7) {
 			i += 2
-		case c == 0xFF:
-			// Fill before a marker; the marker is read from here.
-			return i, nil
-		default:
-			return i, nil
+			continue
 		}
+		// A marker, or fill bytes before one: readMarker reads from here.
+		return i, nil
 	}
 }
 

@@ -50,14 +50,12 @@ func (d *Discloser) drawLabel(img *image.RGBA) error {
 	m := face.Metrics()
 	ascent, descent := m.Ascent.Ceil(), m.Descent.Ceil()
 	textW := font.MeasureString(face, d.text).Ceil()
-	margin := int(math.Round(px))
-	// A narrow or short image gives up the margin before the text is clipped.
-	px2 := int(math.Round(padX * px))
-	py := int(math.Round(padY * px))
-	boxW, boxH := textW+2*px2, ascent+descent+2*py
-	margin = max(0, min(margin, (w-boxW)/2, (h-boxH)/2))
+	padW, padH := int(math.Round(padX*px)), int(math.Round(padY*px))
+	boxW, boxH := textW+2*padW, ascent+descent+2*padH
+	// A narrow or short image gives up the margin before the box is clipped.
+	margin := max(0, min(int(math.Round(px)), (w-boxW)/2, (h-boxH)/2))
 	box := image.Rect(margin, h-margin-boxH, margin+boxW, h-margin)
-	mask := roundedRect{r: box, rad: py}
+	mask := roundedRect{r: box, rad: padH}
 	// Black at 60 % opacity keeps white text readable over a bright wall
 	// without blacking out the corner.
 	shade := image.NewUniform(color.NRGBA{A: 153})
@@ -66,7 +64,7 @@ func (d *Discloser) drawLabel(img *image.RGBA) error {
 		Dst:  img,
 		Src:  image.White,
 		Face: face,
-		Dot:  fixed.P(box.Min.X+px2, box.Min.Y+py+ascent),
+		Dot:  fixed.P(box.Min.X+padW, box.Min.Y+padH+ascent),
 	}
 	dr.DrawString(d.text)
 	return nil
