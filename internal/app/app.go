@@ -100,6 +100,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		Prices:             prices(cfg),
 		Discloser:          disc,
 		LabelDefault:       cfg.Disclosure.LabelDefault,
+		OutputQuality:      cfg.OutputJPEGQuality,
 		Tracer:             tr.Provider.Tracer(tracerName),
 		RecordPrompts:      cfg.Tracing.RecordPrompts,
 	}, telemetry.NewStagingMetrics(reg), log)

@@ -2,14 +2,20 @@ package staging
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"image"
+	"image/color"
+	"image/jpeg"
 	"slices"
 	"sync"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/catalog"
+	"github.com/vstage/vstage/internal/disclosure"
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/telemetry"
 )
@@ -108,5 +114,73 @@ func TestDiscloserFailureWritesNothing(t *testing.T) {
 		if _, err := f.store.Get(t.Context(), key, 1<<20); err == nil {
 			t.Errorf("%s was written by a failed job", key)
 		}
+	}
+}
+
+// orientedBackend answers with a JPEG stored on its side and an EXIF
+// Orientation of 6 (turn 90° clockwise to view), as a camera or a provider
+// may write one.
+type orientedBackend struct{}
+
+func (orientedBackend) Name() string { return "managed" }
+
+func (orientedBackend) Stage(context.Context, backend.Job) (backend.Result, error) {
+	stored := image.NewRGBA(image.Rect(0, 0, 40, 20)) // wide as stored
+	for y := range 20 {
+		for x := range 40 {
+			if x < 10 {
+				stored.Set(x, y, color.RGBA{255, 0, 0, 255}) // red on the stored left
+			} else {
+				stored.Set(x, y, color.RGBA{0, 0, 255, 255})
+			}
+		}
+	}
+	var buf bytes.Buffer
+	if err := jpeg.Encode(&buf, stored, &jpeg.Options{Quality: 95}); err != nil {
+		return backend.Result{}, err
+	}
+	// An APP1 Exif segment holding IFD0 with Orientation = 6, little-endian.
+	exif := []byte("Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00")
+	seg := append([]byte{0xFF, 0xE1, 0, byte(len(exif) + 2)}, exif...)
+	data := append(append(append([]byte{}, buf.Bytes()[:2]...), seg...), buf.Bytes()[2:]...)
+	return backend.Result{Image: data, ContentType: "image/jpeg", Width: 20, Height: 40, ModelRev: "m"}, nil
+}
+
+// An output that relies on its EXIF orientation is turned upright before
+// the disclosure drops the EXIF, so it is not staged on its side.
+func TestSidewaysOutputIsTurnedUpright(t *testing.T) {
+	disc, err := disclosure.New("Virtually staged", 90)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, 0)
+	svc := New(f.store, NewSingle(orientedBackend{}), catalog.Default(), Options{
+		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
+		MaxInputBytes:  1 << 20,
+		MaxInputPixels: 1 << 20,
+		OutputLongSide: 64,
+		Discloser:      disc,
+	}, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
+	out, err := svc.Stage(t.Context(), req("sideways"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := f.store.Get(t.Context(), out.StagedKey, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := jpeg.Decode(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := img.Bounds(); b.Dx() != 20 || b.Dy() != 40 || out.Width != 20 || out.Height != 40 {
+		t.Fatalf("staged %v, answer %dx%d; want 20x40 upright", b, out.Width, out.Height)
+	}
+	// Turned clockwise, the stored left edge (red) is now the top.
+	if r, _, bl, _ := img.At(10, 2).RGBA(); r>>8 < 200 || bl>>8 > 60 {
+		t.Errorf("the top is not red (r %d, b %d): the image was not turned as its EXIF said", r>>8, bl>>8)
+	}
+	if !bytes.Contains(data, []byte(disclosure.DigitalSourceType)) || bytes.Contains(data, []byte("Exif\x00\x00")) {
+		t.Error("the upright image lacks the disclosure or kept the EXIF")
 	}
 }
