@@ -249,7 +249,7 @@ var Settings = []Setting{
 	{"MANAGED_COST_PER_SECOND", "0", "Provider's price per second of run time (the run time it reports, else the time the sidecar saw)."},
 	{"MANAGED_COST_PER_RUN", "0", "Provider's price per run, added to the per-second price."},
 	{"DISCLOSURE_LABEL_DEFAULT", "false", "Whether a request without \"label\" gets the disclosure label burned in; every staged image carries the DigitalSourceType metadata either way."},
-	{"DISCLOSURE_TEXT", "Virtually staged", "Text of the disclosure label (1 to 64 printable characters)."},
+	{"DISCLOSURE_TEXT", "Virtually staged", "Text of the disclosure label: 1 to 64 printable characters that the bundled Go Bold font can draw (Latin, Greek, Cyrillic)."},
 	{"OTEL_TRACES_EXPORTER", "none", "none, otlp or console: where the sidecar and the engine send their traces; see Tracing for the other OTEL_* variables."},
 	{"TRACE_PROMPTS", "false", "true: the job's span records the prompts; off by default, since they can be long and are the business's wording."},
 }
