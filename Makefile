@@ -55,10 +55,11 @@ build:
 build-worker:
 	cd worker && $(GO) build -o ../bin/worker ./cmd/worker
 
-## servers: install Redis, PostgreSQL and Prometheus (Debian packages) when
-## missing; the worker's tests start private instances of the first two, and
-## a test of internal/app one of Prometheus with the rules (PROMETHEUS may
-## name another binary).
+## servers: install Redis, PostgreSQL, Prometheus and ExifTool (Debian
+## packages) when missing; the worker's tests start private instances of the
+## first two, a test of internal/app one of Prometheus with the rules
+## (PROMETHEUS may name another binary), and internal/disclosure's tests run
+## ExifTool on its output.
 servers:
 	bash mk/servers.sh
 
