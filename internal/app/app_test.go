@@ -14,6 +14,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"go.uber.org/goleak"
+
+	"github.com/vstage/vstage/internal/disclosure"
 )
 
 func TestMain(m *testing.M) {
@@ -114,10 +116,14 @@ func TestPhoneOrientationAndMetadata(t *testing.T) {
 		t.Errorf("staged %dx%d, want the upright 300x400", b.Width, b.Height)
 	}
 	data, _ := store.get(t, b.StagedKey)
-	for _, m := range []byte{0xe1, 0xe2, 0xed, 0xfe} { // EXIF/XMP, ICC, IPTC, comment
+	for _, m := range []byte{0xe2, 0xed, 0xfe} { // ICC, IPTC, comment
 		if hasMarker(data, m) {
 			t.Errorf("staged image has marker %#x", m)
 		}
+	}
+	// The one APP1 left is the disclosure's XMP packet, not the EXIF.
+	if bytes.Contains(data, []byte("Exif\x00\x00")) || !bytes.Contains(data, []byte(disclosure.DigitalSourceType)) {
+		t.Error("the staged image keeps its EXIF, or lacks the disclosure")
 	}
 }
 
