@@ -85,7 +85,8 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 	if err != nil {
 		return nil, err
 	}
-	disc, err := disclosure.New(cfg.Disclosure.Text, cfg.OutputJPEGQuality)
+	// An output is never decoded past what the sidecar decodes at once.
+	disc, err := disclosure.New(cfg.Disclosure.Text, cfg.OutputJPEGQuality, cfg.DecodePixelBudget)
 	if err != nil {
 		return nil, fmt.Errorf("DISCLOSURE_TEXT: %w", err)
 	}

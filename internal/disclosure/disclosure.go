@@ -22,6 +22,8 @@ import (
 
 	"golang.org/x/image/font/gofont/gobold"
 	"golang.org/x/image/font/opentype"
+
+	"github.com/vstage/vstage/internal/imagecheck"
 )
 
 // DigitalSourceType is the IPTC NewsCodes term for an image that composites a capture with AI-generated content.
@@ -35,19 +37,25 @@ const maxTextLen = 64
 type Discloser struct {
 	text    string
 	quality int
+	// maxPixels caps what Apply decodes, judged from the header first.
+	maxPixels int64
 	// font is parsed once; each Apply that draws makes its own face from
 	// it, because a face caches glyphs and is not safe for concurrent use.
 	font *opentype.Font
 }
 
 // New returns a Discloser that burns text (e.g. "Virtually staged") into the images it is asked to label and encodes
-// re-encoded images at JPEG quality (1-100). text must be 1 to 64 printable characters (error otherwise).
+// re-encoded images at JPEG quality (1-100). text must be 1 to 64 printable characters (error otherwise). Apply
+// decodes no image whose header declares more than maxPixels pixels (at least 1).
 //
 // Every character must also be one the bundled Go Bold font can draw, so a
 // label never shows a missing-glyph box.
-func New(text string, quality int) (*Discloser, error) {
+func New(text string, quality int, maxPixels int64) (*Discloser, error) {
 	if quality < 1 || quality > 100 {
 		return nil, fmt.Errorf("disclosure: JPEG quality %d is outside 1 to 100", quality)
+	}
+	if maxPixels < 1 {
+		return nil, fmt.Errorf("disclosure: the pixel cap %d is not positive", maxPixels)
 	}
 	if !utf8.ValidString(text) {
 		return nil, errors.New("disclosure: label text is not valid UTF-8")
@@ -67,7 +75,7 @@ func New(text string, quality int) (*Discloser, error) {
 			return nil, fmt.Errorf("disclosure: the label font has no glyph for %q", r)
 		}
 	}
-	return &Discloser{text: text, quality: quality, font: f}, nil
+	return &Discloser{text: text, quality: quality, maxPixels: maxPixels, font: f}, nil
 }
 
 // NeedsDecode reports whether Apply will decode data: when label is true, or when data is not a JPEG (then it is
@@ -107,6 +115,11 @@ func (d *Discloser) Apply(data []byte, label bool) ([]byte, error) {
 		if l.copyable() {
 			return l.assemble(), nil
 		}
+	}
+	// The header's size is checked before any pixel is decoded, so that a
+	// forged one cannot make Apply allocate gigabytes.
+	if _, err := imagecheck.Inspect(data, d.maxPixels); errors.Is(err, imagecheck.ErrTooManyPixels) {
+		return nil, fmt.Errorf("disclosure: %w (the cap is %d)", err, d.maxPixels)
 	}
 	img, format, err := image.Decode(bytes.NewReader(data))
 	if err != nil {

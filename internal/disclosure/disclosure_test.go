@@ -12,6 +12,8 @@ import (
 	"testing"
 
 	"golang.org/x/image/font"
+
+	"github.com/vstage/vstage/internal/imagecheck"
 )
 
 func TestNew(t *testing.T) {
@@ -35,7 +37,7 @@ func TestNew(t *testing.T) {
 		{"quality 101", "Virtually staged", 101, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, err := New(tc.text, tc.quality)
+			d, err := New(tc.text, tc.quality, 1<<20)
 			if tc.ok && (err != nil || d == nil) {
 				t.Fatalf("New(%q, %d) = %v, %v; want a Discloser", tc.text, tc.quality, d, err)
 			}
@@ -73,6 +75,35 @@ func TestApplyCopiesJPEG(t *testing.T) {
 	}
 	if !bytes.Equal(again, out) {
 		t.Error("Apply on its own output changed it")
+	}
+}
+
+// A header that declares more pixels than the cap is refused before any
+// pixel is decoded, whether a label or the format asks for a decode; a
+// JPEG copied without decoding is not held to it.
+func TestApplyRefusesTooManyPixels(t *testing.T) {
+	if _, err := New("Virtually staged", 90, 0); err == nil {
+		t.Error("New accepted a pixel cap of 0")
+	}
+	d, err := New("Virtually staged", 90, 32*32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := encodeJPEG(t, testImage(64, 48))
+	var asPNG bytes.Buffer
+	if err := png.Encode(&asPNG, testImage(64, 48)); err != nil {
+		t.Fatal(err)
+	}
+	for name, tc := range map[string]struct {
+		data  []byte
+		label bool
+	}{"labelled JPEG": {big, true}, "PNG": {asPNG.Bytes(), false}} {
+		if _, err := d.Apply(tc.data, tc.label); !errors.Is(err, imagecheck.ErrTooManyPixels) {
+			t.Errorf("%s of 64x48 under a 32x32 cap: %v, want ErrTooManyPixels", name, err)
+		}
+	}
+	if _, err := d.Apply(big, false); err != nil {
+		t.Errorf("a JPEG copied as it is: %v", err)
 	}
 }
 

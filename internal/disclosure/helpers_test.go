@@ -171,7 +171,7 @@ func meanDiff(a, b image.Image, r image.Rectangle) (mean float64, most int) {
 // newDiscloser returns a Discloser for the tests.
 func newDiscloser(t testing.TB) *Discloser {
 	t.Helper()
-	d, err := New("Virtually staged", 90)
+	d, err := New("Virtually staged", 90, 1<<20)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

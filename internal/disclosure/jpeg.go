@@ -12,6 +12,9 @@ const (
 	markerDHT   = 0xC4
 	markerJPG   = 0xC8
 	markerDAC   = 0xCC
+	markerDNL   = 0xDC
+	markerDRI   = 0xDD
+	markerDQT   = 0xDB
 	markerRST0  = 0xD0
 	markerRST7  = 0xD7
 	markerSOI   = 0xD8
@@ -48,9 +51,12 @@ func isJPEG(data []byte) bool {
 	return len(data) >= 3 && data[0] == 0xFF && data[1] == markerSOI && data[2] == 0xFF
 }
 
-// parseJPEG splits a JPEG into the parts that the rewrite keeps, dropping
-// every APPn and COM segment, the standalone markers outside scans, the fill
-// bytes before markers, and anything after EOI.
+// parseJPEG splits a JPEG into the parts that the rewrite keeps: the frame,
+// the scans and the tables a decoder needs (DQT, DHT, DAC, DRI, DNL). Every
+// other segment is dropped, APPn and COM, and also the reserved and JPGn
+// markers, which a decoder skips and which could carry metadata all the
+// same; so are the standalone markers outside scans, the fill bytes before
+// markers, and anything after EOI.
 func parseJPEG(data []byte) (*jpegLayout, error) {
 	if len(data) < 2 || data[0] != 0xFF || data[1] != markerSOI {
 		return nil, errors.New("disclosure: not a JPEG (no SOI marker)")
@@ -114,8 +120,7 @@ func parseJPEG(data []byte) (*jpegLayout, error) {
 			l.kept = append(l.kept, seg, data[end:stop])
 			scans++
 			i = stop
-		default:
-			// DQT, DHT, DRI, DAC, DNL and the rest describe the image.
+		case m == markerDQT || m == markerDHT || m == markerDAC || m == markerDRI || m == markerDNL:
 			l.kept = append(l.kept, seg)
 		}
 	}

@@ -149,7 +149,7 @@ func (orientedBackend) Stage(context.Context, backend.Job) (backend.Result, erro
 // An output that relies on its EXIF orientation is turned upright before
 // the disclosure drops the EXIF, so it is not staged on its side.
 func TestSidewaysOutputIsTurnedUpright(t *testing.T) {
-	disc, err := disclosure.New("Virtually staged", 90)
+	disc, err := disclosure.New("Virtually staged", 90, 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
