@@ -68,39 +68,36 @@ func (o *objects) add(apiVersion, kind string, data []byte) error {
 	var into any
 	switch apiVersion + " " + kind {
 	case "apps/v1 Deployment":
-		v := &appsv1.Deployment{}
-		o.deployments, into = append(o.deployments, v), v
+		into = appendNew(&o.deployments)
 	case "v1 Service":
-		v := &corev1.Service{}
-		o.services, into = append(o.services, v), v
+		into = appendNew(&o.services)
 	case "v1 ServiceAccount":
-		v := &corev1.ServiceAccount{}
-		o.serviceAccounts, into = append(o.serviceAccounts, v), v
+		into = appendNew(&o.serviceAccounts)
 	case "v1 ConfigMap":
-		v := &corev1.ConfigMap{}
-		o.configMaps, into = append(o.configMaps, v), v
+		into = appendNew(&o.configMaps)
 	case "v1 PersistentVolumeClaim":
-		v := &corev1.PersistentVolumeClaim{}
-		o.claims, into = append(o.claims, v), v
+		into = appendNew(&o.claims)
 	case "policy/v1 PodDisruptionBudget":
-		v := &policyv1.PodDisruptionBudget{}
-		o.pdbs, into = append(o.pdbs, v), v
+		into = appendNew(&o.pdbs)
 	case "networking.k8s.io/v1 NetworkPolicy":
-		v := &networkingv1.NetworkPolicy{}
-		o.networkPolicies, into = append(o.networkPolicies, v), v
+		into = appendNew(&o.networkPolicies)
 	case "keda.sh/v1alpha1 ScaledObject":
-		v := &kedav1alpha1.ScaledObject{}
-		o.scaledObjects, into = append(o.scaledObjects, v), v
+		into = appendNew(&o.scaledObjects)
 	case "monitoring.coreos.com/v1 ServiceMonitor":
-		v := &monitoringv1.ServiceMonitor{}
-		o.serviceMonitors, into = append(o.serviceMonitors, v), v
+		into = appendNew(&o.serviceMonitors)
 	case "monitoring.coreos.com/v1 PrometheusRule":
-		v := &monitoringv1.PrometheusRule{}
-		o.prometheusRules, into = append(o.prometheusRules, v), v
+		into = appendNew(&o.prometheusRules)
 	default:
 		return fmt.Errorf("no Go type for %s %s in this test", apiVersion, kind)
 	}
 	return decodeStrict(data, into)
+}
+
+// appendNew appends a new zero T to list and returns it, to decode into.
+func appendNew[T any](list *[]*T) *T {
+	v := new(T)
+	*list = append(*list, v)
+	return v
 }
 
 // decodeStrict decodes YAML into a Kubernetes Go type as the API server

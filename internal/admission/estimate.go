@@ -1,30 +1,18 @@
 package admission
 
 import (
-	"math"
 	"time"
 
 	"github.com/vstage/vstage/internal/telemetry"
 )
 
-// sizeStep is the granularity of size buckets, in pixels of side.
-const sizeStep = 256
-
-// maxSizeBucket caps the buckets so that the size label stays bounded.
-const maxSizeBucket = 16
-
-// sizeBucket returns the bucket of a job of mp megapixels: the side of a
-// square with as many pixels, rounded up to a multiple of 256, in units of
-// 256 (so 3 is "768", 4 is "1024"). A 1024×768 job lands in 1024, with the
-// square 1024 ones whose time and memory it shares closely.
+// sizeBucket is the size class of a job of mp megapixels
+// (telemetry.SizeBucket, which the metrics' size label also names).
 func sizeBucket(mp float64) int {
-	side := math.Sqrt(mp * 1e6)
-	b := int(math.Ceil(side/sizeStep - 1e-9))
-	return min(max(b, 1), maxSizeBucket)
+	return telemetry.SizeBucket(mp * 1e6)
 }
 
-// sizeLabel is the size label of a job of mp megapixels, the same one the
-// staging metrics use; its buckets are sizeBucket's.
+// sizeLabel is the size label of a job of mp megapixels.
 func sizeLabel(mp float64) string {
 	return telemetry.SizeLabel(mp * 1e6)
 }
@@ -42,7 +30,7 @@ type estimator struct {
 	measured bool
 
 	vramBase, vramPerMP uint64
-	vram                [maxSizeBucket + 1]uint64 // learned peaks, 0 = none yet
+	vram                [telemetry.MaxSizeBucket + 1]uint64 // learned peaks, 0 = none yet
 }
 
 // Caps that keep absurd sizes from overflowing the sums of a few jobs.

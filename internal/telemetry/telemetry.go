@@ -157,12 +157,20 @@ const (
 	maxSizeSide = 4096
 )
 
-// SizeLabel names the size of a job of the given pixels: the side of a
-// square with as many pixels, rounded up to a multiple of 256 and capped
-// at 4096, so a 1024x768 job is "1024" with the square 1024 ones whose
-// time and memory it shares closely.
+// MaxSizeBucket is the largest SizeBucket.
+const MaxSizeBucket = maxSizeSide / sizeStep
+
+// SizeBucket is the size class of a job of the given pixels: the side of a
+// square with as many pixels, rounded up to a multiple of 256, in units of
+// 256 (so 3 is 768 px, 4 is 1024 px), from 1 to 16.
+func SizeBucket(pixels float64) int {
+	b := int(math.Ceil(math.Sqrt(pixels)/sizeStep - 1e-9))
+	return min(max(b, 1), MaxSizeBucket)
+}
+
+// SizeLabel names SizeBucket's class in pixels of side, so a 1024x768 job
+// is "1024", with the square 1024 ones whose time and memory it shares
+// closely.
 func SizeLabel(pixels float64) string {
-	side := math.Sqrt(pixels)
-	b := int(math.Ceil(side/sizeStep - 1e-9))
-	return strconv.Itoa(min(max(b, 1), maxSizeSide/sizeStep) * sizeStep)
+	return strconv.Itoa(SizeBucket(pixels) * sizeStep)
 }
