@@ -21,6 +21,14 @@ class FailureReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_REASON_DEADLINE: _ClassVar[FailureReason]
     FAILURE_REASON_NOT_READY: _ClassVar[FailureReason]
     FAILURE_REASON_INTERNAL: _ClassVar[FailureReason]
+    FAILURE_REASON_CONTENT_REJECTED: _ClassVar[FailureReason]
+
+class ContentPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONTENT_POLICY_UNSPECIFIED: _ClassVar[ContentPolicy]
+    CONTENT_POLICY_OFF: _ClassVar[ContentPolicy]
+    CONTENT_POLICY_WARN: _ClassVar[ContentPolicy]
+    CONTENT_POLICY_REJECT: _ClassVar[ContentPolicy]
 
 class ControlKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +54,11 @@ FAILURE_REASON_CANCELLED: FailureReason
 FAILURE_REASON_DEADLINE: FailureReason
 FAILURE_REASON_NOT_READY: FailureReason
 FAILURE_REASON_INTERNAL: FailureReason
+FAILURE_REASON_CONTENT_REJECTED: FailureReason
+CONTENT_POLICY_UNSPECIFIED: ContentPolicy
+CONTENT_POLICY_OFF: ContentPolicy
+CONTENT_POLICY_WARN: ContentPolicy
+CONTENT_POLICY_REJECT: ContentPolicy
 CONTROL_KIND_UNSPECIFIED: ControlKind
 CONTROL_KIND_CANNY: ControlKind
 CONTROL_KIND_DEPTH: ControlKind
@@ -55,7 +68,7 @@ IMAGE_FORMAT_PNG: ImageFormat
 IMAGE_FORMAT_WEBP: ImageFormat
 
 class StageRequest(_message.Message):
-    __slots__ = ("job_id", "image", "mask", "prompt", "negative_prompt", "seed", "strength", "guidance_scale", "steps", "control", "conditioning_scale", "output_long_side", "output_format", "quality")
+    __slots__ = ("job_id", "image", "mask", "prompt", "negative_prompt", "seed", "strength", "guidance_scale", "steps", "control", "conditioning_scale", "output_long_side", "output_format", "quality", "upscale_long_side", "content_policy", "structure_min", "structure_retries")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +83,10 @@ class StageRequest(_message.Message):
     OUTPUT_LONG_SIDE_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    UPSCALE_LONG_SIDE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_POLICY_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURE_MIN_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURE_RETRIES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     image: bytes
     mask: bytes
@@ -84,7 +101,11 @@ class StageRequest(_message.Message):
     output_long_side: int
     output_format: ImageFormat
     quality: int
-    def __init__(self, job_id: _Optional[str] = ..., image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., steps: _Optional[int] = ..., control: _Optional[_Union[ControlKind, str]] = ..., conditioning_scale: _Optional[float] = ..., output_long_side: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
+    upscale_long_side: int
+    content_policy: ContentPolicy
+    structure_min: float
+    structure_retries: int
+    def __init__(self, job_id: _Optional[str] = ..., image: _Optional[bytes] = ..., mask: _Optional[bytes] = ..., prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., seed: _Optional[int] = ..., strength: _Optional[float] = ..., guidance_scale: _Optional[float] = ..., steps: _Optional[int] = ..., control: _Optional[_Union[ControlKind, str]] = ..., conditioning_scale: _Optional[float] = ..., output_long_side: _Optional[int] = ..., output_format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ..., upscale_long_side: _Optional[int] = ..., content_policy: _Optional[_Union[ContentPolicy, str]] = ..., structure_min: _Optional[float] = ..., structure_retries: _Optional[int] = ...) -> None: ...
 
 class StageEvent(_message.Message):
     __slots__ = ("accepted", "progress", "result")
@@ -117,23 +138,29 @@ class Progress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class Timings(_message.Message):
-    __slots__ = ("decode_ms", "preprocess_ms", "denoise_ms", "vae_decode_ms", "encode_ms", "total_ms")
+    __slots__ = ("decode_ms", "preprocess_ms", "denoise_ms", "vae_decode_ms", "encode_ms", "total_ms", "upscale_ms", "content_check_ms", "structure_check_ms")
     DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
     DENOISE_MS_FIELD_NUMBER: _ClassVar[int]
     VAE_DECODE_MS_FIELD_NUMBER: _ClassVar[int]
     ENCODE_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    UPSCALE_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_CHECK_MS_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURE_CHECK_MS_FIELD_NUMBER: _ClassVar[int]
     decode_ms: float
     preprocess_ms: float
     denoise_ms: float
     vae_decode_ms: float
     encode_ms: float
     total_ms: float
-    def __init__(self, decode_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., denoise_ms: _Optional[float] = ..., vae_decode_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    upscale_ms: float
+    content_check_ms: float
+    structure_check_ms: float
+    def __init__(self, decode_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., denoise_ms: _Optional[float] = ..., vae_decode_ms: _Optional[float] = ..., encode_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., upscale_ms: _Optional[float] = ..., content_check_ms: _Optional[float] = ..., structure_check_ms: _Optional[float] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("image", "width", "height", "format", "model_rev", "seed", "timings", "peak_gpu_memory_bytes")
+    __slots__ = ("image", "width", "height", "format", "model_rev", "seed", "timings", "peak_gpu_memory_bytes", "warnings", "structure_score", "attempts")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +169,9 @@ class Result(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     PEAK_GPU_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     width: int
     height: int
@@ -150,14 +180,17 @@ class Result(_message.Message):
     seed: int
     timings: Timings
     peak_gpu_memory_bytes: int
-    def __init__(self, image: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., model_rev: _Optional[str] = ..., seed: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., peak_gpu_memory_bytes: _Optional[int] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    structure_score: float
+    attempts: int
+    def __init__(self, image: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., format: _Optional[_Union[ImageFormat, str]] = ..., model_rev: _Optional[str] = ..., seed: _Optional[int] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., peak_gpu_memory_bytes: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., structure_score: _Optional[float] = ..., attempts: _Optional[int] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("min_long_side", "max_long_side", "default_long_side", "max_steps", "max_input_pixels", "max_message_bytes", "concurrency")
+    __slots__ = ("min_long_side", "max_long_side", "default_long_side", "max_steps", "max_input_pixels", "max_message_bytes", "concurrency", "max_upscale_long_side", "max_structure_retries")
     MIN_LONG_SIDE_FIELD_NUMBER: _ClassVar[int]
     MAX_LONG_SIDE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_LONG_SIDE_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +198,8 @@ class Limits(_message.Message):
     MAX_INPUT_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MAX_UPSCALE_LONG_SIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STRUCTURE_RETRIES_FIELD_NUMBER: _ClassVar[int]
     min_long_side: int
     max_long_side: int
     default_long_side: int
@@ -172,7 +207,9 @@ class Limits(_message.Message):
     max_input_pixels: int
     max_message_bytes: int
     concurrency: int
-    def __init__(self, min_long_side: _Optional[int] = ..., max_long_side: _Optional[int] = ..., default_long_side: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., concurrency: _Optional[int] = ...) -> None: ...
+    max_upscale_long_side: int
+    max_structure_retries: int
+    def __init__(self, min_long_side: _Optional[int] = ..., max_long_side: _Optional[int] = ..., default_long_side: _Optional[int] = ..., max_steps: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., concurrency: _Optional[int] = ..., max_upscale_long_side: _Optional[int] = ..., max_structure_retries: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("model_rev", "backend", "device", "dtype", "versions", "limits", "control_kinds", "ready")

@@ -82,6 +82,10 @@ const (
 	// FAILURE_REASON_INTERNAL: anything else; the message names no internals
 	// [INTERNAL].
 	FailureReason_FAILURE_REASON_INTERNAL FailureReason = 11
+	// FAILURE_REASON_CONTENT_REJECTED: the content policy is
+	// CONTENT_POLICY_REJECT and the input shows a person or a face
+	// [FAILED_PRECONDITION]. The same input is refused again.
+	FailureReason_FAILURE_REASON_CONTENT_REJECTED FailureReason = 12
 )
 
 // Enum value maps for FailureReason.
@@ -99,6 +103,7 @@ var (
 		9:  "FAILURE_REASON_DEADLINE",
 		10: "FAILURE_REASON_NOT_READY",
 		11: "FAILURE_REASON_INTERNAL",
+		12: "FAILURE_REASON_CONTENT_REJECTED",
 	}
 	FailureReason_value = map[string]int32{
 		"FAILURE_REASON_UNSPECIFIED":         0,
@@ -113,6 +118,7 @@ var (
 		"FAILURE_REASON_DEADLINE":            9,
 		"FAILURE_REASON_NOT_READY":           10,
 		"FAILURE_REASON_INTERNAL":            11,
+		"FAILURE_REASON_CONTENT_REJECTED":    12,
 	}
 )
 
@@ -141,6 +147,65 @@ func (x FailureReason) Number() protoreflect.EnumNumber {
 // Deprecated: Use FailureReason.Descriptor instead.
 func (FailureReason) EnumDescriptor() ([]byte, []int) {
 	return file_vstage_engine_v1_engine_proto_rawDescGZIP(), []int{0}
+}
+
+// ContentPolicy says what the engine does when the input shows people.
+type ContentPolicy int32
+
+const (
+	// CONTENT_POLICY_UNSPECIFIED means off.
+	ContentPolicy_CONTENT_POLICY_UNSPECIFIED ContentPolicy = 0
+	// CONTENT_POLICY_OFF: no detection runs.
+	ContentPolicy_CONTENT_POLICY_OFF ContentPolicy = 1
+	// CONTENT_POLICY_WARN: detection runs before denoising; a detection adds
+	// the warning "people_detected" to the Result.
+	ContentPolicy_CONTENT_POLICY_WARN ContentPolicy = 2
+	// CONTENT_POLICY_REJECT: a detection fails the job with
+	// FAILURE_REASON_CONTENT_REJECTED before any denoising.
+	ContentPolicy_CONTENT_POLICY_REJECT ContentPolicy = 3
+)
+
+// Enum value maps for ContentPolicy.
+var (
+	ContentPolicy_name = map[int32]string{
+		0: "CONTENT_POLICY_UNSPECIFIED",
+		1: "CONTENT_POLICY_OFF",
+		2: "CONTENT_POLICY_WARN",
+		3: "CONTENT_POLICY_REJECT",
+	}
+	ContentPolicy_value = map[string]int32{
+		"CONTENT_POLICY_UNSPECIFIED": 0,
+		"CONTENT_POLICY_OFF":         1,
+		"CONTENT_POLICY_WARN":        2,
+		"CONTENT_POLICY_REJECT":      3,
+	}
+)
+
+func (x ContentPolicy) Enum() *ContentPolicy {
+	p := new(ContentPolicy)
+	*p = x
+	return p
+}
+
+func (x ContentPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ContentPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_vstage_engine_v1_engine_proto_enumTypes[1].Descriptor()
+}
+
+func (ContentPolicy) Type() protoreflect.EnumType {
+	return &file_vstage_engine_v1_engine_proto_enumTypes[1]
+}
+
+func (x ContentPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ContentPolicy.Descriptor instead.
+func (ContentPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_vstage_engine_v1_engine_proto_rawDescGZIP(), []int{1}
 }
 
 // ControlKind selects the conditioning image given to the ControlNet.
@@ -181,11 +246,11 @@ func (x ControlKind) String() string {
 }
 
 func (ControlKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_vstage_engine_v1_engine_proto_enumTypes[1].Descriptor()
+	return file_vstage_engine_v1_engine_proto_enumTypes[2].Descriptor()
 }
 
 func (ControlKind) Type() protoreflect.EnumType {
-	return &file_vstage_engine_v1_engine_proto_enumTypes[1]
+	return &file_vstage_engine_v1_engine_proto_enumTypes[2]
 }
 
 func (x ControlKind) Number() protoreflect.EnumNumber {
@@ -194,7 +259,7 @@ func (x ControlKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ControlKind.Descriptor instead.
 func (ControlKind) EnumDescriptor() ([]byte, []int) {
-	return file_vstage_engine_v1_engine_proto_rawDescGZIP(), []int{1}
+	return file_vstage_engine_v1_engine_proto_rawDescGZIP(), []int{2}
 }
 
 // ImageFormat is the encoding of the output image.
@@ -235,11 +300,11 @@ func (x ImageFormat) String() string {
 }
 
 func (ImageFormat) Descriptor() protoreflect.EnumDescriptor {
-	return file_vstage_engine_v1_engine_proto_enumTypes[2].Descriptor()
+	return file_vstage_engine_v1_engine_proto_enumTypes[3].Descriptor()
 }
 
 func (ImageFormat) Type() protoreflect.EnumType {
-	return &file_vstage_engine_v1_engine_proto_enumTypes[2]
+	return &file_vstage_engine_v1_engine_proto_enumTypes[3]
 }
 
 func (x ImageFormat) Number() protoreflect.EnumNumber {
@@ -248,7 +313,7 @@ func (x ImageFormat) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ImageFormat.Descriptor instead.
 func (ImageFormat) EnumDescriptor() ([]byte, []int) {
-	return file_vstage_engine_v1_engine_proto_rawDescGZIP(), []int{2}
+	return file_vstage_engine_v1_engine_proto_rawDescGZIP(), []int{3}
 }
 
 // Outcome is what Cancel found under the job_id.
@@ -290,11 +355,11 @@ func (x CancelResponse_Outcome) String() string {
 }
 
 func (CancelResponse_Outcome) Descriptor() protoreflect.EnumDescriptor {
-	return file_vstage_engine_v1_engine_proto_enumTypes[3].Descriptor()
+	return file_vstage_engine_v1_engine_proto_enumTypes[4].Descriptor()
 }
 
 func (CancelResponse_Outcome) Type() protoreflect.EnumType {
-	return &file_vstage_engine_v1_engine_proto_enumTypes[3]
+	return &file_vstage_engine_v1_engine_proto_enumTypes[4]
 }
 
 func (x CancelResponse_Outcome) Number() protoreflect.EnumNumber {
@@ -344,9 +409,27 @@ type StageRequest struct {
 	// output_format is required.
 	OutputFormat ImageFormat `protobuf:"varint,13,opt,name=output_format,json=outputFormat,proto3,enum=vstage.engine.v1.ImageFormat" json:"output_format,omitempty"`
 	// quality applies to JPEG and WebP, in [1, 100]; 0 means 90.
-	Quality       uint32 `protobuf:"varint,14,opt,name=quality,proto3" json:"quality,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Quality uint32 `protobuf:"varint,14,opt,name=quality,proto3" json:"quality,omitempty"`
+	// upscale_long_side, when not 0, asks for a second phase after the render:
+	// the rendered image is resampled so that its longest side is
+	// upscale_long_side and refined (low-strength img2img, in tiles with
+	// blended seams, with the same prompts and seed). A multiple of 8, greater
+	// than the rendered long side and at most limits.max_upscale_long_side.
+	// Result.width and height are then the upscaled size.
+	UpscaleLongSide uint32 `protobuf:"varint,16,opt,name=upscale_long_side,json=upscaleLongSide,proto3" json:"upscale_long_side,omitempty"`
+	// content_policy applies to the input image before denoising.
+	ContentPolicy ContentPolicy `protobuf:"varint,17,opt,name=content_policy,json=contentPolicy,proto3,enum=vstage.engine.v1.ContentPolicy" json:"content_policy,omitempty"`
+	// structure_min, when > 0, checks every rendered image against the input:
+	// the structure score (edge agreement outside the mask, in [0, 1]) below
+	// it adds the warning "structure_check_failed". In [0, 1].
+	StructureMin float32 `protobuf:"fixed32,18,opt,name=structure_min,json=structureMin,proto3" json:"structure_min,omitempty"`
+	// structure_retries is how many more seeds (seed+1, seed+2, ...) the
+	// engine tries when a render scores below structure_min; the Result holds
+	// the first render that passes, or the best one. At most
+	// limits.max_structure_retries; ignored when structure_min is 0.
+	StructureRetries uint32 `protobuf:"varint,19,opt,name=structure_retries,json=structureRetries,proto3" json:"structure_retries,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StageRequest) Reset() {
@@ -473,6 +556,34 @@ func (x *StageRequest) GetOutputFormat() ImageFormat {
 func (x *StageRequest) GetQuality() uint32 {
 	if x != nil {
 		return x.Quality
+	}
+	return 0
+}
+
+func (x *StageRequest) GetUpscaleLongSide() uint32 {
+	if x != nil {
+		return x.UpscaleLongSide
+	}
+	return 0
+}
+
+func (x *StageRequest) GetContentPolicy() ContentPolicy {
+	if x != nil {
+		return x.ContentPolicy
+	}
+	return ContentPolicy_CONTENT_POLICY_UNSPECIFIED
+}
+
+func (x *StageRequest) GetStructureMin() float32 {
+	if x != nil {
+		return x.StructureMin
+	}
+	return 0
+}
+
+func (x *StageRequest) GetStructureRetries() uint32 {
+	if x != nil {
+		return x.StructureRetries
 	}
 	return 0
 }
@@ -702,15 +813,20 @@ func (x *Progress) GetTotal() uint32 {
 
 // Timings breaks a job down in milliseconds of wall time.
 type Timings struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	DecodeMs      float64                `protobuf:"fixed64,1,opt,name=decode_ms,json=decodeMs,proto3" json:"decode_ms,omitempty"`
-	PreprocessMs  float64                `protobuf:"fixed64,2,opt,name=preprocess_ms,json=preprocessMs,proto3" json:"preprocess_ms,omitempty"`
-	DenoiseMs     float64                `protobuf:"fixed64,3,opt,name=denoise_ms,json=denoiseMs,proto3" json:"denoise_ms,omitempty"`
-	VaeDecodeMs   float64                `protobuf:"fixed64,4,opt,name=vae_decode_ms,json=vaeDecodeMs,proto3" json:"vae_decode_ms,omitempty"`
-	EncodeMs      float64                `protobuf:"fixed64,5,opt,name=encode_ms,json=encodeMs,proto3" json:"encode_ms,omitempty"`
-	TotalMs       float64                `protobuf:"fixed64,6,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	DecodeMs     float64                `protobuf:"fixed64,1,opt,name=decode_ms,json=decodeMs,proto3" json:"decode_ms,omitempty"`
+	PreprocessMs float64                `protobuf:"fixed64,2,opt,name=preprocess_ms,json=preprocessMs,proto3" json:"preprocess_ms,omitempty"`
+	DenoiseMs    float64                `protobuf:"fixed64,3,opt,name=denoise_ms,json=denoiseMs,proto3" json:"denoise_ms,omitempty"`
+	VaeDecodeMs  float64                `protobuf:"fixed64,4,opt,name=vae_decode_ms,json=vaeDecodeMs,proto3" json:"vae_decode_ms,omitempty"`
+	EncodeMs     float64                `protobuf:"fixed64,5,opt,name=encode_ms,json=encodeMs,proto3" json:"encode_ms,omitempty"`
+	TotalMs      float64                `protobuf:"fixed64,6,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
+	// upscale_ms covers the upscale phase (resampling and refinement).
+	UpscaleMs float64 `protobuf:"fixed64,7,opt,name=upscale_ms,json=upscaleMs,proto3" json:"upscale_ms,omitempty"`
+	// content_check_ms and structure_check_ms cover the checks; 0 when off.
+	ContentCheckMs   float64 `protobuf:"fixed64,8,opt,name=content_check_ms,json=contentCheckMs,proto3" json:"content_check_ms,omitempty"`
+	StructureCheckMs float64 `protobuf:"fixed64,9,opt,name=structure_check_ms,json=structureCheckMs,proto3" json:"structure_check_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Timings) Reset() {
@@ -785,6 +901,27 @@ func (x *Timings) GetTotalMs() float64 {
 	return 0
 }
 
+func (x *Timings) GetUpscaleMs() float64 {
+	if x != nil {
+		return x.UpscaleMs
+	}
+	return 0
+}
+
+func (x *Timings) GetContentCheckMs() float64 {
+	if x != nil {
+		return x.ContentCheckMs
+	}
+	return 0
+}
+
+func (x *Timings) GetStructureCheckMs() float64 {
+	if x != nil {
+		return x.StructureCheckMs
+	}
+	return 0
+}
+
 // Result is the last event of a successful job.
 type Result struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -799,8 +936,17 @@ type Result struct {
 	// peak_gpu_memory_bytes is the peak accelerator memory allocated during the
 	// job; 0 when not on CUDA.
 	PeakGpuMemoryBytes uint64 `protobuf:"varint,8,opt,name=peak_gpu_memory_bytes,json=peakGpuMemoryBytes,proto3" json:"peak_gpu_memory_bytes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// warnings are short machine-readable notes for the client, in a stable
+	// order: "people_detected", "structure_check_failed".
+	Warnings []string `protobuf:"bytes,9,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// structure_score is the structure score of the answered image, present
+	// only when the request set structure_min.
+	StructureScore *float32 `protobuf:"fixed32,10,opt,name=structure_score,json=structureScore,proto3,oneof" json:"structure_score,omitempty"`
+	// attempts is the number of renders the job made: 1, or more when
+	// structure retries ran. seed is the answered render's seed.
+	Attempts      uint32 `protobuf:"varint,11,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Result) Reset() {
@@ -889,6 +1035,27 @@ func (x *Result) GetPeakGpuMemoryBytes() uint64 {
 	return 0
 }
 
+func (x *Result) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+func (x *Result) GetStructureScore() float32 {
+	if x != nil && x.StructureScore != nil {
+		return *x.StructureScore
+	}
+	return 0
+}
+
+func (x *Result) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
 type InfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -937,9 +1104,14 @@ type Limits struct {
 	// max_message_bytes is the gRPC message size limit each way.
 	MaxMessageBytes uint64 `protobuf:"varint,6,opt,name=max_message_bytes,json=maxMessageBytes,proto3" json:"max_message_bytes,omitempty"`
 	// concurrency is the number of jobs run at once; more wait in order.
-	Concurrency   uint32 `protobuf:"varint,7,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Concurrency uint32 `protobuf:"varint,7,opt,name=concurrency,proto3" json:"concurrency,omitempty"`
+	// max_upscale_long_side bounds StageRequest.upscale_long_side; 0 when the
+	// engine cannot upscale.
+	MaxUpscaleLongSide uint32 `protobuf:"varint,8,opt,name=max_upscale_long_side,json=maxUpscaleLongSide,proto3" json:"max_upscale_long_side,omitempty"`
+	// max_structure_retries bounds StageRequest.structure_retries.
+	MaxStructureRetries uint32 `protobuf:"varint,9,opt,name=max_structure_retries,json=maxStructureRetries,proto3" json:"max_structure_retries,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Limits) Reset() {
@@ -1017,6 +1189,20 @@ func (x *Limits) GetMaxMessageBytes() uint64 {
 func (x *Limits) GetConcurrency() uint32 {
 	if x != nil {
 		return x.Concurrency
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxUpscaleLongSide() uint32 {
+	if x != nil {
+		return x.MaxUpscaleLongSide
+	}
+	return 0
+}
+
+func (x *Limits) GetMaxStructureRetries() uint32 {
+	if x != nil {
+		return x.MaxStructureRetries
 	}
 	return 0
 }
@@ -1227,7 +1413,7 @@ var File_vstage_engine_v1_engine_proto protoreflect.FileDescriptor
 
 const file_vstage_engine_v1_engine_proto_rawDesc = "" +
 	"\n" +
-	"\x1dvstage/engine/v1/engine.proto\x12\x10vstage.engine.v1\"\x80\x04\n" +
+	"\x1dvstage/engine/v1/engine.proto\x12\x10vstage.engine.v1\"\xc6\x05\n" +
 	"\fStageRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\fR\x05image\x12\x12\n" +
@@ -1243,7 +1429,11 @@ const file_vstage_engine_v1_engine_proto_rawDesc = "" +
 	"\x12conditioning_scale\x18\v \x01(\x02R\x11conditioningScale\x12(\n" +
 	"\x10output_long_side\x18\f \x01(\rR\x0eoutputLongSide\x12B\n" +
 	"\routput_format\x18\r \x01(\x0e2\x1d.vstage.engine.v1.ImageFormatR\foutputFormat\x12\x18\n" +
-	"\aquality\x18\x0e \x01(\rR\aqualityJ\x04\b\x0f\x10\x10R\vtest_faults\"\xbd\x01\n" +
+	"\aquality\x18\x0e \x01(\rR\aquality\x12*\n" +
+	"\x11upscale_long_side\x18\x10 \x01(\rR\x0fupscaleLongSide\x12F\n" +
+	"\x0econtent_policy\x18\x11 \x01(\x0e2\x1f.vstage.engine.v1.ContentPolicyR\rcontentPolicy\x12#\n" +
+	"\rstructure_min\x18\x12 \x01(\x02R\fstructureMin\x12+\n" +
+	"\x11structure_retries\x18\x13 \x01(\rR\x10structureRetriesJ\x04\b\x0f\x10\x10R\vtest_faults\"\xbd\x01\n" +
 	"\n" +
 	"StageEvent\x128\n" +
 	"\baccepted\x18\x01 \x01(\v2\x1a.vstage.engine.v1.AcceptedH\x00R\baccepted\x128\n" +
@@ -1257,7 +1447,7 @@ const file_vstage_engine_v1_engine_proto_rawDesc = "" +
 	"\x06height\x18\x04 \x01(\rR\x06height\"4\n" +
 	"\bProgress\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\rR\x04step\x12\x14\n" +
-	"\x05total\x18\x02 \x01(\rR\x05total\"\xc6\x01\n" +
+	"\x05total\x18\x02 \x01(\rR\x05total\"\xbd\x02\n" +
 	"\aTimings\x12\x1b\n" +
 	"\tdecode_ms\x18\x01 \x01(\x01R\bdecodeMs\x12#\n" +
 	"\rpreprocess_ms\x18\x02 \x01(\x01R\fpreprocessMs\x12\x1d\n" +
@@ -1265,7 +1455,11 @@ const file_vstage_engine_v1_engine_proto_rawDesc = "" +
 	"denoise_ms\x18\x03 \x01(\x01R\tdenoiseMs\x12\"\n" +
 	"\rvae_decode_ms\x18\x04 \x01(\x01R\vvaeDecodeMs\x12\x1b\n" +
 	"\tencode_ms\x18\x05 \x01(\x01R\bencodeMs\x12\x19\n" +
-	"\btotal_ms\x18\x06 \x01(\x01R\atotalMs\"\x9c\x02\n" +
+	"\btotal_ms\x18\x06 \x01(\x01R\atotalMs\x12\x1d\n" +
+	"\n" +
+	"upscale_ms\x18\a \x01(\x01R\tupscaleMs\x12(\n" +
+	"\x10content_check_ms\x18\b \x01(\x01R\x0econtentCheckMs\x12,\n" +
+	"\x12structure_check_ms\x18\t \x01(\x01R\x10structureCheckMs\"\x96\x03\n" +
 	"\x06Result\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\fR\x05image\x12\x14\n" +
 	"\x05width\x18\x02 \x01(\rR\x05width\x12\x16\n" +
@@ -1274,8 +1468,13 @@ const file_vstage_engine_v1_engine_proto_rawDesc = "" +
 	"\tmodel_rev\x18\x05 \x01(\tR\bmodelRev\x12\x12\n" +
 	"\x04seed\x18\x06 \x01(\x04R\x04seed\x123\n" +
 	"\atimings\x18\a \x01(\v2\x19.vstage.engine.v1.TimingsR\atimings\x121\n" +
-	"\x15peak_gpu_memory_bytes\x18\b \x01(\x04R\x12peakGpuMemoryBytes\"\r\n" +
-	"\vInfoRequest\"\x91\x02\n" +
+	"\x15peak_gpu_memory_bytes\x18\b \x01(\x04R\x12peakGpuMemoryBytes\x12\x1a\n" +
+	"\bwarnings\x18\t \x03(\tR\bwarnings\x12,\n" +
+	"\x0fstructure_score\x18\n" +
+	" \x01(\x02H\x00R\x0estructureScore\x88\x01\x01\x12\x1a\n" +
+	"\battempts\x18\v \x01(\rR\battemptsB\x12\n" +
+	"\x10_structure_score\"\r\n" +
+	"\vInfoRequest\"\xf8\x02\n" +
 	"\x06Limits\x12\"\n" +
 	"\rmin_long_side\x18\x01 \x01(\rR\vminLongSide\x12\"\n" +
 	"\rmax_long_side\x18\x02 \x01(\rR\vmaxLongSide\x12*\n" +
@@ -1283,7 +1482,9 @@ const file_vstage_engine_v1_engine_proto_rawDesc = "" +
 	"\tmax_steps\x18\x04 \x01(\rR\bmaxSteps\x12(\n" +
 	"\x10max_input_pixels\x18\x05 \x01(\x04R\x0emaxInputPixels\x12*\n" +
 	"\x11max_message_bytes\x18\x06 \x01(\x04R\x0fmaxMessageBytes\x12 \n" +
-	"\vconcurrency\x18\a \x01(\rR\vconcurrency\"\x99\x03\n" +
+	"\vconcurrency\x18\a \x01(\rR\vconcurrency\x121\n" +
+	"\x15max_upscale_long_side\x18\b \x01(\rR\x12maxUpscaleLongSide\x122\n" +
+	"\x15max_structure_retries\x18\t \x01(\rR\x13maxStructureRetries\"\x99\x03\n" +
 	"\fInfoResponse\x12\x1b\n" +
 	"\tmodel_rev\x18\x01 \x01(\tR\bmodelRev\x12\x18\n" +
 	"\abackend\x18\x02 \x01(\tR\abackend\x12\x16\n" +
@@ -1303,7 +1504,7 @@ const file_vstage_engine_v1_engine_proto_rawDesc = "" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fOUTCOME_STOPPED\x10\x01\x12\x13\n" +
-	"\x0fOUTCOME_UNKNOWN\x10\x02*\x96\x03\n" +
+	"\x0fOUTCOME_UNKNOWN\x10\x02*\xbb\x03\n" +
 	"\rFailureReason\x12\x1e\n" +
 	"\x1aFAILURE_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18FAILURE_REASON_BAD_IMAGE\x10\x01\x12\"\n" +
@@ -1317,7 +1518,13 @@ const file_vstage_engine_v1_engine_proto_rawDesc = "" +
 	"\x17FAILURE_REASON_DEADLINE\x10\t\x12\x1c\n" +
 	"\x18FAILURE_REASON_NOT_READY\x10\n" +
 	"\x12\x1b\n" +
-	"\x17FAILURE_REASON_INTERNAL\x10\v*[\n" +
+	"\x17FAILURE_REASON_INTERNAL\x10\v\x12#\n" +
+	"\x1fFAILURE_REASON_CONTENT_REJECTED\x10\f*{\n" +
+	"\rContentPolicy\x12\x1e\n" +
+	"\x1aCONTENT_POLICY_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12CONTENT_POLICY_OFF\x10\x01\x12\x17\n" +
+	"\x13CONTENT_POLICY_WARN\x10\x02\x12\x19\n" +
+	"\x15CONTENT_POLICY_REJECT\x10\x03*[\n" +
 	"\vControlKind\x12\x1c\n" +
 	"\x18CONTROL_KIND_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12CONTROL_KIND_CANNY\x10\x01\x12\x16\n" +
@@ -1344,49 +1551,51 @@ func file_vstage_engine_v1_engine_proto_rawDescGZIP() []byte {
 	return file_vstage_engine_v1_engine_proto_rawDescData
 }
 
-var file_vstage_engine_v1_engine_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_vstage_engine_v1_engine_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_vstage_engine_v1_engine_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_vstage_engine_v1_engine_proto_goTypes = []any{
 	(FailureReason)(0),          // 0: vstage.engine.v1.FailureReason
-	(ControlKind)(0),            // 1: vstage.engine.v1.ControlKind
-	(ImageFormat)(0),            // 2: vstage.engine.v1.ImageFormat
-	(CancelResponse_Outcome)(0), // 3: vstage.engine.v1.CancelResponse.Outcome
-	(*StageRequest)(nil),        // 4: vstage.engine.v1.StageRequest
-	(*StageEvent)(nil),          // 5: vstage.engine.v1.StageEvent
-	(*Accepted)(nil),            // 6: vstage.engine.v1.Accepted
-	(*Progress)(nil),            // 7: vstage.engine.v1.Progress
-	(*Timings)(nil),             // 8: vstage.engine.v1.Timings
-	(*Result)(nil),              // 9: vstage.engine.v1.Result
-	(*InfoRequest)(nil),         // 10: vstage.engine.v1.InfoRequest
-	(*Limits)(nil),              // 11: vstage.engine.v1.Limits
-	(*InfoResponse)(nil),        // 12: vstage.engine.v1.InfoResponse
-	(*CancelRequest)(nil),       // 13: vstage.engine.v1.CancelRequest
-	(*CancelResponse)(nil),      // 14: vstage.engine.v1.CancelResponse
-	nil,                         // 15: vstage.engine.v1.InfoResponse.VersionsEntry
+	(ContentPolicy)(0),          // 1: vstage.engine.v1.ContentPolicy
+	(ControlKind)(0),            // 2: vstage.engine.v1.ControlKind
+	(ImageFormat)(0),            // 3: vstage.engine.v1.ImageFormat
+	(CancelResponse_Outcome)(0), // 4: vstage.engine.v1.CancelResponse.Outcome
+	(*StageRequest)(nil),        // 5: vstage.engine.v1.StageRequest
+	(*StageEvent)(nil),          // 6: vstage.engine.v1.StageEvent
+	(*Accepted)(nil),            // 7: vstage.engine.v1.Accepted
+	(*Progress)(nil),            // 8: vstage.engine.v1.Progress
+	(*Timings)(nil),             // 9: vstage.engine.v1.Timings
+	(*Result)(nil),              // 10: vstage.engine.v1.Result
+	(*InfoRequest)(nil),         // 11: vstage.engine.v1.InfoRequest
+	(*Limits)(nil),              // 12: vstage.engine.v1.Limits
+	(*InfoResponse)(nil),        // 13: vstage.engine.v1.InfoResponse
+	(*CancelRequest)(nil),       // 14: vstage.engine.v1.CancelRequest
+	(*CancelResponse)(nil),      // 15: vstage.engine.v1.CancelResponse
+	nil,                         // 16: vstage.engine.v1.InfoResponse.VersionsEntry
 }
 var file_vstage_engine_v1_engine_proto_depIdxs = []int32{
-	1,  // 0: vstage.engine.v1.StageRequest.control:type_name -> vstage.engine.v1.ControlKind
-	2,  // 1: vstage.engine.v1.StageRequest.output_format:type_name -> vstage.engine.v1.ImageFormat
-	6,  // 2: vstage.engine.v1.StageEvent.accepted:type_name -> vstage.engine.v1.Accepted
-	7,  // 3: vstage.engine.v1.StageEvent.progress:type_name -> vstage.engine.v1.Progress
-	9,  // 4: vstage.engine.v1.StageEvent.result:type_name -> vstage.engine.v1.Result
-	2,  // 5: vstage.engine.v1.Result.format:type_name -> vstage.engine.v1.ImageFormat
-	8,  // 6: vstage.engine.v1.Result.timings:type_name -> vstage.engine.v1.Timings
-	15, // 7: vstage.engine.v1.InfoResponse.versions:type_name -> vstage.engine.v1.InfoResponse.VersionsEntry
-	11, // 8: vstage.engine.v1.InfoResponse.limits:type_name -> vstage.engine.v1.Limits
-	1,  // 9: vstage.engine.v1.InfoResponse.control_kinds:type_name -> vstage.engine.v1.ControlKind
-	3,  // 10: vstage.engine.v1.CancelResponse.outcome:type_name -> vstage.engine.v1.CancelResponse.Outcome
-	4,  // 11: vstage.engine.v1.Engine.Stage:input_type -> vstage.engine.v1.StageRequest
-	13, // 12: vstage.engine.v1.Engine.Cancel:input_type -> vstage.engine.v1.CancelRequest
-	10, // 13: vstage.engine.v1.Engine.Info:input_type -> vstage.engine.v1.InfoRequest
-	5,  // 14: vstage.engine.v1.Engine.Stage:output_type -> vstage.engine.v1.StageEvent
-	14, // 15: vstage.engine.v1.Engine.Cancel:output_type -> vstage.engine.v1.CancelResponse
-	12, // 16: vstage.engine.v1.Engine.Info:output_type -> vstage.engine.v1.InfoResponse
-	14, // [14:17] is the sub-list for method output_type
-	11, // [11:14] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	2,  // 0: vstage.engine.v1.StageRequest.control:type_name -> vstage.engine.v1.ControlKind
+	3,  // 1: vstage.engine.v1.StageRequest.output_format:type_name -> vstage.engine.v1.ImageFormat
+	1,  // 2: vstage.engine.v1.StageRequest.content_policy:type_name -> vstage.engine.v1.ContentPolicy
+	7,  // 3: vstage.engine.v1.StageEvent.accepted:type_name -> vstage.engine.v1.Accepted
+	8,  // 4: vstage.engine.v1.StageEvent.progress:type_name -> vstage.engine.v1.Progress
+	10, // 5: vstage.engine.v1.StageEvent.result:type_name -> vstage.engine.v1.Result
+	3,  // 6: vstage.engine.v1.Result.format:type_name -> vstage.engine.v1.ImageFormat
+	9,  // 7: vstage.engine.v1.Result.timings:type_name -> vstage.engine.v1.Timings
+	16, // 8: vstage.engine.v1.InfoResponse.versions:type_name -> vstage.engine.v1.InfoResponse.VersionsEntry
+	12, // 9: vstage.engine.v1.InfoResponse.limits:type_name -> vstage.engine.v1.Limits
+	2,  // 10: vstage.engine.v1.InfoResponse.control_kinds:type_name -> vstage.engine.v1.ControlKind
+	4,  // 11: vstage.engine.v1.CancelResponse.outcome:type_name -> vstage.engine.v1.CancelResponse.Outcome
+	5,  // 12: vstage.engine.v1.Engine.Stage:input_type -> vstage.engine.v1.StageRequest
+	14, // 13: vstage.engine.v1.Engine.Cancel:input_type -> vstage.engine.v1.CancelRequest
+	11, // 14: vstage.engine.v1.Engine.Info:input_type -> vstage.engine.v1.InfoRequest
+	6,  // 15: vstage.engine.v1.Engine.Stage:output_type -> vstage.engine.v1.StageEvent
+	15, // 16: vstage.engine.v1.Engine.Cancel:output_type -> vstage.engine.v1.CancelResponse
+	13, // 17: vstage.engine.v1.Engine.Info:output_type -> vstage.engine.v1.InfoResponse
+	15, // [15:18] is the sub-list for method output_type
+	12, // [12:15] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_vstage_engine_v1_engine_proto_init() }
@@ -1399,12 +1608,13 @@ func file_vstage_engine_v1_engine_proto_init() {
 		(*StageEvent_Progress)(nil),
 		(*StageEvent_Result)(nil),
 	}
+	file_vstage_engine_v1_engine_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_vstage_engine_v1_engine_proto_rawDesc), len(file_vstage_engine_v1_engine_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
