@@ -250,7 +250,8 @@ func (s *Supervisor) connect(i *instance) error {
 			Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: time.Second,
 		}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.MaxCallSendMsgSize(maxMessageBytes),
+			grpc.ForceCodecV2(s.codec)),
 	}
 	if tp := s.opts.TracerProvider; tp != nil {
 		dial = append(dial, grpc.WithStatsHandler(otelgrpc.NewClientHandler(

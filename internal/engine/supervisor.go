@@ -46,6 +46,8 @@ type Supervisor struct {
 	running atomic.Bool
 	// slots holds a token per job in flight when Options.Slots is set.
 	slots chan struct{}
+	// codec encodes the calls of every instance; its buffers outlive one.
+	codec codec
 
 	// Test hooks.
 	oomKills  func() (uint64, bool)
@@ -85,6 +87,7 @@ func New(opts Options) (*Supervisor, error) {
 		return nil, err
 	}
 	s := &Supervisor{
+		codec:    codec{pool: &dirtyPool{}},
 		opts:     o,
 		log:      o.Logger,
 		m:        newMetrics(o.Registerer),
