@@ -49,6 +49,11 @@ EXTRA_HANDLER_THREADS = 32
 
 DEADLINE_SLACK = 0.05
 
+# How long a worker waits for its RPC thread to send a result before it
+# logs anyway. The wait ends earlier when the call ends, so this only bounds
+# an RPC thread that is starved.
+RESULT_HANDOFF_WAIT = 1.0
+
 
 class _Status(grpc.Status):
     def __init__(
@@ -173,17 +178,18 @@ class EngineService(pb_grpc.EngineServicer):
         started = time.monotonic()
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
         trace = self._tracing.start_job(metadata, request.job_id)
+        taken = threading.Event()
         try:
             # Attached only around the steps before streaming: a generator
             # that kept it across a yield would leave it on this handler thread.
             with trace.attached():
-                events = self._start(request, context, metadata, trace, started)
+                events = self._start(request, context, metadata, trace, started, taken)
         except BaseException as exc:
             # An abort raised by _fail ended the span already; anything else is a bug.
             trace.end(errors.internal(), exc)
             raise
         if events is not None:
-            yield from stream(events, context)
+            yield from stream(events, context, taken)
 
     def _start(
         self,
@@ -192,14 +198,21 @@ class EngineService(pb_grpc.EngineServicer):
         metadata: dict[str, str],
         trace: JobTrace,
         started: float,
+        taken: threading.Event,
     ) -> queue.Queue[StreamItem] | None:
         """Checks and queues a job; returns its event queue, or None once the
-        call has been ended with a failure."""
+        call has been ended with a failure. taken is set when the result has
+        been sent, or when the call ends."""
         remaining = context.time_remaining()
         deadline = None if remaining is None else started + remaining
         stop = threading.Event()
-        if not context.add_callback(stop.set):
+
+        def ended() -> None:
             stop.set()
+            taken.set()
+
+        if not context.add_callback(ended):
+            ended()
         job = self._jobs.arrive(request.job_id, stop)
         if job is None:
             err = errors.EngineError(
@@ -230,7 +243,7 @@ class EngineService(pb_grpc.EngineServicer):
         submitted = self._jobs.submit(
             job,
             self._slots,
-            lambda: self._run(prepared, ctx, events, job, queued),
+            lambda: self._run(prepared, ctx, events, taken, job, queued),
             lambda: self._stopped_in_queue(job, ctx, events, reason(), queued),
         )
         if not submitted:
@@ -272,6 +285,7 @@ class EngineService(pb_grpc.EngineServicer):
         p: Prepared,
         ctx: JobContext,
         events: queue.Queue[StreamItem],
+        taken: threading.Event,
         job: Job,
         queued: Phase,
     ) -> None:
@@ -281,6 +295,11 @@ class EngineService(pb_grpc.EngineServicer):
         gone, grpc stops pulling events and that thread never resumes. The
         Stage span ends here for the same reason, before the caller hears
         the outcome, so that it nests inside the caller's span.
+
+        After handing over the result, this thread waits until the RPC
+        thread has sent it (or the call has ended) before it logs: both
+        need the GIL, and a log line formatted meanwhile delayed the result
+        by about 0.2 ms at the median and by milliseconds at the tail.
         """
         queue_ms = queued.end()
         with ctx.trace.attached():
@@ -290,6 +309,7 @@ class EngineService(pb_grpc.EngineServicer):
                 ctx.trace.end()
                 # The caller first: the log line is not its business.
                 events.put(pb.StageEvent(result=result))
+                taken.wait(RESULT_HANDOFF_WAIT)
                 self._log_done(p.spec, result)
             except BaseException as exc:
                 err = self._job_error(p.spec.job_id, exc)
@@ -436,9 +456,13 @@ class EngineService(pb_grpc.EngineServicer):
 
 
 def stream(
-    events: queue.Queue[StreamItem], context: grpc.ServicerContext
+    events: queue.Queue[StreamItem],
+    context: grpc.ServicerContext,
+    taken: threading.Event | None = None,
 ) -> Iterator[pb.StageEvent]:
     """Yields a job's events until its result, or ends the call with its failure.
+
+    taken is set once the result has been sent.
 
     Progress is a latest-value signal: steps that ended while the caller
     was still reading an earlier one are passed over for the newest, so a
@@ -464,6 +488,9 @@ def stream(
             return
         yield item
         if item.HasField("result"):
+            # grpc resumes the generator once the result has been sent.
+            if taken is not None:
+                taken.set()
             return
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import threading
 from typing import Any, cast
 
 import grpc
@@ -73,3 +74,25 @@ def test_a_failure_behind_steps_ends_the_call_with_its_status() -> None:
     with pytest.raises(Aborted):
         next(out)
     assert ctx.status is not None and ctx.status.code == grpc.StatusCode.CANCELLED
+
+
+def test_the_worker_hears_that_the_result_was_sent() -> None:
+    # grpc asks for the next event only once the previous one is on the
+    # wire; the worker holds back its log line until then.
+    taken = threading.Event()
+    result = pb.StageEvent(result=pb.Result(width=8))
+    out = stream(filled(progress(1), result), cast(grpc.ServicerContext, FakeContext()), taken)
+    assert next(out) == progress(1)
+    assert next(out) == result
+    assert not taken.is_set()
+    assert list(out) == []
+    assert taken.is_set()
+
+
+def test_a_failure_is_not_a_sent_result() -> None:
+    taken = threading.Event()
+    failed = Failed(errors.stopped(pb.FAILURE_REASON_CANCELLED))
+    out = stream(filled(failed), cast(grpc.ServicerContext, FakeContext()), taken)
+    with pytest.raises(Aborted):
+        next(out)
+    assert not taken.is_set()
