@@ -33,7 +33,7 @@ const usage = `usage: worker <command> [flags]
 commands:
   migrate                 apply the database migrations
   run                     run jobs from the queues until SIGTERM
-  enqueue --image-id ID --original-key KEY --room-type T --style S [--tier free|pro|business] [--seed N] [--mask-key KEY]
+  enqueue --image-id ID --original-key KEY --room-type T --style S [--tier free|pro|business] [--seed N] [--mask-key KEY] [--label true|false] [--upscale]
                           queue one image (twice is one job); exit 75 when the queue is full
   status --image-id ID    print the image's row and job as JSON
   pause --queue Q|all     stop starting jobs of the queue; running jobs finish, queued ones stay

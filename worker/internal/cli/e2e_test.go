@@ -318,3 +318,53 @@ func TestEnqueueWithAStoreDown(t *testing.T) {
 	// Both back: the same enqueue now works, so nothing half-written blocks it.
 	s.enqueue(t, "down-1", "free", "bedroom", "enqueued")
 }
+
+// TestLabelReachesTheService: --label travels with the task to the
+// service, which keeps it in its record of the job; it is one of the
+// image's parameters, so another value under the same image_id is refused.
+func TestLabelReachesTheService(t *testing.T) {
+	s := newStack(t, nil)
+	side := s.mockSidecar(t)
+	base := []string{"--original-key", "listings/42/empty.jpg", "--room-type", "bedroom", "--style", "scandinavian", "--tier", "pro"}
+	for id, extra := range map[string][]string{"labelled": {"--label", "true"}, "unlabelled": {"--label", "false"}, "default": nil} {
+		args := append(append([]string{"enqueue", "--image-id", id}, base...), extra...)
+		if code, _, errOut := s.cmd(t, args...); code != 0 {
+			t.Fatalf("%s: exit %d: %s", id, code, errOut)
+		}
+	}
+	args := append([]string{"enqueue", "--image-id", "labelled"}, base...)
+	if code, _, errOut := s.cmd(t, append(args, "--label", "false")...); code != 1 || !strings.Contains(errOut, "other parameters") {
+		t.Errorf("same image_id, other label: exit %d (%s), want 1", code, errOut)
+	}
+	if code, _, _ := s.cmd(t, append(args, "--label", "yes")...); code != 2 {
+		t.Errorf("--label yes: exit %d, want 2", code)
+	}
+	s.runWorker(t, map[string]string{"VSTAGE_URL": side.URL})
+	rows := s.waitRows(t, []string{"labelled", "unlabelled", "default"}, time.Minute, allFinal)
+	want := map[string]*bool{"labelled": ptr(true), "unlabelled": ptr(false), "default": nil}
+	for _, r := range rows {
+		if r.Status != store.StatusStaged || r.StagedKey == nil {
+			t.Fatalf("%s: %s", r.ID, r.Status)
+		}
+		if w := want[r.ID]; (w == nil) != (r.Label == nil) || (w != nil && *w != *r.Label) {
+			t.Errorf("%s: status shows label %v", r.ID, r.Label)
+		}
+		var meta struct{ Parameters map[string]any }
+		if err := json.Unmarshal(r.InferenceMeta, &meta); err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := meta.Parameters["label"]; (want[r.ID] == nil) == ok || (ok && got != *want[r.ID]) {
+			t.Errorf("%s: inference_meta parameters %v", r.ID, meta.Parameters)
+		}
+		// The service's own record of the job says whether it drew the label.
+		raw, err := os.ReadFile(filepath.Join(s.storeDir, filepath.FromSlash(*r.StagedKey)+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if labelled := strings.Contains(string(raw), `"label":true`); labelled != (r.ID == "labelled") {
+			t.Errorf("%s: the service's record %s", r.ID, raw)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

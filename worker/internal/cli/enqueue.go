@@ -33,7 +33,7 @@ type enqueued struct {
 
 func enqueue(ctx context.Context, cfg config.Config, args []string, env Env) int {
 	var img store.Image
-	var tier, seed string
+	var tier, seed, label string
 	ok := flags("enqueue", args, env, func(fs *flag.FlagSet) {
 		fs.StringVar(&img.ID, "image-id", "", "the image's id, also the job's (required)")
 		fs.StringVar(&img.OriginalKey, "original-key", "", "storage key of the empty-room photo (required)")
@@ -42,12 +42,23 @@ func enqueue(ctx context.Context, cfg config.Config, args []string, env Env) int
 		fs.StringVar(&img.MaskKey, "mask-key", "", "storage key of an inpainting mask")
 		fs.StringVar(&tier, "tier", "free", "business, pro or free")
 		fs.StringVar(&seed, "seed", "", "seed, 0 to 4294967295 (default: the service draws one)")
+		fs.StringVar(&label, "label", "", "true or false: burn in the disclosure label (default: the service's)")
+		fs.BoolVar(&img.Upscale, "upscale", false, "upscale the output (the service allows it to some tiers)")
 	})
 	if !ok {
 		return ExitUsage
 	}
 	if msg := checkImage(img, seed); msg != "" {
 		fmt.Fprintf(env.Stderr, "worker enqueue: %s\n", msg)
+		return ExitUsage
+	}
+	switch label {
+	case "":
+	case "true", "false":
+		v := label == "true"
+		img.Label = &v
+	default:
+		fmt.Fprintf(env.Stderr, "worker enqueue: --label must be true or false, got %q\n", label)
 		return ExitUsage
 	}
 	if seed != "" {

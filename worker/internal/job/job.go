@@ -292,6 +292,7 @@ func request(p queue.Payload) client.Request {
 	return client.Request{
 		ImageID: p.Image.ID, OriginalKey: p.Image.OriginalKey, MaskKey: p.Image.MaskKey,
 		RoomType: p.Image.RoomType, Style: p.Image.Style, Seed: p.Image.Seed, Tier: p.Tier,
+		Label: p.Image.Label, Upscale: p.Image.Upscale,
 	}
 }
 
@@ -300,6 +301,12 @@ func meta(a attempt, r *client.Response) map[string]any {
 	params := map[string]any{"room_type": a.p.Image.RoomType, "style": a.p.Image.Style, "tier": a.p.Tier}
 	if a.p.Image.MaskKey != "" {
 		params["mask_key"] = a.p.Image.MaskKey
+	}
+	if a.p.Image.Label != nil {
+		params["label"] = *a.p.Image.Label
+	}
+	if a.p.Image.Upscale {
+		params["upscale"] = true
 	}
 	warnings := r.Warnings
 	if warnings == nil {

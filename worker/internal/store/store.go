@@ -39,6 +39,9 @@ type Image struct {
 	RoomType    string  `json:"room_type"`
 	Style       string  `json:"style"`
 	Seed        *uint32 `json:"seed,omitempty"`
+	// Label is the disclosure label; nil takes the service's default.
+	Label   *bool `json:"label,omitempty"`
+	Upscale bool  `json:"upscale,omitempty"`
 }
 
 // Store is a pool of connections to the database.
@@ -88,9 +91,9 @@ type Enqueued struct {
 func (s *Store) Enqueue(ctx context.Context, img Image, tier string, enqueue func() error) (Enqueued, error) {
 	var out Enqueued
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `INSERT INTO images (id, original_key, mask_key, room_type, style, seed)
-			VALUES ($1, $2, nullif($3, ''), $4, $5, $6) ON CONFLICT (id) DO NOTHING`,
-			img.ID, img.OriginalKey, img.MaskKey, img.RoomType, img.Style, seed(img.Seed))
+		tag, err := tx.Exec(ctx, `INSERT INTO images (id, original_key, mask_key, room_type, style, seed, label, upscale)
+			VALUES ($1, $2, nullif($3, ''), $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING`,
+			img.ID, img.OriginalKey, img.MaskKey, img.RoomType, img.Style, seed(img.Seed), img.Label, img.Upscale)
 		if err != nil {
 			return fmt.Errorf("store: recording the image: %w", err)
 		}
@@ -99,8 +102,8 @@ func (s *Store) Enqueue(ctx context.Context, img Image, tier string, enqueue fun
 			var have Image
 			var haveSeed *int64
 			var mask *string
-			err := tx.QueryRow(ctx, `SELECT original_key, mask_key, room_type, style, seed, status FROM images WHERE id = $1 FOR UPDATE`, img.ID).
-				Scan(&have.OriginalKey, &mask, &have.RoomType, &have.Style, &haveSeed, &out.Status)
+			err := tx.QueryRow(ctx, `SELECT original_key, mask_key, room_type, style, seed, label, upscale, status FROM images WHERE id = $1 FOR UPDATE`, img.ID).
+				Scan(&have.OriginalKey, &mask, &have.RoomType, &have.Style, &haveSeed, &have.Label, &have.Upscale, &out.Status)
 			if err != nil {
 				return fmt.Errorf("store: reading the image: %w", err)
 			}
@@ -122,7 +125,9 @@ func (s *Store) Enqueue(ctx context.Context, img Image, tier string, enqueue fun
 
 func sameParameters(a, b Image) bool {
 	sameSeed := (a.Seed == nil) == (b.Seed == nil) && (a.Seed == nil || *a.Seed == *b.Seed)
-	return a.OriginalKey == b.OriginalKey && a.MaskKey == b.MaskKey && a.RoomType == b.RoomType && a.Style == b.Style && sameSeed
+	sameLabel := (a.Label == nil) == (b.Label == nil) && (a.Label == nil || *a.Label == *b.Label)
+	return a.OriginalKey == b.OriginalKey && a.MaskKey == b.MaskKey && a.RoomType == b.RoomType && a.Style == b.Style &&
+		sameSeed && sameLabel && a.Upscale == b.Upscale
 }
 
 // Started is what Start found.
@@ -143,13 +148,13 @@ type Started struct {
 func (s *Store) Start(ctx context.Context, img Image, tier string) (Started, error) {
 	var out Started
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, `INSERT INTO images (id, original_key, mask_key, room_type, style, seed, status)
-			VALUES ($1, $2, nullif($3, ''), $4, $5, $6, 'processing')
+		err := tx.QueryRow(ctx, `INSERT INTO images (id, original_key, mask_key, room_type, style, seed, label, upscale, status)
+			VALUES ($1, $2, nullif($3, ''), $4, $5, $6, $7, $8, 'processing')
 			ON CONFLICT (id) DO UPDATE SET
 			  status = CASE WHEN image_status_rank(images.status) < image_status_rank('processing') THEN 'processing' ELSE images.status END,
 			  updated_at = now()
 			RETURNING status`,
-			img.ID, img.OriginalKey, img.MaskKey, img.RoomType, img.Style, seed(img.Seed)).Scan(&out.Status)
+			img.ID, img.OriginalKey, img.MaskKey, img.RoomType, img.Style, seed(img.Seed), img.Label, img.Upscale).Scan(&out.Status)
 		if err != nil {
 			return fmt.Errorf("store: starting the image: %w", err)
 		}
@@ -222,6 +227,8 @@ type Row struct {
 	RoomType      string          `json:"room_type"`
 	Style         string          `json:"style"`
 	Seed          *int64          `json:"seed"`
+	Label         *bool           `json:"label"`
+	Upscale       bool            `json:"upscale"`
 	Status        string          `json:"status"`
 	StagedKey     *string         `json:"staged_key"`
 	ErrorCode     *string         `json:"error_code"`
@@ -249,11 +256,11 @@ func (s *Store) Get(ctx context.Context, id string) (Row, error) {
 	var j JobRow
 	var enq *time.Time
 	var attempts *int
-	err := s.pool.QueryRow(ctx, `SELECT i.id, i.original_key, i.mask_key, i.room_type, i.style, i.seed, i.status, i.staged_key,
+	err := s.pool.QueryRow(ctx, `SELECT i.id, i.original_key, i.mask_key, i.room_type, i.style, i.seed, i.label, i.upscale, i.status, i.staged_key,
 			i.error_code, i.error_message, i.inference_meta, i.created_at, i.updated_at,
 			j.tier, j.attempts, j.enqueued_at, j.started_at, j.finished_at, j.metrics
 		FROM images i LEFT JOIN jobs j ON j.image_id = i.id WHERE i.id = $1`, id).Scan(
-		&r.ID, &r.OriginalKey, &r.MaskKey, &r.RoomType, &r.Style, &r.Seed, &r.Status, &r.StagedKey,
+		&r.ID, &r.OriginalKey, &r.MaskKey, &r.RoomType, &r.Style, &r.Seed, &r.Label, &r.Upscale, &r.Status, &r.StagedKey,
 		&r.ErrorCode, &r.ErrorMessage, &r.InferenceMeta, &r.CreatedAt, &r.UpdatedAt,
 		&tier, &attempts, &enq, &j.StartedAt, &j.FinishedAt, &j.Metrics)
 	if errors.Is(err, pgx.ErrNoRows) {

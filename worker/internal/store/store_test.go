@@ -133,6 +133,26 @@ func TestEnqueueRecordsOnlyWhatWasQueued(t *testing.T) {
 	if _, err := s.Enqueue(ctx, b, "free", func() error { return nil }); !errors.Is(err, store.ErrConflict) {
 		t.Errorf("other mask: %v, want ErrConflict", err)
 	}
+	b.MaskKey, b.Upscale = "", true
+	if _, err := s.Enqueue(ctx, b, "free", func() error { return nil }); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("upscale: %v, want ErrConflict", err)
+	}
+	for _, label := range []*bool{new(bool), ptr(true)} {
+		b.Upscale, b.Label = false, label
+		if _, err := s.Enqueue(ctx, b, "free", func() error { return nil }); !errors.Is(err, store.ErrConflict) {
+			t.Errorf("label %v where none was given: %v, want ErrConflict", *label, err)
+		}
+	}
+	l := img("labelled")
+	l.Label, l.Upscale = ptr(false), true
+	for range 2 {
+		if _, err := s.Enqueue(ctx, l, "pro", func() error { return nil }); err != nil {
+			t.Fatalf("enqueue with label false and upscale: %v", err)
+		}
+	}
+	if r := status(t, s, "labelled"); r.Label == nil || *r.Label || !r.Upscale {
+		t.Errorf("labelled: label %v upscale %v", r.Label, r.Upscale)
+	}
 	if st, err := s.Start(ctx, img("orphan"), "business"); err != nil || st.Status != store.StatusProcessing || st.Attempts != 1 {
 		t.Fatalf("Start without rows: %+v %v", st, err)
 	}
@@ -145,3 +165,5 @@ func TestEnqueueRecordsOnlyWhatWasQueued(t *testing.T) {
 		t.Error("Get with a cancelled context succeeded")
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
