@@ -84,10 +84,19 @@ class Detector:
             # The profile cascade knows faces turned one way; the mirror finds the other.
             profiles = self._faces(self._profile, grey, side)
             profiles += self._faces(self._profile, np.ascontiguousarray(grey[:, ::-1]), side)
-            people, _ = self._hog.detectMultiScale(
-                grey, hitThreshold=HOG_HIT_THRESHOLD, winStride=(8, 8), padding=(8, 8), scale=1.05
-            )
-        return Detections(faces=faces, profiles=profiles, people=len(people))
+            people = self._people(grey)
+        return Detections(faces=faces, profiles=profiles, people=people)
+
+    def _people(self, grey: npt.NDArray[np.uint8]) -> int:
+        # OpenCV's HOG crashes the process (SIGSEGV) on an image smaller than
+        # its window; such an image has no room for a person it could find.
+        win_w, win_h = self._hog.winSize
+        if grey.shape[0] < win_h or grey.shape[1] < win_w:
+            return 0
+        found, _ = self._hog.detectMultiScale(
+            grey, hitThreshold=HOG_HIT_THRESHOLD, winStride=(8, 8), padding=(8, 8), scale=1.05
+        )
+        return len(found)
 
     @staticmethod
     def _faces(cascade: cv2.CascadeClassifier, grey: npt.NDArray[np.uint8], side: int) -> int:

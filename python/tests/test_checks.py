@@ -14,7 +14,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from helpers import Engine, decode, png, reason_of, request
+from helpers import SMALL_LIMITS, Engine, decode, png, reason_of, request, start_test
 from inference import checks, content, imageio
 from inference._proto import engine_pb2 as pb
 from quality import metrics
@@ -73,6 +73,12 @@ def test_empty_rooms_are_not_flagged(path: Path) -> None:
         # The test engine's size, where detection sees a smaller copy.
         small = imageio.resize(img.convert("RGB"), imageio.target_size(*img.size, SIDE))
         assert det.detect(small) == content.Detections()
+
+
+@pytest.mark.parametrize("size", [(64, 48), (48, 64), (127, 127), (8, 8), (1, 1)])
+def test_images_smaller_than_a_detector_window(size: tuple[int, int]) -> None:
+    # OpenCV's HOG kills the process on an image below its 64x128 window.
+    assert content.detector().detect(astronaut().resize(size)).people == 0
 
 
 def test_detector_is_loaded_once() -> None:
@@ -237,3 +243,14 @@ def test_cancel_between_renders(test_engine: Engine) -> None:
     with pytest.raises(grpc.RpcError) as info:
         test_engine.result(req, timeout=1.5, faults="shift=32,sleep=1")
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_job_faults_apply_to_calls_without_their_own() -> None:
+    engine = start_test(["--concurrency", "1", *SMALL_LIMITS, "--job-faults", "shift=32"])
+    try:
+        req = checked(room_png(), structure_min=0.5)
+        assert list(engine.result(req).warnings) == ["structure_check_failed"]
+        # A call's own commands win: here, a harmless sleep and no shift.
+        assert list(engine.result(req, faults="sleep=0").warnings) == []
+    finally:
+        engine.close()
