@@ -8,9 +8,10 @@ neighbours. The full-body one found nothing in any test photo, people included.
 
 Every detector runs on one grey copy whose long side is DETECT_LONG_SIDE, so
 the cost is bounded whatever the input size. The thresholds were tuned on the
-scikit-image astronaut photo (a face and a person, found by all three with a
-wide margin) and the bundled empty rooms (nothing found, even at looser
-thresholds than these).
+scikit-image astronaut photo (its face and, from 512 px, its person found with
+a wide margin; the profile cascade is for faces turned aside, which it is not)
+and the bundled empty rooms (nothing found, even at looser thresholds than
+these).
 """
 
 from __future__ import annotations
