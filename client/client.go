@@ -83,6 +83,7 @@ const (
 	CodePayloadTooLarge      = "payload_too_large"
 	CodeUnsupportedMediaType = "unsupported_media_type"
 	CodeImageTooLarge        = "image_too_large"
+	CodeContentRejected      = "content_rejected"
 	CodeOverloaded           = "overloaded"
 	CodeUnavailable          = "unavailable"
 	CodeOOM                  = "oom"

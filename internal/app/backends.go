@@ -20,6 +20,7 @@ import (
 	"github.com/vstage/vstage/internal/rollout"
 	"github.com/vstage/vstage/internal/staging"
 	"github.com/vstage/vstage/internal/telemetry"
+	enginev1 "github.com/vstage/vstage/proto/vstage/engine/v1"
 )
 
 // backends are the backends built from the configuration, with what runs
@@ -77,6 +78,13 @@ func buildBackends(cfg config.Config, log *slog.Logger, reg prometheus.Registere
 	return b, nil
 }
 
+// contentPolicies maps CONTENT_POLICY to the protocol's policy.
+var contentPolicies = map[string]enginev1.ContentPolicy{
+	config.ContentOff:    enginev1.ContentPolicy_CONTENT_POLICY_OFF,
+	config.ContentWarn:   enginev1.ContentPolicy_CONTENT_POLICY_WARN,
+	config.ContentReject: enginev1.ContentPolicy_CONTENT_POLICY_REJECT,
+}
+
 func (b *backends) buildSelf(cfg config.Config, log *slog.Logger, reg prometheus.Registerer, byName map[string]backend.Backend, tr *telemetry.Tracing) error {
 	n := cfg.Admission.Concurrency
 	sup, err := engine.New(engine.Options{
@@ -110,10 +118,18 @@ func (b *backends) buildSelf(cfg config.Config, log *slog.Logger, reg prometheus
 	if err != nil {
 		return fmt.Errorf("engine: %w", err)
 	}
-	self, err := backend.NewSelf(sup, backend.SelfOptions{Steps: cfg.Engine.Steps, Quality: cfg.OutputJPEGQuality})
+	checks := cfg.Checks
+	self, err := backend.NewSelf(sup, backend.SelfOptions{
+		Steps: cfg.Engine.Steps, Quality: cfg.OutputJPEGQuality,
+		ContentPolicy: contentPolicies[checks.ContentPolicy], StructureMin: checks.StructureMin, StructureRetries: checks.Retries,
+	})
 	if err != nil {
 		return fmt.Errorf("self backend: %w", err)
 	}
+	// The engine runs the checks; mock and managed jobs pass unchecked,
+	// which the log says once rather than every job.
+	log.Info("engine checks", "content_policy", checks.ContentPolicy, "structure_min", checks.StructureMin,
+		"structure_retries", checks.Retries, "checked_backends", string(mode.Self))
 	mon, err := gpu.New(gpu.Options{
 		Interval:        cfg.GPU.SampleInterval,
 		EnginePID:       func() int { return sup.Status().PID },

@@ -59,6 +59,28 @@ type Result struct {
 	// provider's prediction time); zero when it reports none, and the
 	// time the sidecar saw counts instead.
 	BilledTime time.Duration
+	// Seed is the seed the image was made with when the backend says so
+	// (the engine answers another one after a structure retry); nil means
+	// the job's.
+	Seed *uint32
+	// Checks is what the engine's checks found; the zero value means that
+	// none ran.
+	Checks Checks
+}
+
+// Checks are the engine's content policy and structure check of one job.
+type Checks struct {
+	// Content reports that the content policy looked at the photo; it
+	// passed, or warned with "people_detected" (a refusal is the error
+	// fault.ContentRejected instead).
+	Content bool
+	// Structure reports that the answered image has a StructureScore: the
+	// share of the original's edges it keeps, outside the mask.
+	Structure      bool
+	StructureScore float64
+	// Renders is how many images the engine rendered for the job: 1, or
+	// more after structure retries; 0 when it did not say.
+	Renders int
 }
 
 // Phase is one step of a backend's work and how long it took.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 
@@ -33,6 +34,16 @@ type SelfOptions struct {
 	// Quality is the JPEG quality of the output, 1 to 100
 	// [OUTPUT_JPEG_QUALITY]. Default 90.
 	Quality int
+	// ContentPolicy is what the engine does with a photo that shows
+	// people [CONTENT_POLICY]; the zero value is off.
+	ContentPolicy enginev1.ContentPolicy
+	// StructureMin is the structure score below which a job gets the
+	// warning structure_check_failed [QA_STRUCTURE_MIN], in [0, 1]; 0 is
+	// off.
+	StructureMin float64
+	// StructureRetries is how many more seeds a job below StructureMin
+	// tries [QA_RETRIES], at most 100; fewer when the engine allows fewer.
+	StructureRetries int
 }
 
 // Self stages images with the engine the sidecar supervises.
@@ -55,6 +66,15 @@ func NewSelf(e Engine, opts SelfOptions) (*Self, error) {
 	if opts.Quality < 1 || opts.Quality > 100 {
 		return nil, fmt.Errorf("backend: Quality must be in [1, 100], got %d", opts.Quality)
 	}
+	if !(opts.StructureMin >= 0 && opts.StructureMin <= 1) {
+		return nil, fmt.Errorf("backend: StructureMin must be in [0, 1], got %v", opts.StructureMin)
+	}
+	if opts.StructureRetries < 0 || opts.StructureRetries > 100 {
+		return nil, fmt.Errorf("backend: StructureRetries must be in [0, 100], got %d", opts.StructureRetries)
+	}
+	if _, ok := enginev1.ContentPolicy_name[int32(opts.ContentPolicy)]; !ok {
+		return nil, fmt.Errorf("backend: unknown ContentPolicy %d", opts.ContentPolicy)
+	}
 	return &Self{engine: e, opts: opts}, nil
 }
 
@@ -69,6 +89,9 @@ func (s *Self) Stage(ctx context.Context, job Job) (Result, error) {
 	if err != nil {
 		return Result{}, s.fault(ctx, err)
 	}
+	// The engine's seeds are 64-bit, but a job's never leaves 32 bits:
+	// request caps the retries so that seed + retries fits.
+	seed := uint32(res.GetSeed())
 	return Result{
 		Image:              res.GetImage(),
 		ContentType:        "image/jpeg",
@@ -77,7 +100,23 @@ func (s *Self) Stage(ctx context.Context, job Job) (Result, error) {
 		ModelRev:           res.GetModelRev(),
 		PeakGPUMemoryBytes: res.GetPeakGpuMemoryBytes(),
 		Phases:             phases(res.GetTimings()),
+		Warnings:           append([]string(nil), res.GetWarnings()...),
+		Seed:               &seed,
+		Checks: Checks{
+			Content:        s.policy() != enginev1.ContentPolicy_CONTENT_POLICY_OFF,
+			Structure:      res.StructureScore != nil,
+			StructureScore: float64(res.GetStructureScore()),
+			Renders:        int(res.GetAttempts()),
+		},
 	}, nil
+}
+
+// policy is the content policy sent, with unspecified read as off.
+func (s *Self) policy() enginev1.ContentPolicy {
+	if s.opts.ContentPolicy == enginev1.ContentPolicy_CONTENT_POLICY_UNSPECIFIED {
+		return enginev1.ContentPolicy_CONTENT_POLICY_OFF
+	}
+	return s.opts.ContentPolicy
 }
 
 // phases lists the engine's timings under the names of telemetry.Phases;
@@ -87,13 +126,20 @@ func phases(t *enginev1.Timings) []Phase {
 		return nil
 	}
 	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
-	return []Phase{
+	out := []Phase{
 		{"decode", ms(t.GetDecodeMs())},
 		{"preprocess", ms(t.GetPreprocessMs())},
-		{"denoise", ms(t.GetDenoiseMs())},
-		{"vae_decode", ms(t.GetVaeDecodeMs())},
-		{"encode", ms(t.GetEncodeMs())},
 	}
+	// A check that did not run is no phase; a zero would drag its
+	// histogram towards nothing.
+	if v := t.GetContentCheckMs(); v > 0 {
+		out = append(out, Phase{"content_check", ms(v)})
+	}
+	out = append(out, Phase{"denoise", ms(t.GetDenoiseMs())}, Phase{"vae_decode", ms(t.GetVaeDecodeMs())})
+	if v := t.GetStructureCheckMs(); v > 0 {
+		out = append(out, Phase{"structure_check", ms(v)})
+	}
+	return append(out, Phase{"encode", ms(t.GetEncodeMs())})
 }
 
 func (s *Self) request(job Job) *enginev1.StageRequest {
@@ -112,7 +158,25 @@ func (s *Self) request(job Job) *enginev1.StageRequest {
 		OutputLongSide:    s.longSide(job.OutputLongSide),
 		OutputFormat:      enginev1.ImageFormat_IMAGE_FORMAT_JPEG,
 		Quality:           uint32(s.opts.Quality),
+		ContentPolicy:     s.policy(),
+		StructureMin:      float32(s.opts.StructureMin),
+		StructureRetries:  s.retries(job.Seed),
 	}
+}
+
+// retries is the structure retries a job with seed may ask for: the
+// configured number, within the engine's limit when it is known, and never
+// so many that a retry's seed (seed + n) would leave 32 bits, which the
+// answer's seed could not hold.
+func (s *Self) retries(seed uint32) uint32 {
+	if s.opts.StructureMin <= 0 {
+		return 0
+	}
+	n := uint32(s.opts.StructureRetries)
+	if info := s.engine.Info(); info != nil && info.GetLimits() != nil {
+		n = min(n, info.GetLimits().GetMaxStructureRetries())
+	}
+	return min(n, math.MaxUint32-seed)
 }
 
 // longSide rounds n down to a multiple of 8, as the engine requires, and
@@ -152,6 +216,11 @@ func (s *Self) fault(ctx context.Context, err error) error {
 		msg = st.Message()
 	}
 	switch code {
+	case codes.FailedPrecondition:
+		if reason == enginev1.FailureReason_FAILURE_REASON_CONTENT_REJECTED {
+			return fault.Wrap(err, fault.ContentRejected,
+				"the photo shows people (a face or a person), and the content policy refuses such photos; send a photo of the empty room")
+		}
 	case codes.InvalidArgument:
 		if reason == enginev1.FailureReason_FAILURE_REASON_IMAGE_TOO_LARGE {
 			return fault.Wrap(err, fault.ImageTooLarge, "%s", msg)

@@ -71,6 +71,33 @@ type Config struct {
 	Tracing Tracing
 	// Disclosure says how staged images are marked as virtually staged.
 	Disclosure Disclosure
+	// Checks are the content policy and the structure check of self-mode
+	// jobs.
+	Checks Checks
+}
+
+// The content policies of CONTENT_POLICY.
+const (
+	ContentOff    = "off"
+	ContentWarn   = "warn"
+	ContentReject = "reject"
+)
+
+// MaxStructureRetries bounds QA_RETRIES: each retry is one more full render
+// of the job, inside the same request deadline.
+const MaxStructureRetries = 3
+
+// Checks configures what the engine checks on every self-mode job.
+type Checks struct {
+	// ContentPolicy is ContentOff, ContentWarn or ContentReject: what a
+	// photo that shows people gets.
+	ContentPolicy string
+	// StructureMin is the lowest structure score (the share of the
+	// original's edges kept, outside the mask) a staged image may have
+	// without the warning structure_check_failed; 0 turns the check off.
+	StructureMin float64
+	// Retries is how many more seeds a job below StructureMin tries.
+	Retries int
 }
 
 // Disclosure configures the marking of staged images: every one carries
@@ -214,6 +241,9 @@ var Settings = []Setting{
 	{"ENGINE_TINY_MODEL", "false", "true: the engine builds a tiny model with random weights instead of loading MODEL_DIR (tests, demos; its model_rev starts with tiny-random)."},
 	{"ENGINE_DEVICE", "auto", "auto, cpu or cuda."},
 	{"INFERENCE_STEPS", "30", "Denoising steps per job."},
+	{"CONTENT_POLICY", "warn", "off, warn or reject: what a photo showing faces or people gets (self mode; the engine detects them before denoising). warn adds the warning people_detected; reject answers 422 content_rejected and writes nothing."},
+	{"QA_STRUCTURE_MIN", "0.5", "Lowest structure score (share of the original's edges the staged image keeps, outside the mask) below which a self-mode job gets the warning structure_check_failed; 0 turns the check off. In [0, 1]."},
+	{"QA_RETRIES", "0", "Extra renders, with the next seeds, of a job below QA_STRUCTURE_MIN before answering (0 to 3); the answer's seed is the one used."},
 	{"ENGINE_START_TIMEOUT", "10m", "Longest time from spawn to ready (model load and warm-up included) before the engine is restarted."},
 	{"ENGINE_HEALTH_TIMEOUT", "10s", "How long health checks may fail before the engine is restarted."},
 	{"ENGINE_STOP_GRACE", "10s", "Time between SIGTERM and SIGKILL when the engine is stopped."},
@@ -273,6 +303,7 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 		ManagedPerSecond: p.price("MANAGED_COST_PER_SECOND"),
 		ManagedPerRun:    p.price("MANAGED_COST_PER_RUN"),
 	}
+	c.Checks = p.checks()
 	c.Disclosure = Disclosure{LabelDefault: p.boolean("DISCLOSURE_LABEL_DEFAULT"), Text: p.str("DISCLOSURE_TEXT")}
 	if n := utf8.RuneCountInString(c.Disclosure.Text); n > 64 || !printable(c.Disclosure.Text) {
 		p.fail("DISCLOSURE_TEXT", "must be 1 to 64 printable characters, got %q", c.Disclosure.Text)
@@ -404,6 +435,21 @@ func (p *parser) admission() Admission {
 		VRAMBase:             p.integer("VRAM_ESTIMATE_BASE_MB", 0, 1<<20) << 20,
 		VRAMPerMegapixel:     p.integer("VRAM_ESTIMATE_MB_PER_MEGAPIXEL", 0, 1<<20) << 20,
 	}
+}
+
+// checks reads the content policy and the structure check.
+func (p *parser) checks() Checks {
+	c := Checks{
+		ContentPolicy: strings.ToLower(p.str("CONTENT_POLICY")),
+		StructureMin:  p.unit("QA_STRUCTURE_MIN"),
+		Retries:       int(p.integer("QA_RETRIES", 0, MaxStructureRetries)),
+	}
+	switch c.ContentPolicy {
+	case ContentOff, ContentWarn, ContentReject:
+	default:
+		p.fail("CONTENT_POLICY", "must be off, warn or reject, got %q", c.ContentPolicy)
+	}
+	return c
 }
 
 // gpu reads NVML monitoring and the engine's GPU memory limit.
@@ -595,6 +641,15 @@ func (p *parser) fraction(name string) float64 {
 	v, err := strconv.ParseFloat(p.str(name), 64)
 	if err != nil || !(v > 0 && v <= 1) {
 		p.fail(name, "must be a number in (0, 1], got %q", p.str(name))
+	}
+	return v
+}
+
+// unit accepts a number in [0, 1].
+func (p *parser) unit(name string) float64 {
+	v, err := strconv.ParseFloat(p.str(name), 64)
+	if err != nil || !(v >= 0 && v <= 1) {
+		p.fail(name, "must be a number in [0, 1], got %q", p.str(name))
 	}
 	return v
 }

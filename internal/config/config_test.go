@@ -242,3 +242,32 @@ func TestReadmeListsEverySetting(t *testing.T) {
 		}
 	}
 }
+
+func TestChecks(t *testing.T) {
+	c, err := Load(env(tiny), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Checks{ContentPolicy: ContentWarn, StructureMin: 0.5, Retries: 0}); c.Checks != want {
+		t.Errorf("defaults: %+v, want %+v", c.Checks, want)
+	}
+	c, err = Load(env(withTiny(map[string]string{"CONTENT_POLICY": "Reject", "QA_STRUCTURE_MIN": "0", "QA_RETRIES": "3"})), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Checks{ContentPolicy: ContentReject, StructureMin: 0, Retries: 3}); c.Checks != want {
+		t.Errorf("overrides: %+v, want %+v", c.Checks, want)
+	}
+	for name, bad := range map[string][]string{
+		"CONTENT_POLICY":   {"block", "on", "warn,reject"},
+		"QA_STRUCTURE_MIN": {"-0.1", "1.01", "NaN", "half"},
+		"QA_RETRIES":       {"-1", "4", "1.5"},
+	} {
+		for _, v := range bad {
+			_, err := Load(env(withTiny(map[string]string{name: v})), "/")
+			if err == nil || !strings.Contains(err.Error(), name+":") {
+				t.Errorf("%s=%q: error %v does not name it", name, v, err)
+			}
+		}
+	}
+}

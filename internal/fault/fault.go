@@ -29,13 +29,16 @@ const (
 	PayloadTooLarge      Code = "payload_too_large"
 	UnsupportedMediaType Code = "unsupported_media_type"
 	ImageTooLarge        Code = "image_too_large"
-	Overloaded           Code = "overloaded"
-	Unavailable          Code = "unavailable"
-	OOM                  Code = "oom"
-	Timeout              Code = "timeout"
-	ProviderError        Code = "provider_error"
-	Internal             Code = "internal"
-	MethodNotAllowed     Code = "method_not_allowed"
+	// ContentRejected means the content policy (CONTENT_POLICY=reject)
+	// refused the photo: it shows people. The same photo is refused again.
+	ContentRejected  Code = "content_rejected"
+	Overloaded       Code = "overloaded"
+	Unavailable      Code = "unavailable"
+	OOM              Code = "oom"
+	Timeout          Code = "timeout"
+	ProviderError    Code = "provider_error"
+	Internal         Code = "internal"
+	MethodNotAllowed Code = "method_not_allowed"
 	// Canceled means the client went away; no one reads the answer, but
 	// logs and metrics count it.
 	Canceled      Code = "canceled"

@@ -38,7 +38,7 @@ func StatusOf(c fault.Code) int {
 		return http.StatusRequestHeaderFieldsTooLarge
 	case fault.UnsupportedMediaType:
 		return http.StatusUnsupportedMediaType
-	case fault.ImageTooLarge:
+	case fault.ImageTooLarge, fault.ContentRejected:
 		return http.StatusUnprocessableEntity
 	case fault.Overloaded:
 		return http.StatusTooManyRequests

@@ -83,7 +83,7 @@ func (p plan) sameJob(q plan) bool {
 
 // matches reports whether a recorded job answers p.
 func (p plan) matches(r record) bool {
-	return p.params == r.Params && (p.seed == nil || *p.seed == r.Response.Seed)
+	return p.params == r.Params && (p.seed == nil || *p.seed == r.jobSeed())
 }
 
 var imageIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)

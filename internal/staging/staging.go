@@ -214,7 +214,7 @@ var outcomes = []string{
 	"ok", "replay",
 	string(fault.InvalidInput), string(fault.Forbidden), string(fault.NotFound), string(fault.IdempotencyConflict),
 	string(fault.InProgress), string(fault.PayloadTooLarge), string(fault.UnsupportedMediaType), string(fault.ImageTooLarge),
-	string(fault.Overloaded), string(fault.Unavailable), string(fault.OOM), string(fault.Timeout),
+	string(fault.ContentRejected), string(fault.Overloaded), string(fault.Unavailable), string(fault.OOM), string(fault.Timeout),
 	string(fault.ProviderError), string(fault.Internal), string(fault.Canceled),
 }
 
@@ -367,6 +367,7 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	ran := time.Now()
 	res, err := be.Stage(bctx, job)
 	backendTime := time.Since(ran)
+	s.checked(span, res, err)
 	end(span, err)
 	g.release(admission.Report{Duration: backendTime, PeakGPUBytes: res.PeakGPUMemoryBytes, Megapixels: float64(res.Width*res.Height) / 1e6})
 	s.count(be.Name(), res, backendTime, p.tier)
@@ -388,12 +389,19 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	if res.Backend != "" {
 		producer = res.Backend
 	}
+	// The answer's seed is the one that made the image (a structure retry
+	// uses the next ones); the record keeps the job's too, which requests
+	// are matched against.
+	seed := job.Seed
+	if res.Seed != nil {
+		seed = *res.Seed
+	}
 	rec := record{
 		Version: recordVersion, ImageID: p.imageID, Params: p.params,
-		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		CreatedAt: time.Now().UTC().Truncate(time.Millisecond), JobSeed: &job.Seed,
 		Response: Response{
 			StagedKey: p.stagedKey, Width: res.Width, Height: res.Height, ModelRev: res.ModelRev,
-			Seed: job.Seed, DurationMS: time.Since(start).Milliseconds(), Warnings: res.Warnings,
+			Seed: seed, DurationMS: time.Since(start).Milliseconds(), Warnings: res.Warnings,
 			Backend: producer,
 		},
 	}
@@ -714,7 +722,11 @@ type record struct {
 	ImageID   string    `json:"image_id"`
 	Params    params    `json:"params"`
 	CreatedAt time.Time `json:"created_at"`
-	Response  Response  `json:"response"`
+	// JobSeed is the seed the job was run with, asked for or drawn; the
+	// answer's seed differs when a structure retry made the image. Records
+	// written before it existed lack it: their job's seed is the answer's.
+	JobSeed  *uint32  `json:"job_seed,omitempty"`
+	Response Response `json:"response"`
 
 	// backendTime is the fresh run's backend time; it is not stored.
 	backendTime time.Duration

@@ -44,6 +44,7 @@ const (
 var clientErrors = map[fault.Code]bool{
 	fault.InvalidInput: true, fault.Forbidden: true, fault.NotFound: true, fault.IdempotencyConflict: true,
 	fault.PayloadTooLarge: true, fault.UnsupportedMediaType: true, fault.ImageTooLarge: true,
+	fault.ContentRejected: true,
 }
 
 // start opens a child span of ctx's span.

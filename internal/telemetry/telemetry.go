@@ -93,11 +93,25 @@ type StagingMetrics struct {
 	StorageDuration *prometheus.HistogramVec
 	// InputBytes is the size of the originals read.
 	InputBytes prometheus.Histogram
+	// ContentDecisions counts the content policy's decisions on self-mode
+	// jobs, by decision (ContentDecisions).
+	ContentDecisions *prometheus.CounterVec
+	// StructureScore is the structure score of answered self-mode jobs
+	// that were checked; StructureFailures counts those answered below
+	// the minimum (with the warning structure_check_failed), and
+	// StructureRetries the extra renders structure retries made.
+	StructureScore    prometheus.Histogram
+	StructureFailures prometheus.Counter
+	StructureRetries  prometheus.Counter
 }
+
+// ContentDecisions are the values of the decision label of
+// vstage_content_policy_decisions_total.
+var ContentDecisions = []string{"pass", "warn", "reject"}
 
 // Phases are the engine's phases, in the order a job goes through them;
 // the values of vstage_engine_phase_duration_seconds's phase label.
-var Phases = []string{"decode", "preprocess", "denoise", "vae_decode", "encode"}
+var Phases = []string{"decode", "preprocess", "content_check", "denoise", "vae_decode", "structure_check", "encode"}
 
 // Tiers are the values of the tier label: the admission tiers, and
 // "unknown" for requests refused before their tier was read.
@@ -118,7 +132,7 @@ func NewStagingMetrics(reg prometheus.Registerer) *StagingMetrics {
 		}, []string{"backend", "size"}),
 		Phases: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    prometheus.BuildFQName(Namespace, "engine", "phase_duration_seconds"),
-			Help:    "Time of the engine's phases of successful jobs, as the engine measured them: decode, preprocess, denoise, vae_decode, encode.",
+			Help:    "Time of the engine's phases of successful jobs, as the engine measured them: decode, preprocess, content_check, denoise, vae_decode, structure_check (every render's, summed), encode; a check that did not run is not observed.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60},
 		}, []string{"phase"}),
 		Cost: f.NewCounterVec(prometheus.CounterOpts{
@@ -144,8 +158,28 @@ func NewStagingMetrics(reg prometheus.Registerer) *StagingMetrics {
 			Buckets: prometheus.ExponentialBuckets(64<<10, 2, 10),
 		}),
 	}
+	m.ContentDecisions = f.NewCounterVec(prometheus.CounterOpts{
+		Name: prometheus.BuildFQName(Namespace, "content_policy", "decisions_total"),
+		Help: "Decisions of the content policy (CONTENT_POLICY) on self-mode jobs, by decision: pass, warn (people_detected) or reject (content_rejected).",
+	}, []string{"decision"})
+	m.StructureScore = f.NewHistogram(prometheus.HistogramOpts{
+		Name:    prometheus.BuildFQName(Namespace, "structure", "score"),
+		Help:    "Structure score (share of the original's edges kept, outside the mask) of answered self-mode jobs with the structure check on.",
+		Buckets: []float64{.1, .2, .3, .4, .5, .6, .7, .8, .9, .95, .99},
+	})
+	m.StructureFailures = f.NewCounter(prometheus.CounterOpts{
+		Name: prometheus.BuildFQName(Namespace, "structure_check", "failures_total"),
+		Help: "Self-mode jobs answered below QA_STRUCTURE_MIN, with the warning structure_check_failed.",
+	})
+	m.StructureRetries = f.NewCounter(prometheus.CounterOpts{
+		Name: prometheus.BuildFQName(Namespace, "structure", "retries_total"),
+		Help: "Extra renders made by structure retries (QA_RETRIES) of answered self-mode jobs.",
+	})
 	for _, p := range Phases {
 		m.Phases.WithLabelValues(p)
+	}
+	for _, d := range ContentDecisions {
+		m.ContentDecisions.WithLabelValues(d)
 	}
 	return m
 }

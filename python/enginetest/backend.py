@@ -9,8 +9,9 @@ import signal
 import threading
 import time
 
+import numpy as np
 from opentelemetry.util.types import AttributeValue
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
 from inference import errors, logs
 from inference.jobs import DENOISE, VAE_DECODE, BackendInfo, JobContext, Output, Work
@@ -26,12 +27,15 @@ class Options:
     """Options are the test engine's own start-up settings.
 
     start_delay is the warm-up's length in seconds, step_delay each step's;
-    never_ready makes the warm-up block forever (health stays NOT_SERVING).
+    never_ready makes the warm-up block forever (health stays NOT_SERVING);
+    job_faults apply to every job whose call carries no fault commands, so
+    that tests through the sidecar, which sends none, can use them.
     """
 
     start_delay: float = 0.0
     step_delay: float = 0.0
     never_ready: bool = False
+    job_faults: faults.Faults = dataclasses.field(default_factory=faults.Faults)
 
 
 class FaultBackend:
@@ -63,7 +67,7 @@ class FaultBackend:
         )
 
     def run(self, work: Work, ctx: JobContext) -> Output:
-        f = faults.parse(ctx.metadata)
+        f = faults.parse(ctx.metadata) if faults.KEY in ctx.metadata else self._options.job_faults
         if f:
             logs.get().warning(
                 "test fault", extra=logs.fields(job_id=work.spec.job_id, faults=str(f))
@@ -109,6 +113,10 @@ class FaultBackend:
                     raise errors.out_of_memory()
         with ctx.phase(VAE_DECODE):
             image = ImageOps.invert(work.image)
+            if f.shifts(work.attempt):
+                # The edges the structure check compares move with the pixels.
+                pixels = np.roll(np.asarray(image), (f.shift, f.shift), axis=(0, 1))
+                image = Image.fromarray(pixels)
         return Output(image=image)
 
 

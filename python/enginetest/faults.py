@@ -20,11 +20,17 @@ from inference._proto import engine_pb2 as pb
 #                      the worker until DIR/release exists (a slow last step)
 #   oom                fail with RESOURCE_EXHAUSTED oom after the first step
 #   sleep=SECONDS      spread SECONDS over the steps, honouring cancellation
+#   shift=PIXELS       roll the output PIXELS right and down (wrapping round), so
+#                      that its walls no longer stand where the input's do: the
+#                      structure check fails it
+#   shift_renders=N    shift only the job's first N renders (structure retries
+#                      render again); without it, every render is shifted
 KEY = "vstage-test-fault"
-KNOWN = ("crash", "hang", "hold", "oom", "sleep")
+KNOWN = ("crash", "hang", "hold", "oom", "sleep", "shift", "shift_renders")
 
 DEFAULT_CRASH_CODE = 70
 MAX_SLEEP = 3600.0
+MAX_SHIFT = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +42,12 @@ class Faults:
     hold: str | None = None
     oom: bool = False
     sleep: float | None = None
+    shift: int = 0
+    shift_renders: int | None = None
+
+    def shifts(self, attempt: int) -> bool:
+        """Whether the render after attempt earlier ones is shifted."""
+        return self.shift > 0 and (self.shift_renders is None or attempt < self.shift_renders)
 
     def __bool__(self) -> bool:
         return self != Faults()
@@ -67,13 +79,29 @@ def parse(metadata: Mapping[str, str]) -> Faults:
             sleep = -1.0
         if not 0 <= sleep <= MAX_SLEEP:
             raise _bad(f"sleep must be seconds in [0, {MAX_SLEEP:g}]")
+    shift = _count(items, "shift", MAX_SHIFT) or 0
+    shift_renders = _count(items, "shift_renders", 1000)
     return Faults(
         crash=items.get("crash"),
         hang=None if hang is None else hang or "job",
         hold=hold,
         oom="oom" in items,
         sleep=sleep,
+        shift=shift,
+        shift_renders=shift_renders,
     )
+
+
+def _count(items: dict[str, str], name: str, most: int) -> int | None:
+    if name not in items:
+        return None
+    try:
+        value = int(items[name])
+    except ValueError:
+        value = -1
+    if not 0 <= value <= most:
+        raise _bad(f"{name} must be a whole number in [0, {most}]")
+    return value
 
 
 def _bad(message: str) -> errors.EngineError:

@@ -7,9 +7,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from inference import logs
+from inference import errors, logs
 from inference import main as engine
 
+from . import faults
 from .backend import FaultBackend, Options
 
 EXIT_START_FAULT = 3
@@ -20,6 +21,11 @@ _FLAGS = (
     ("--start-fault", "ENGINE_TEST_START_FAULT", "crash (exit 3 before listening) or never-ready"),
     ("--start-delay", "ENGINE_TEST_START_DELAY", "seconds of warm-up"),
     ("--step-delay", "ENGINE_TEST_STEP_DELAY", "seconds per denoising step"),
+    (
+        "--job-faults",
+        "ENGINE_TEST_JOB_FAULTS",
+        "fault commands for every job whose call carries none (a sidecar sends none)",
+    ),
 )
 
 
@@ -44,8 +50,15 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> tuple[str, Options
         if value < 0:
             raise UsageError(f"--{name.replace('_', '-')}: want seconds, at least 0")
         delays.append(value)
+    try:
+        job_faults = faults.parse({faults.KEY: known.job_faults})
+    except errors.EngineError as err:
+        raise UsageError(f"--job-faults: {err.message}") from err
     options = Options(
-        start_delay=delays[0], step_delay=delays[1], never_ready=known.start_fault == "never-ready"
+        start_delay=delays[0],
+        step_delay=delays[1],
+        never_ready=known.start_fault == "never-ready",
+        job_faults=job_faults,
     )
     return known.start_fault, options, rest
 

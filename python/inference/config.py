@@ -24,6 +24,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 SDPA_NAMES = ("flash", "efficient", "cudnn", "math")
 MAX_FEW_STEPS = 16
+# Each structure retry is one more full render, so even a lenient engine stops at ten.
+MAX_STRUCTURE_RETRIES = 10
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,7 @@ class Settings:
     max_input_pixels: int = 50_000_000
     max_message_bytes: int = 64 * MIB
     mask_feather: int = 4
+    max_structure_retries: int = 3
     warmup_steps: int = 1
     warmup_long_side: int = 0
     compile: bool = False
@@ -88,6 +91,12 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("max_input_pixels", "ENGINE_MAX_INPUT_PIXELS", int, "pixel cap of input image and mask"),
     ("max_message_bytes", "ENGINE_MAX_MESSAGE_BYTES", int, "gRPC message limit each way"),
     ("mask_feather", "ENGINE_MASK_FEATHER", int, "inpaint blend width in output pixels"),
+    (
+        "max_structure_retries",
+        "ENGINE_MAX_STRUCTURE_RETRIES",
+        int,
+        "most extra seeds a job may try when its render fails the structure check",
+    ),
     ("warmup_steps", "ENGINE_WARMUP_STEPS", int, "steps of the warm-up job before SERVING"),
     (
         "warmup_long_side",
@@ -195,6 +204,8 @@ def validate(s: Settings, needs_model: bool = True) -> None:
         raise ConfigError("--max-message-bytes: want at least 64 MiB")
     if not 0 <= s.mask_feather <= 64:
         raise ConfigError("--mask-feather: want 0 to 64")
+    if not 0 <= s.max_structure_retries <= MAX_STRUCTURE_RETRIES:
+        raise ConfigError(f"--max-structure-retries: want 0 to {MAX_STRUCTURE_RETRIES}")
     if not 1 <= s.warmup_steps <= 50:
         raise ConfigError("--warmup-steps: want 1 to 50")
     if not 0 <= s.warmup_long_side <= 4096:

@@ -29,6 +29,16 @@ FORMAT_NAMES = {
     pb.IMAGE_FORMAT_WEBP: "webp",
 }
 FORMATS = {name: value for value, name in FORMAT_NAMES.items()}
+POLICY_NAMES = {
+    pb.CONTENT_POLICY_UNSPECIFIED: "off",
+    pb.CONTENT_POLICY_OFF: "off",
+    pb.CONTENT_POLICY_WARN: "warn",
+    pb.CONTENT_POLICY_REJECT: "reject",
+}
+
+# Result.warnings, in the order the protocol promises.
+WARN_PEOPLE = "people_detected"
+WARN_STRUCTURE = "structure_check_failed"
 
 DEFAULT_QUALITY = 90
 MAX_JOB_ID_BYTES = 128
@@ -51,6 +61,12 @@ class JobSpec:
     long_side: int
     output_format: str
     quality: int
+    # content_policy is "off", "warn" or "reject". structure_min is 0 (no check)
+    # or the lowest structure score a render may have; structure_retries is how
+    # many more seeds a render below it may try.
+    content_policy: str = "off"
+    structure_min: float = 0.0
+    structure_retries: int = 0
 
 
 @dataclasses.dataclass
@@ -58,11 +74,14 @@ class Work:
     """Work is a job ready for a backend: the input resized to the output size.
 
     mask is binary L (255 = repaint) at the same size, or None for img2img.
+    attempt counts the job's renders before this one (structure retries, whose
+    spec has the next seed); backends need not read it.
     """
 
     spec: JobSpec
     image: Image.Image
     mask: Image.Image | None
+    attempt: int = 0
 
 
 @dataclasses.dataclass
@@ -94,6 +113,8 @@ PREPROCESS = "preprocess"
 DENOISE = "denoise"
 VAE_DECODE = "vae_decode"
 ENCODE = "encode"
+CONTENT_CHECK = "content_check"
+STRUCTURE_CHECK = "structure_check"
 
 
 class Phase:
@@ -122,6 +143,11 @@ class Phase:
             self._span = trace.start_phase(name, self._wall, attributes)
         self._start = time.monotonic_ns()
         self._open = True
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        """Adds attributes learnt during the phase to its span, when there is one."""
+        if self._span is not None:
+            self._span.set_attributes(attributes)
 
     def end(self, exc: BaseException | None = None) -> float:
         """Ends the phase (a failed one when exc is given); returns its milliseconds.
@@ -266,6 +292,17 @@ def validate(req: pb.StageRequest, settings: Settings, control_kinds: tuple[str,
     quality = req.quality or DEFAULT_QUALITY
     if not 1 <= quality <= 100:
         raise errors.invalid(pb.FAILURE_REASON_OUT_OF_RANGE, "quality must be in [1, 100], or 0")
+    policy = POLICY_NAMES.get(req.content_policy)
+    if policy is None:
+        raise errors.invalid(
+            pb.FAILURE_REASON_OUT_OF_RANGE, "content_policy must be OFF, WARN or REJECT"
+        )
+    structure_min = _finite_in(req.structure_min, 0.0, 1.0, "structure_min")
+    retries = settings.max_structure_retries
+    if req.structure_retries > retries:
+        raise errors.invalid(
+            pb.FAILURE_REASON_OUT_OF_RANGE, f"structure_retries must be in [0, {retries}]"
+        )
     control = CONTROL_NAMES.get(req.control)
     if control is None or control not in control_kinds:
         raise errors.invalid(
@@ -284,6 +321,10 @@ def validate(req: pb.StageRequest, settings: Settings, control_kinds: tuple[str,
         long_side=long_side,
         output_format=fmt,
         quality=quality,
+        content_policy=policy,
+        structure_min=structure_min,
+        # Without a check there is nothing to retry for.
+        structure_retries=req.structure_retries if structure_min > 0 else 0,
     )
 
 

@@ -15,11 +15,12 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import errors, imageio, logs, tracing
+from . import checks, errors, imageio, logs, tracing
 from ._proto import engine_pb2 as pb
 from ._proto import engine_pb2_grpc as pb_grpc
 from .config import Settings
 from .jobs import (
+    CONTENT_CHECK,
     CONTROL_KINDS,
     DECODE,
     DENOISE,
@@ -27,11 +28,13 @@ from .jobs import (
     FORMATS,
     PREPROCESS,
     QUEUE,
+    STRUCTURE_CHECK,
     VAE_DECODE,
     Backend,
     BackendInfo,
     JobContext,
     JobSpec,
+    Output,
     Phase,
     Work,
     check_job_id,
@@ -138,6 +141,7 @@ class EngineService(pb_grpc.EngineServicer):
                 max_input_pixels=s.max_input_pixels,
                 max_message_bytes=s.max_message_bytes,
                 concurrency=s.concurrency,
+                max_structure_retries=s.max_structure_retries,
             ),
         )
         resp.versions["python"] = platform.python_version()
@@ -325,11 +329,9 @@ class EngineService(pb_grpc.EngineServicer):
         width, height = p.size
         accepted = pb.Accepted(job_id=p.spec.job_id, queue_ms=queue_ms, width=width, height=height)
         events.put(pb.StageEvent(accepted=accepted))
-        out = self._backend.run(p.work, ctx)
-        if p.work.mask is not None:
-            out.image = imageio.composite(
-                p.work.image, out.image, p.work.mask, self._settings.mask_feather
-            )
+        warnings = checks.check_content(p.work, ctx)
+        rendered = checks.render_checked(p.work, ctx, lambda work: self._render(work, ctx))
+        out = rendered.output
         ctx.check()
         with ctx.phase(ENCODE):
             data = imageio.encode(out.image, p.spec.output_format, p.spec.quality)
@@ -340,17 +342,33 @@ class EngineService(pb_grpc.EngineServicer):
             vae_decode_ms=ctx.ms(VAE_DECODE),
             encode_ms=ctx.ms(ENCODE),
             total_ms=_ms(p.started),
+            content_check_ms=ctx.ms(CONTENT_CHECK),
+            structure_check_ms=ctx.ms(STRUCTURE_CHECK),
         )
-        return pb.Result(
+        result = pb.Result(
             image=data,
             width=width,
             height=height,
             format=FORMATS[p.spec.output_format],
             model_rev=self._settings.model_rev or p.info.model_rev,
-            seed=p.spec.seed,
+            seed=rendered.seed,
             timings=timings,
             peak_gpu_memory_bytes=out.peak_gpu_memory_bytes,
+            warnings=warnings + rendered.warnings,
+            attempts=rendered.attempts,
         )
+        if rendered.score is not None:
+            result.structure_score = rendered.score
+        return result
+
+    def _render(self, work: Work, ctx: JobContext) -> Output:
+        """Runs the backend once and pastes its image into the original outside the mask."""
+        out = self._backend.run(work, ctx)
+        if work.mask is not None:
+            out.image = imageio.composite(
+                work.image, out.image, work.mask, self._settings.mask_feather
+            )
+        return out
 
     def _stopped_in_queue(
         self,
@@ -398,7 +416,9 @@ class EngineService(pb_grpc.EngineServicer):
             "job done",
             extra=logs.fields(
                 job_id=spec.job_id,
-                seed=spec.seed,
+                seed=result.seed,
+                attempts=result.attempts,
+                warnings=",".join(result.warnings),
                 bytes=len(result.image),
                 decode_ms=round(t.decode_ms, 1),
                 preprocess_ms=round(t.preprocess_ms, 1),

@@ -22,8 +22,10 @@ tilt is NaN when either image has no near-vertical line to measure. Artifacts
 (`clipped_fraction`, `sharpness`, `color_cast`) describe the staged image alone. Every
 other value is a finite float.
 
-`flags(values)` names the metrics beyond their thresholds; `clip_score(image, text,
-model_dir)` scores how well an image matches a text with a local CLIP model.
+`structure_score(original, staged, mask)` is `edge_recall` alone, the check the engine
+runs on every job (QA_STRUCTURE_MIN). `flags(values)` names the metrics beyond their
+thresholds; `clip_score(image, text, model_dir)` scores how well an image matches a text
+with a local CLIP model.
 """
 
 from __future__ import annotations
@@ -233,27 +235,38 @@ def compute(
     same aspect. mask, if given, is HxW (the original's size), uint8 or bool, nonzero
     where the model may repaint. Raises ValueError on any other input.
     """
-    _check_image(original, "original")
-    _check_image(staged, "staged")
-    _check_aspect(original.shape[:2], staged.shape[:2])
-    repaint = _check_mask(mask, original.shape[:2])
-
-    size = _work_size(original.shape[:2])
-    # OpenCV refuses views with negative strides, such as a channel flip.
-    orig = _resize(np.ascontiguousarray(original), size)
-    stag = _resize(np.ascontiguousarray(staged), size)
-    out = _artifacts(stag)
-    if repaint is None:
-        out.update(_structure(orig, stag, None))
+    w = _working(original, staged, mask)
+    out = _artifacts(w.staged)
+    if not w.judged:
+        out.update(dict.fromkeys(_STRUCTURE + _PRESERVATION, float("nan")))
+    elif w.region is None:
+        out.update(_structure(w.original, w.staged, None))
         out.update(dict.fromkeys(_PRESERVATION, float("nan")))
     else:
-        region = _outside(repaint, size)
-        if region.mean() < MIN_OUTSIDE_SHARE:
-            out.update(dict.fromkeys(_STRUCTURE + _PRESERVATION, float("nan")))
-        else:
-            out.update(_structure(orig, stag, region))
-            out.update(_preservation(orig, stag, region))
+        out.update(_structure(w.original, w.staged, w.region))
+        out.update(_preservation(w.original, w.staged, w.region))
     return {name: out[name] for name in METRICS}
+
+
+def structure_score(
+    original: np.ndarray, staged: np.ndarray, mask: np.ndarray | None = None
+) -> float:
+    """Returns compute()'s edge_recall alone: the share of the original's edges
+    (walls, windows, doors) that staged keeps, outside the mask when there is one.
+
+    It is the check the engine runs on every job, and the harness's edge_recall
+    comes from the same code, so a threshold tuned on the quality loop's numbers
+    means the same in production. Inputs and errors are compute()'s; NaN when
+    the mask leaves less than MIN_OUTSIDE_SHARE of the image to judge. It runs
+    only the two edge maps its answer needs, of compute()'s four, and no line search.
+    """
+    w = _working(original, staged, mask)
+    if not w.judged:
+        return float("nan")
+    gray_o = _blurred_gray(w.original)
+    low, high = _canny_thresholds(gray_o)
+    edges_o = _canny(gray_o, low, high, w.region)
+    return _edge_recall(edges_o, _blurred_gray(w.staged), low, high, w.region)
 
 
 def flags(values: dict[str, float]) -> list[str]:
@@ -351,6 +364,32 @@ def _check_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> Bools | None
 # Working size.
 
 
+@dataclasses.dataclass(frozen=True)
+class _Working:
+    """Both images at the working size and the region structure is judged in:
+    None for the whole image; judged is False when a mask leaves too little."""
+
+    original: U8
+    staged: U8
+    region: Bools | None
+    judged: bool
+
+
+def _working(original: np.ndarray, staged: np.ndarray, mask: np.ndarray | None) -> _Working:
+    _check_image(original, "original")
+    _check_image(staged, "staged")
+    _check_aspect(original.shape[:2], staged.shape[:2])
+    repaint = _check_mask(mask, original.shape[:2])
+    size = _work_size(original.shape[:2])
+    # OpenCV refuses views with negative strides, such as a channel flip.
+    orig = _resize(np.ascontiguousarray(original), size)
+    stag = _resize(np.ascontiguousarray(staged), size)
+    if repaint is None:
+        return _Working(orig, stag, None, True)
+    region = _outside(repaint, size)
+    return _Working(orig, stag, region, bool(region.mean() >= MIN_OUTSIDE_SHARE))
+
+
 def _work_size(shape: tuple[int, ...]) -> tuple[int, int]:
     """Returns (width, height) with the long side WORK_LONG_SIDE and shape's aspect."""
     h, w = shape[0], shape[1]
@@ -389,14 +428,23 @@ def _structure(orig: U8, staged: U8, region: Bools | None) -> dict[str, float]:
     edges_o = _canny(gray_o, low, high, region)
     edges_s = _canny(gray_s, low, high, region)
     loose_o = _canny(gray_o, LENIENT * low, LENIENT * high, region)
-    loose_s = _canny(gray_s, LENIENT * low, LENIENT * high, region)
-    recall = _share_near(edges_o, loose_s)
+    recall = _edge_recall(edges_o, gray_s, low, high, region)
     precision = _share_near(edges_s, loose_o)
     f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
     tilt_o = _vertical_deviation(edges_o)
     tilt_s = _vertical_deviation(edges_s)
     tilt = nan if tilt_o is None or tilt_s is None else abs(tilt_s - tilt_o)
     return {"edge_f1": f1, "edge_recall": recall, "vertical_tilt_deg": tilt}
+
+
+def _edge_recall(
+    edges_o: Bools, gray_s: U8, low: float, high: float, region: Bools | None
+) -> float:
+    """Returns the share of the original's edges_o that the staged image (its
+    blurred grayscale gray_s) has within EDGE_TOLERANCE_PX, among its edges at
+    LENIENT times the original's thresholds: edge_recall and structure_score."""
+    loose_s = _canny(gray_s, LENIENT * low, LENIENT * high, region)
+    return _share_near(edges_o, loose_s)
 
 
 def _gray(img: U8) -> U8:

@@ -498,6 +498,8 @@ def test_replaces_a_stale_socket() -> None:
         ["--start-fault", "explode"],
         ["--start-delay", "-1"],
         ["--step-delay", "soon"],
+        ["--job-faults", "shift=-3"],
+        ["--job-faults", "explode"],
     ],
 )
 def test_bad_test_flags_exit_with_the_config_code(argv: list[str]) -> None:

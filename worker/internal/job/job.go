@@ -196,7 +196,7 @@ const (
 var knownCodes = map[string]bool{
 	client.CodeInvalidInput: true, client.CodeForbidden: true, client.CodeNotFound: true,
 	client.CodeIdempotencyConflict: true, client.CodeInProgress: true, client.CodePayloadTooLarge: true,
-	client.CodeUnsupportedMediaType: true, client.CodeImageTooLarge: true, client.CodeOverloaded: true,
+	client.CodeUnsupportedMediaType: true, client.CodeImageTooLarge: true, client.CodeContentRejected: true, client.CodeOverloaded: true,
 	client.CodeUnavailable: true, client.CodeOOM: true, client.CodeTimeout: true, client.CodeProviderError: true,
 	client.CodeInternal: true, client.CodeUnauthorized: true,
 	CodeTransport: true, CodeDeadline: true, CodeCircuitOpen: true, CodeDatabase: true, CodeBadTask: true,
