@@ -10,9 +10,9 @@ import threading
 import time
 
 from opentelemetry.util.types import AttributeValue
-from PIL import ImageOps
+from PIL import Image, ImageOps
 
-from inference import errors, logs
+from inference import errors, imageio, logs
 from inference.jobs import DENOISE, VAE_DECODE, BackendInfo, JobContext, Output, Work
 
 from . import faults
@@ -110,6 +110,13 @@ class FaultBackend:
         with ctx.phase(VAE_DECODE):
             image = ImageOps.invert(work.image)
         return Output(image=image)
+
+    def upscale(
+        self, image: Image.Image, work: Work, size: tuple[int, int], ctx: JobContext
+    ) -> Output:
+        """Resamples only: the sidecar's tests need the size and the phase, not a model."""
+        ctx.check()
+        return Output(image=imageio.resize(image, size))
 
 
 def _crash(value: str) -> None:

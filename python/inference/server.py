@@ -15,7 +15,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import errors, imageio, logs, tracing
+from . import errors, imageio, logs, tracing, upscale
 from ._proto import engine_pb2 as pb
 from ._proto import engine_pb2_grpc as pb_grpc
 from .config import Settings
@@ -27,11 +27,13 @@ from .jobs import (
     FORMATS,
     PREPROCESS,
     QUEUE,
+    UPSCALE,
     VAE_DECODE,
     Backend,
     BackendInfo,
     JobContext,
     JobSpec,
+    Output,
     Phase,
     Work,
     check_job_id,
@@ -133,6 +135,7 @@ class EngineService(pb_grpc.EngineServicer):
                 max_input_pixels=s.max_input_pixels,
                 max_message_bytes=s.max_message_bytes,
                 concurrency=s.concurrency,
+                max_upscale_long_side=s.max_upscale_long_side,
             ),
         )
         resp.versions["python"] = platform.python_version()
@@ -311,6 +314,9 @@ class EngineService(pb_grpc.EngineServicer):
                 p.work.image, out.image, p.work.mask, self._settings.mask_feather
             )
         ctx.check()
+        if p.spec.upscale_long_side:
+            out = self._upscale(p, out, ctx)
+            width, height = out.image.size
         with ctx.phase(ENCODE):
             data = imageio.encode(out.image, p.spec.output_format, p.spec.quality)
         timings = pb.Timings(
@@ -320,6 +326,7 @@ class EngineService(pb_grpc.EngineServicer):
             vae_decode_ms=ctx.ms(VAE_DECODE),
             encode_ms=ctx.ms(ENCODE),
             total_ms=_ms(p.started),
+            upscale_ms=ctx.ms(UPSCALE),
         )
         return pb.Result(
             image=data,
@@ -331,6 +338,25 @@ class EngineService(pb_grpc.EngineServicer):
             timings=timings,
             peak_gpu_memory_bytes=out.peak_gpu_memory_bytes,
         )
+
+    def _upscale(self, p: Prepared, out: Output, ctx: JobContext) -> Output:
+        """Runs the upscale phase on the rendered (and composited) image.
+
+        With a mask, the upscaled image is composited once more over the
+        input resampled to the final size, so outside the grown mask the
+        result is that resampling, whatever the refinement did there.
+        """
+        size = upscale.target_size(p.size, p.spec.upscale_long_side)
+        attributes = {"vstage.width": size[0], "vstage.height": size[1]}
+        with ctx.phase(UPSCALE, attributes):
+            up = self._backend.upscale(out.image, p.work, size, ctx)
+            if p.work.mask is not None:
+                up.image = upscale.keep_unmasked(
+                    p.work.image, up.image, p.work.mask, self._settings.mask_feather
+                )
+        up.peak_gpu_memory_bytes = max(up.peak_gpu_memory_bytes, out.peak_gpu_memory_bytes)
+        ctx.check()
+        return up
 
     def _stopped_in_queue(
         self,
@@ -363,6 +389,7 @@ class EngineService(pb_grpc.EngineServicer):
                 height=p.size[1],
                 control=spec.control,
                 inpaint=p.work.mask is not None,
+                upscale_long_side=spec.upscale_long_side,
             ),
         )
         self._log.debug(
@@ -385,6 +412,7 @@ class EngineService(pb_grpc.EngineServicer):
                 denoise_ms=round(t.denoise_ms, 1),
                 vae_decode_ms=round(t.vae_decode_ms, 1),
                 encode_ms=round(t.encode_ms, 1),
+                upscale_ms=round(t.upscale_ms, 1),
                 total_ms=round(t.total_ms, 1),
                 peak_gpu_memory_bytes=result.peak_gpu_memory_bytes,
             ),
