@@ -65,7 +65,11 @@ func (s *Self) Name() string { return string(mode.Self) }
 // engine, which stops the job at its next step. Errors are from the fault
 // package, except that a job ended by ctx returns ctx's error.
 func (s *Self) Stage(ctx context.Context, job Job) (Result, error) {
-	res, err := s.engine.Stage(ctx, s.request(job))
+	req, err := s.request(job)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := s.engine.Stage(ctx, req)
 	if err != nil {
 		return Result{}, s.fault(ctx, err)
 	}
@@ -87,16 +91,25 @@ func phases(t *enginev1.Timings) []Phase {
 		return nil
 	}
 	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
-	return []Phase{
+	out := []Phase{
 		{"decode", ms(t.GetDecodeMs())},
 		{"preprocess", ms(t.GetPreprocessMs())},
 		{"denoise", ms(t.GetDenoiseMs())},
 		{"vae_decode", ms(t.GetVaeDecodeMs())},
-		{"encode", ms(t.GetEncodeMs())},
 	}
+	// Only upscaled jobs have the phase; zeros from the others would hide
+	// its real times in the histogram.
+	if v := t.GetUpscaleMs(); v > 0 {
+		out = append(out, Phase{"upscale", ms(v)})
+	}
+	return append(out, Phase{"encode", ms(t.GetEncodeMs())})
 }
 
-func (s *Self) request(job Job) *enginev1.StageRequest {
+func (s *Self) request(job Job) (*enginev1.StageRequest, error) {
+	up, err := s.upscaleLongSide(job.UpscaleLongSide)
+	if err != nil {
+		return nil, err
+	}
 	return &enginev1.StageRequest{
 		JobId:             job.ID,
 		Image:             job.Image,
@@ -112,7 +125,30 @@ func (s *Self) request(job Job) *enginev1.StageRequest {
 		OutputLongSide:    s.longSide(job.OutputLongSide),
 		OutputFormat:      enginev1.ImageFormat_IMAGE_FORMAT_JPEG,
 		Quality:           uint32(s.opts.Quality),
+		UpscaleLongSide:   up,
+	}, nil
+}
+
+// upscaleLongSide checks an upscale against the engine's limit when it is
+// known. An engine that cannot upscale, or not that far, is a configuration
+// that disagrees with UPSCALE_LONG_SIDE: the job fails with internal
+// rather than come back smaller than it was promised.
+func (s *Self) upscaleLongSide(n int) (uint32, error) {
+	if n <= 0 {
+		return 0, nil
 	}
+	v := uint32(n) &^ 7
+	info := s.engine.Info()
+	if info == nil || info.GetLimits() == nil {
+		return v, nil
+	}
+	switch hi := info.GetLimits().GetMaxUpscaleLongSide(); {
+	case hi == 0:
+		return 0, fault.New(fault.Internal, "upscaling is enabled, but the staging engine cannot upscale (ENGINE_MAX_UPSCALE_LONG_SIDE is 0)")
+	case v > hi:
+		return 0, fault.New(fault.Internal, "upscaling to %d px is configured, but the staging engine upscales to at most %d px", v, hi)
+	}
+	return v, nil
 }
 
 // longSide rounds n down to a multiple of 8, as the engine requires, and
