@@ -153,7 +153,7 @@ class DiffusersBackend:
         s = self._settings
         folder = refine.refiner_folder(s.model_dir) if self._given is None else None
         if folder is not None:
-            refiner = refine.TileRefiner.from_folder(folder, s, self._device, self._dtype)
+            refiner = refine.TileRefiner.from_folder(folder, s, self._device, self._dtype, c.vae)
         else:
             parts = {
                 "vae": c.vae,

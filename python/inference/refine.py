@@ -65,24 +65,31 @@ class TileRefiner:
 
     @classmethod
     def from_folder(
-        cls, folder: str, settings: Settings, device: torch.device, dtype: torch.dtype
+        cls,
+        folder: str,
+        settings: Settings,
+        device: torch.device,
+        dtype: torch.dtype,
+        vae: Any,
     ) -> TileRefiner:
-        """Loads an SDXL refiner pipeline folder (offline) and moves it to device."""
+        """Loads an SDXL refiner pipeline folder (offline) and moves it to device.
+
+        vae is the base model's, already loaded: SDXL's refiner works in the
+        same latent space, and the base's VAE is the one whose dtype was
+        chosen to need no upcast (a refiner folder's stock VAE would be
+        upcast in place around every decode, on a module jobs share).
+        """
         pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-            folder, dtype=dtype, local_files_only=True, add_watermarker=False
+            folder, vae=vae, dtype=dtype, local_files_only=True, add_watermarker=False
         )
         parts = {k: v for k, v in pipe.components.items() if k in _PIPELINE_PARTS}
-        for name in ("vae", "text_encoder", "text_encoder_2", "unet"):
+        for name in ("text_encoder", "text_encoder_2", "unet"):
             module = parts.get(name)
             if module is None:
                 continue
             module.to(device=device, dtype=dtype)
             module.eval()
             module.requires_grad_(False)
-        # The pipeline upcasts a force_upcast VAE around every decode, in place
-        # on the shared module; at fp32 or bf16 it needs no upcast.
-        if dtype != torch.float16:
-            parts["vae"].register_to_config(force_upcast=False)
         aesthetics = bool(pipe.config.requires_aesthetics_score)
         return cls(
             parts,

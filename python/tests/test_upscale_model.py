@@ -157,6 +157,8 @@ def test_refiner_folder_is_used(tmp_path: Path, backend: DiffusersBackend) -> No
     b = DiffusersBackend(small_settings(model_dir=folder, **UPSCALE_SETTINGS))
     b.load()
     assert b.refiner_source == "refiner" and backend.refiner_source == "base"
+    # The refiner decodes with the base's VAE, loaded once.
+    assert b._refiner is not None and b._refiner._parts["vae"] is b._components().vae
     image = gradient(64, 48)
     size = (256, 192)
     with_refiner = np.asarray(b.upscale(image, _work(), size, _ctx()).image)
