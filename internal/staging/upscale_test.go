@@ -6,6 +6,9 @@ import (
 	"sync/atomic"
 	"testing"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/vstage/vstage/internal/admission"
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/fault"
@@ -151,5 +154,38 @@ func TestUpscaleRefusalsTouchNothing(t *testing.T) {
 				t.Errorf("%d storage calls and %d admission requests, want none", n, len(*asked))
 			}
 		})
+	}
+}
+
+func TestJobSpanNamesTheUpscale(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	f := newFixture(t, 0)
+	opts := f.svc.opts
+	opts.Upscale, opts.Tracer = paid, tp.Tracer("test")
+	svc := New(f.store, NewSingle(f.be), f.svc.catalog, opts, f.metrics, nil)
+	for _, r := range []Request{upscaled("span-up", "pro"), req("span-plain")} {
+		if _, err := svc.Stage(t.Context(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]string{}
+	for _, s := range rec.Ended() {
+		if s.Name() != "staging.job" {
+			continue
+		}
+		var id, up string
+		for _, kv := range s.Attributes() {
+			switch kv.Key {
+			case "vstage.image_id":
+				id = kv.Value.AsString()
+			case "vstage.upscale":
+				up = kv.Value.Emit()
+			}
+		}
+		got[id] = up
+	}
+	if got["span-up"] != "true" || got["span-plain"] != "false" {
+		t.Errorf("vstage.upscale by job: %v", got)
 	}
 }
