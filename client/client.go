@@ -51,9 +51,9 @@ type Request struct {
 	// nil takes the service's default. It is part of the job: the same
 	// image_id with another Label is a conflict.
 	Label *bool `json:"label,omitempty"`
-	// Upscale asks for the output upscaled to the service's
-	// UPSCALE_LONG_SIDE, a paid tiers' option. It is part of the job like
-	// Label.
+	// Upscale asks for the image upscaled to the service's upscale size
+	// (UPSCALE_LONG_SIDE); a tier the service does not upscale for is
+	// refused with forbidden. It is part of the job, like Label.
 	Upscale bool `json:"upscale,omitempty"`
 }
 

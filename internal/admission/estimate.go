@@ -25,9 +25,15 @@ const durationAlpha = 0.2
 // estimator learns how long a megapixel takes and how much accelerator
 // memory a job of each size peaks at. It is guarded by the Controller's
 // mutex.
+//
+// A megapixel does not cost the same in every size class: an upscaled job
+// renders a smaller image and refines the rest at a low strength, so its
+// seconds per final megapixel are well below a plain job's. Each class
+// keeps its own average, and a class with none yet borrows the overall one.
 type estimator struct {
-	perMP    float64 // seconds per megapixel
+	perMP    float64 // seconds per megapixel, over all sizes
 	measured bool
+	perMPOf  [telemetry.MaxSizeBucket + 1]float64 // per size class, 0 = none yet
 
 	vramBase, vramPerMP uint64
 	vram                [telemetry.MaxSizeBucket + 1]uint64 // learned peaks, 0 = none yet
@@ -41,13 +47,24 @@ const (
 
 // duration is the expected time of a job of mp megapixels.
 func (e *estimator) duration(mp float64) time.Duration {
-	return time.Duration(min(mp*e.perMP*float64(time.Second), maxDuration))
+	perMP := e.perMP
+	if v := e.perMPOf[sizeBucket(mp)]; v > 0 {
+		perMP = v
+	}
+	return time.Duration(min(mp*perMP*float64(time.Second), maxDuration))
 }
 
 // observeDuration folds in a finished job. The first measurement replaces
-// the seed, which is a guess.
+// the seed, which is a guess; a class's first replaces the overall average
+// it borrowed.
 func (e *estimator) observeDuration(mp float64, d time.Duration) {
 	v := d.Seconds() / mp
+	b := sizeBucket(mp)
+	if cur := e.perMPOf[b]; cur > 0 {
+		e.perMPOf[b] = cur + durationAlpha*(v-cur)
+	} else {
+		e.perMPOf[b] = v
+	}
 	if !e.measured {
 		e.perMP, e.measured = v, true
 		return

@@ -15,7 +15,7 @@ import (
 
 func TestDecodeInferAcceptsAFullRequest(t *testing.T) {
 	req, err := decodeInfer(strings.NewReader(`{"image_id":"a-1","original_key":"l/1/o.jpg","room_type":"bedroom",
-		"style":"modern","seed":4294967295,"strength":0.5,"guidance_scale":0,"mask_key":"l/1/m.png","label":true}`))
+		"style":"modern","seed":4294967295,"strength":0.5,"guidance_scale":0,"mask_key":"l/1/m.png","label":true,"upscale":true}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,8 +25,8 @@ func TestDecodeInferAcceptsAFullRequest(t *testing.T) {
 	if req.Seed == nil || *req.Seed != math.MaxUint32 || req.Strength == nil || *req.Strength != 0.5 || req.GuidanceScale == nil || *req.GuidanceScale != 0 {
 		t.Errorf("numbers not carried: %+v", req)
 	}
-	if req.Label == nil || !*req.Label {
-		t.Errorf("label not carried: %+v", req)
+	if req.Label == nil || !*req.Label || !req.Upscale {
+		t.Errorf("label or upscale not carried: %+v", req)
 	}
 }
 
@@ -63,6 +63,7 @@ func TestDecodeInferRejects(t *testing.T) {
 		"strength str":   {`{"strength":"0.5"}`, fault.InvalidInput, "strength must be a number"},
 		"label string":   {`{"label":"yes"}`, fault.InvalidInput, "label must be"},
 		"label number":   {`{"label":1}`, fault.InvalidInput, "label must be"},
+		"upscale string": {`{"upscale":"true"}`, fault.InvalidInput, "upscale must be"},
 		"strength huge":  {`{"strength":1e400}`, fault.InvalidInput, "strength"},
 		"empty mask key": {`{"mask_key":""}`, fault.InvalidInput, "mask_key"},
 		"mask key num":   {`{"mask_key":3}`, fault.InvalidInput, "mask_key must be a string"},

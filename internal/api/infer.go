@@ -32,6 +32,9 @@ type inferRequest struct {
 	// Label burns the disclosure label into the staged image; absent takes
 	// DISCLOSURE_LABEL_DEFAULT.
 	Label *bool `json:"label"`
+	// Upscale asks for the image at UPSCALE_LONG_SIDE (paid tiers);
+	// absent is false.
+	Upscale bool `json:"upscale"`
 }
 
 // decodeInfer reads one JSON object from body, strictly (see strictjson):
@@ -46,6 +49,7 @@ func decodeInfer(body io.Reader) (staging.Request, error) {
 	req := staging.Request{
 		ImageID: in.ImageID, OriginalKey: in.OriginalKey, RoomType: in.RoomType, Style: in.Style,
 		Strength: in.Strength, GuidanceScale: in.GuidanceScale, Tier: in.Tier, Label: in.Label,
+		Upscale: in.Upscale,
 	}
 	if in.MaskKey != nil {
 		if *in.MaskKey == "" {

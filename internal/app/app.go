@@ -101,6 +101,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		Prices:             prices(cfg),
 		Discloser:          disc,
 		LabelDefault:       cfg.Disclosure.LabelDefault,
+		Upscale:            staging.Upscale{Enabled: cfg.Upscale.Enabled, Tiers: cfg.Upscale.Tiers, LongSide: cfg.Upscale.LongSide},
 		OutputQuality:      cfg.OutputJPEGQuality,
 		Tracer:             tr.Provider.Tracer(tracerName),
 		RecordPrompts:      cfg.Tracing.RecordPrompts,
@@ -240,7 +241,7 @@ func (a *App) startBackground(bg *background, opts ServeOptions) {
 func (a *App) announce(ln net.Listener, opts ServeOptions) {
 	cfg := a.cfg
 	attrs := []any{"addr", ln.Addr().String(), "mode", cfg.Mode, "storage", redactURL(cfg.StorageURL),
-		"rollout", a.backends.router.Get(), "upscale_enabled", cfg.Rollout.UpscaleEnabled}
+		"rollout", a.backends.router.Get(), "upscale_enabled", cfg.Upscale.Enabled}
 	if opts.Admin != nil {
 		attrs = append(attrs, "admin_addr", opts.Admin.Addr().String())
 	}

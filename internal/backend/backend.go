@@ -32,9 +32,17 @@ type Job struct {
 	// ControlNetConditioningScale weighs the structure-preserving
 	// conditioning.
 	ControlNetConditioningScale float64
-	// OutputLongSide is the long side of the result in pixels.
+	// OutputLongSide is the long side of the render in pixels.
 	OutputLongSide int
+	// UpscaleLongSide, when not zero, is the long side of the result: the
+	// render is upscaled to it (by the engine's refinement in self mode, by
+	// resampling elsewhere, with WarningUpscaleResampled).
+	UpscaleLongSide int
 }
+
+// WarningUpscaleResampled is the warning of a result whose upscale was a
+// resampling only, without the model's refinement.
+const WarningUpscaleResampled = "upscale_resampled_only"
 
 // Result is a staged image.
 type Result struct {

@@ -33,19 +33,27 @@ func (m *Mock) Name() string { return string(mode.Mock) }
 // Stage re-encodes the original, after waiting for its pixels to fit in the
 // decode budget. A mask (which the caller has checked, as for any backend)
 // is ignored, with the warning "mask_ignored", so callers can test
-// inpainting requests end to end.
+// inpainting requests end to end. An upscale is a resampling of the
+// original to the final size (Catmull-Rom), with the warning
+// WarningUpscaleResampled.
 func (m *Mock) Stage(ctx context.Context, job Job) (Result, error) {
 	if err := ctx.Err(); err != nil {
 		return Result{}, err
 	}
-	release, err := m.Budget.Acquire(ctx, job.Info.Pixels())
+	pixels := job.Info.Pixels()
+	if up := int64(job.UpscaleLongSide); up > 0 {
+		// The upscaled output, at most up×up, is decoded beside the input.
+		pixels += up * up
+	}
+	release, err := m.Budget.Acquire(ctx, pixels)
 	if err != nil {
 		return Result{}, ctx.Err()
 	}
 	r, err := imagecheck.Normalize(job.Image, imagecheck.NormalizeOptions{
-		MaxPixels: m.MaxPixels,
-		LongSide:  job.OutputLongSide,
-		Quality:   m.Quality,
+		MaxPixels:       m.MaxPixels,
+		LongSide:        job.OutputLongSide,
+		UpscaleLongSide: job.UpscaleLongSide,
+		Quality:         m.Quality,
 	})
 	release()
 	switch {
@@ -61,6 +69,9 @@ func (m *Mock) Stage(ctx context.Context, job Job) (Result, error) {
 	res := Result{Image: r.Data, ContentType: "image/jpeg", Width: r.Width, Height: r.Height, ModelRev: MockModelRev}
 	if job.Mask != nil {
 		res.Warnings = append(res.Warnings, "mask_ignored")
+	}
+	if job.UpscaleLongSide > 0 {
+		res.Warnings = append(res.Warnings, WarningUpscaleResampled)
 	}
 	return res, nil
 }

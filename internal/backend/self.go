@@ -85,7 +85,11 @@ func (s *Self) Name() string { return string(mode.Self) }
 // engine, which stops the job at its next step. Errors are from the fault
 // package, except that a job ended by ctx returns ctx's error.
 func (s *Self) Stage(ctx context.Context, job Job) (Result, error) {
-	res, err := s.engine.Stage(ctx, s.request(job))
+	req, err := s.request(job)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := s.engine.Stage(ctx, req)
 	if err != nil {
 		return Result{}, s.fault(ctx, err)
 	}
@@ -130,8 +134,8 @@ func phases(t *enginev1.Timings) []Phase {
 		{"decode", ms(t.GetDecodeMs())},
 		{"preprocess", ms(t.GetPreprocessMs())},
 	}
-	// A check that did not run is no phase; a zero would drag its
-	// histogram towards nothing.
+	// A check that did not run is no phase, and only upscaled jobs have the
+	// upscale phase; a zero would drag their histograms towards nothing.
 	if v := t.GetContentCheckMs(); v > 0 {
 		out = append(out, Phase{"content_check", ms(v)})
 	}
@@ -139,10 +143,17 @@ func phases(t *enginev1.Timings) []Phase {
 	if v := t.GetStructureCheckMs(); v > 0 {
 		out = append(out, Phase{"structure_check", ms(v)})
 	}
+	if v := t.GetUpscaleMs(); v > 0 {
+		out = append(out, Phase{"upscale", ms(v)})
+	}
 	return append(out, Phase{"encode", ms(t.GetEncodeMs())})
 }
 
-func (s *Self) request(job Job) *enginev1.StageRequest {
+func (s *Self) request(job Job) (*enginev1.StageRequest, error) {
+	up, err := s.upscaleLongSide(job.UpscaleLongSide)
+	if err != nil {
+		return nil, err
+	}
 	return &enginev1.StageRequest{
 		JobId:             job.ID,
 		Image:             job.Image,
@@ -161,7 +172,30 @@ func (s *Self) request(job Job) *enginev1.StageRequest {
 		ContentPolicy:     s.policy(),
 		StructureMin:      float32(s.opts.StructureMin),
 		StructureRetries:  s.retries(job.Seed),
+		UpscaleLongSide:   up,
+	}, nil
+}
+
+// upscaleLongSide checks an upscale against the engine's limit when it is
+// known. An engine that cannot upscale, or not that far, is a configuration
+// that disagrees with UPSCALE_LONG_SIDE: the job fails with internal
+// rather than come back smaller than it was promised.
+func (s *Self) upscaleLongSide(n int) (uint32, error) {
+	if n <= 0 {
+		return 0, nil
 	}
+	v := uint32(n) &^ 7
+	info := s.engine.Info()
+	if info == nil || info.GetLimits() == nil {
+		return v, nil
+	}
+	switch hi := info.GetLimits().GetMaxUpscaleLongSide(); {
+	case hi == 0:
+		return 0, fault.New(fault.Internal, "upscaling is enabled, but the staging engine cannot upscale (ENGINE_MAX_UPSCALE_LONG_SIDE is 0)")
+	case v > hi:
+		return 0, fault.New(fault.Internal, "upscaling to %d px is configured, but the staging engine upscales to at most %d px", v, hi)
+	}
+	return v, nil
 }
 
 // retries is the structure retries a job with seed may ask for: the

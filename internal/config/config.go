@@ -13,12 +13,14 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/vstage/vstage/internal/admission"
 	"github.com/vstage/vstage/internal/mode"
 	"github.com/vstage/vstage/internal/storage"
 )
@@ -74,6 +76,8 @@ type Config struct {
 	// Checks are the content policy and the structure check of self-mode
 	// jobs.
 	Checks Checks
+	// Upscale is the paid tiers' upscaler.
+	Upscale Upscale
 }
 
 // The content policies of CONTENT_POLICY.
@@ -98,6 +102,17 @@ type Checks struct {
 	StructureMin float64
 	// Retries is how many more seeds a job below StructureMin tries.
 	Retries int
+}
+
+// Upscale configures the upscaler: a job that asks ("upscale": true) is
+// rendered at OUTPUT_LONG_SIDE and then brought to LongSide.
+type Upscale struct {
+	// Enabled allows jobs to ask; when false, one that does is refused.
+	Enabled bool
+	// Tiers are the tiers allowed to ask, in the order written.
+	Tiers []admission.Tier
+	// LongSide is the long side of an upscaled image, a multiple of 8.
+	LongSide int
 }
 
 // Disclosure configures the marking of staged images: every one carries
@@ -133,12 +148,11 @@ type Tracing struct {
 
 // Rollout configures the routing between mock and the real backend.
 type Rollout struct {
-	Enabled        bool
-	CanaryPercent  int
-	UpscaleEnabled bool
-	AdminAddr      string
-	AdminToken     string
-	File           string
+	Enabled       bool
+	CanaryPercent int
+	AdminAddr     string
+	AdminToken    string
+	File          string
 }
 
 // Managed configures the hosted provider. It is built when Version is set.
@@ -210,7 +224,9 @@ var Settings = []Setting{
 	{"INFERENCE_MODE", "self", "Real backend: self (the supervised engine), managed (a hosted provider) or mock (re-encodes the original, no GPU)."},
 	{"INFERENCE_ENABLED", "true", "false is the kill switch: every job goes to mock."},
 	{"INFERENCE_CANARY_PERCENT", "100", "Share of image_ids (a stable hash) that go to the real backend; the rest go to mock."},
-	{"UPSCALE_ENABLED", "false", "Accepted and logged; the upscaler is not built yet."},
+	{"UPSCALE_ENABLED", "false", "Whether jobs may ask for \"upscale\": true; when false such a job is refused with 400."},
+	{"UPSCALE_TIERS", "pro,business", "Comma-separated tiers allowed to upscale; other tiers are refused with 403."},
+	{"UPSCALE_LONG_SIDE", "2048", "Long side of an upscaled image in pixels: a multiple of 8 up to 4096, above OUTPUT_LONG_SIDE."},
 	{"ADMIN_ADDR", "127.0.0.1:9091", "Admin listener (GET/PUT /admin/rollout); off: none. A non-loopback address needs ADMIN_TOKEN."},
 	{"ADMIN_TOKEN", "", "Bearer token of the admin listener."},
 	{"ROLLOUT_FILE", "", "JSON file with enabled, mode and canary_percent: read at start (over the variables) and again on SIGHUP."},
@@ -229,7 +245,7 @@ var Settings = []Setting{
 	{"MAX_INPUT_BYTES", "25MiB", "Largest original or mask object read from storage."},
 	{"MAX_INPUT_PIXELS", "40000000", "Largest original or mask in pixels, checked from the header before decoding."},
 	{"DECODE_PIXEL_BUDGET", "48000000", "Pixels the sidecar decodes at once (mock jobs, mask checks); more wait their turn. At least MAX_INPUT_PIXELS; see Memory."},
-	{"OUTPUT_LONG_SIDE", "1024", "Long side of the staged image in pixels (never upscaled)."},
+	{"OUTPUT_LONG_SIDE", "1024", "Long side of the staged image in pixels (the rendered size of an upscaled job)."},
 	{"OUTPUT_JPEG_QUALITY", "90", "JPEG quality of the staged image (1-100)."},
 	{"REQUEST_TIMEOUT", "120s", "Deadline of one /infer request, storage and backend included."},
 	{"SHUTDOWN_TIMEOUT", "30s", "How long requests in flight may take to finish after SIGTERM."},
@@ -294,6 +310,7 @@ func Load(getenv func(string) string, wd string) (Config, error) {
 	p.images(&c)
 	p.storage(&c, wd)
 	c.Rollout = p.rollout()
+	c.Upscale = p.upscale(c.OutputLongSide)
 	c.Managed = p.managed(c.Mode)
 	c.Engine = p.engine(wd, c.Mode)
 	c.Admission = p.admission()
@@ -383,12 +400,11 @@ func (p *parser) storage(c *Config, wd string) {
 // rollout reads the initial routing and the admin listener.
 func (p *parser) rollout() Rollout {
 	r := Rollout{
-		Enabled:        p.boolean("INFERENCE_ENABLED"),
-		CanaryPercent:  int(p.integer("INFERENCE_CANARY_PERCENT", 0, 100)),
-		UpscaleEnabled: p.boolean("UPSCALE_ENABLED"),
-		AdminAddr:      p.str("ADMIN_ADDR"),
-		AdminToken:     p.str("ADMIN_TOKEN"),
-		File:           p.str("ROLLOUT_FILE"),
+		Enabled:       p.boolean("INFERENCE_ENABLED"),
+		CanaryPercent: int(p.integer("INFERENCE_CANARY_PERCENT", 0, 100)),
+		AdminAddr:     p.str("ADMIN_ADDR"),
+		AdminToken:    p.str("ADMIN_TOKEN"),
+		File:          p.str("ROLLOUT_FILE"),
 	}
 	if strings.EqualFold(r.AdminAddr, "off") {
 		r.AdminAddr = ""
@@ -396,6 +412,37 @@ func (p *parser) rollout() Rollout {
 		p.fail("ADMIN_ADDR", "must be host:port or off, got %q", r.AdminAddr)
 	}
 	return r
+}
+
+// maxUpscaleLongSide bounds UPSCALE_LONG_SIDE: the engine's default limit
+// (ENGINE_MAX_UPSCALE_LONG_SIDE), 16.8 MP at most per image.
+const maxUpscaleLongSide = 4096
+
+// upscale reads the upscaler's settings; output is OUTPUT_LONG_SIDE, which
+// an enabled upscaler must exceed.
+func (p *parser) upscale(output int) Upscale {
+	u := Upscale{
+		Enabled:  p.boolean("UPSCALE_ENABLED"),
+		LongSide: int(p.integer("UPSCALE_LONG_SIDE", 64, maxUpscaleLongSide)),
+	}
+	if u.LongSide%8 != 0 {
+		p.fail("UPSCALE_LONG_SIDE", "must be a multiple of 8, got %d", u.LongSide)
+	}
+	if u.Enabled && u.LongSide <= output {
+		p.fail("UPSCALE_LONG_SIDE", "must be above OUTPUT_LONG_SIDE (%d) while UPSCALE_ENABLED is true, got %d", output, u.LongSide)
+	}
+	for _, name := range strings.Split(p.str("UPSCALE_TIERS"), ",") {
+		name = strings.TrimSpace(name)
+		t, err := admission.ParseTier(name)
+		if name == "" || err != nil {
+			p.fail("UPSCALE_TIERS", "must be a comma-separated list of free, pro and business, got %q", p.str("UPSCALE_TIERS"))
+			break
+		}
+		if !slices.Contains(u.Tiers, t) {
+			u.Tiers = append(u.Tiers, t)
+		}
+	}
+	return u
 }
 
 // managed reads the hosted provider's settings; m is the configured mode,

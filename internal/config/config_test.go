@@ -271,3 +271,39 @@ func TestChecks(t *testing.T) {
 		}
 	}
 }
+
+func TestUpscale(t *testing.T) {
+	c, err := Load(env(tiny), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Upscale.Enabled || c.Upscale.LongSide != 2048 || fmt.Sprint(c.Upscale.Tiers) != "[pro business]" {
+		t.Errorf("defaults: %+v", c.Upscale)
+	}
+	c, err = Load(env(withTiny(map[string]string{
+		"UPSCALE_ENABLED": "true", "UPSCALE_TIERS": " business , free,business", "UPSCALE_LONG_SIDE": "4096",
+	})), "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Upscale.Enabled || c.Upscale.LongSide != 4096 || fmt.Sprint(c.Upscale.Tiers) != "[business free]" {
+		t.Errorf("overrides: %+v", c.Upscale)
+	}
+	// A render size at or above the upscale is refused only while upscaling is on.
+	if _, err := Load(env(withTiny(map[string]string{"OUTPUT_LONG_SIDE": "2048"})), "/"); err != nil {
+		t.Errorf("OUTPUT_LONG_SIDE 2048 without upscaling: %v", err)
+	}
+	for kv, want := range map[[2]string]string{
+		{"UPSCALE_LONG_SIDE", "2050"}:  "UPSCALE_LONG_SIDE: must be a multiple of 8",
+		{"UPSCALE_LONG_SIDE", "4104"}:  "UPSCALE_LONG_SIDE: must be a whole number from 64 to 4096",
+		{"UPSCALE_LONG_SIDE", "1024"}:  "UPSCALE_LONG_SIDE: must be above OUTPUT_LONG_SIDE (1024)",
+		{"UPSCALE_TIERS", "pro,gold"}:  "UPSCALE_TIERS: must be a comma-separated list of free, pro and business",
+		{"UPSCALE_TIERS", "pro,,free"}: "UPSCALE_TIERS: must be a comma-separated list",
+		{"UPSCALE_ENABLED", "maybe"}:   "UPSCALE_ENABLED: must be true or false",
+	} {
+		_, err := Load(env(withTiny(map[string]string{"UPSCALE_ENABLED": "true", kv[0]: kv[1]})), "/")
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s=%s: got %v, want %q", kv[0], kv[1], err, want)
+		}
+	}
+}

@@ -26,6 +26,10 @@ type NormalizeOptions struct {
 	// is scaled down to fit, keeping its aspect ratio, and never scaled up.
 	// Zero keeps the size.
 	LongSide int
+	// UpscaleLongSide, when larger than the long side the image would
+	// otherwise have, scales it up to that long side instead, with the same
+	// Catmull-Rom filter. Zero never scales up.
+	UpscaleLongSide int
 	// Quality is the JPEG quality, 1 to 100; zero means DefaultQuality.
 	Quality int
 }
@@ -52,8 +56,8 @@ func Normalize(data []byte, opts NormalizeOptions) (Result, error) {
 	if quality < 1 || quality > 100 {
 		return Result{}, fmt.Errorf("imagecheck: JPEG quality %d is out of range; allowed is 1 to 100", opts.Quality)
 	}
-	if opts.LongSide < 0 {
-		return Result{}, fmt.Errorf("imagecheck: long side %d is negative; allowed is 0 (keep) or more", opts.LongSide)
+	if opts.LongSide < 0 || opts.UpscaleLongSide < 0 {
+		return Result{}, fmt.Errorf("imagecheck: long side %d or upscale long side %d is negative; allowed is 0 (keep) or more", opts.LongSide, opts.UpscaleLongSide)
 	}
 	src, info, err := decodeChecked(data, opts.MaxPixels)
 	if err != nil {
@@ -63,6 +67,9 @@ func Normalize(data []byte, opts NormalizeOptions) (Result, error) {
 	// Scaling before turning is cheaper and gives the same picture: fitting
 	// the long side does not depend on which side is which.
 	sw, sh := fit(info.Width, info.Height, opts.LongSide)
+	if opts.UpscaleLongSide > max(sw, sh) {
+		sw, sh = scaleTo(info.Width, info.Height, opts.UpscaleLongSide)
+	}
 	flat := image.NewRGBA(image.Rect(0, 0, sw, sh))
 	op := draw.Over
 	if o, ok := src.(interface{ Opaque() bool }); ok && o.Opaque() {
@@ -146,6 +153,13 @@ func fit(w, h, longSide int) (int, int) {
 	if longSide <= 0 || long <= longSide {
 		return w, h
 	}
+	return scaleTo(w, h, longSide)
+}
+
+// scaleTo returns the size of a w×h image scaled, up or down, so that its
+// longer side is longSide, keeping the aspect ratio.
+func scaleTo(w, h, longSide int) (int, int) {
+	long := max(w, h)
 	scale := func(v int) int {
 		return max(1, int(math.Round(float64(v)*float64(longSide)/float64(long))))
 	}

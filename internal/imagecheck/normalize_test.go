@@ -358,3 +358,59 @@ func BenchmarkNormalize(b *testing.B) {
 		})
 	}
 }
+
+func TestNormalizeUpscale(t *testing.T) {
+	tests := []struct {
+		name              string
+		w, h, o, long, up int
+		wantW, wantH      int
+	}{
+		{"up to the long side", 512, 384, 1, 1024, 2048, 2048, 1536},
+		{"fit first, then up from the original", 3000, 1500, 1, 1024, 2048, 2048, 1024},
+		{"no upscale below the fitted size", 1024, 512, 1, 1024, 800, 1024, 512},
+		{"turned by exif", 300, 200, 6, 1024, 900, 600, 900},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data := encodeJPEG(t, photo(tt.w, tt.h), 80)
+			if tt.o != 1 {
+				data = withJPEGExif(data, tiffOrientation(uint16(tt.o), binary.LittleEndian))
+			}
+			res, err := Normalize(data, NormalizeOptions{LongSide: tt.long, UpscaleLongSide: tt.up})
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := decodeJPEG(t, res.Data).Bounds()
+			if res.Width != tt.wantW || res.Height != tt.wantH || b.Dx() != tt.wantW || b.Dy() != tt.wantH {
+				t.Errorf("got Result %dx%d, image %dx%d; want %dx%d", res.Width, res.Height, b.Dx(), b.Dy(), tt.wantW, tt.wantH)
+			}
+		})
+	}
+}
+
+// A flat colour upscaled stays that colour: the interpolation's weights sum
+// to one at every output pixel, edges included.
+func TestNormalizeUpscaleKeepsFlatColour(t *testing.T) {
+	m := image.NewRGBA(image.Rect(0, 0, 64, 48))
+	for i := range m.Pix {
+		m.Pix[i] = []uint8{200, 100, 40, 255}[i%4]
+	}
+	res, err := Normalize(encodeJPEG(t, m, 100), NormalizeOptions{UpscaleLongSide: 256, Quality: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := decodeJPEG(t, res.Data)
+	for _, p := range []image.Point{{0, 0}, {255, 191}, {128, 96}, {3, 190}} {
+		r, g, b, _ := out.At(p.X, p.Y).RGBA()
+		if d := max(absDiff(r>>8, 200), absDiff(g>>8, 100), absDiff(b>>8, 40)); d > 3 {
+			t.Errorf("pixel %v is %d,%d,%d; want about 200,100,40", p, r>>8, g>>8, b>>8)
+		}
+	}
+}
+
+func absDiff(a, b uint32) uint32 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}

@@ -8,10 +8,10 @@ import (
 	"golang.org/x/image/draw"
 )
 
-// scaleDown draws src, composited with op onto white, into dst, which must
-// be no larger than src on either side, with a Catmull-Rom filter widened by
-// the reduction factor (so that a large reduction averages every source
-// pixel instead of skipping most of them).
+// scaleDown draws src, composited with op onto white, into dst with a
+// Catmull-Rom filter widened by the reduction factor (so that a large
+// reduction averages every source pixel instead of skipping most of them).
+// A dst larger than src is interpolated with the plain filter.
 //
 // It reads src one row at a time and keeps only a window of filtered rows,
 // so beside src and dst it needs a few hundred kilobytes whatever the sizes.

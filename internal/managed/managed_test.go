@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"image/jpeg"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -477,5 +479,29 @@ func TestReadToken(t *testing.T) {
 	_ = os.WriteFile(empty, []byte("\n"), 0o600)
 	if _, err := ReadToken("", empty); err == nil || strings.Contains(err.Error(), testToken) {
 		t.Fatalf("empty file: %v", err)
+	}
+}
+
+// The provider has no upscaler of ours: an upscaled job's image is its
+// output resampled to the final size, and the answer says so.
+func TestUpscaleResamplesTheProvidersImage(t *testing.T) {
+	f := newFake(t)
+	job := testJob(t)
+	job.UpscaleLongSide = 96
+	res, err := newBackend(t, quick(f)).Stage(t.Context(), job)
+	if err != nil {
+		t.Fatalf("Stage: %v (%s)", err, f)
+	}
+	if res.Width != 96 || res.Height != 72 || res.ContentType != "image/jpeg" || !slices.Equal(res.Warnings, []string{backend.WarningUpscaleResampled}) {
+		t.Fatalf("result %dx%d %s %v, want a 96x72 JPEG with %s", res.Width, res.Height, res.ContentType, res.Warnings, backend.WarningUpscaleResampled)
+	}
+	cfg, err := jpeg.DecodeConfig(bytes.NewReader(res.Image))
+	if err != nil || cfg.Width != 96 || cfg.Height != 72 {
+		t.Fatalf("image %+v %v, want 96x72", cfg, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.last.body["input"].(map[string]any)["upscale"]; ok {
+		t.Errorf("the provider was asked to upscale: %v", f.last.body)
 	}
 }

@@ -102,10 +102,28 @@ func (b *Backend) run(ctx context.Context, job backend.Job) (backend.Result, err
 		return backend.Result{}, fmt.Errorf("%w: the output is not an accepted image: %w", errMalformed, err)
 	}
 	w, h := info.OrientedSize()
-	return backend.Result{
+	res := backend.Result{
 		Image: data, ContentType: "image/" + string(info.Format), Width: w, Height: h,
 		ModelRev: b.opts.ModelRev, BilledTime: p.billed(),
-	}, nil
+	}
+	if job.UpscaleLongSide > 0 {
+		return b.upscale(res, job.UpscaleLongSide)
+	}
+	return res, nil
+}
+
+// upscale resamples the provider's image to the long side of an upscaled
+// job: the provider has no upscaler of ours, so the answer says so
+// (backend.WarningUpscaleResampled) rather than pass a resampling off as
+// a refinement.
+func (b *Backend) upscale(res backend.Result, longSide int) (backend.Result, error) {
+	r, err := imagecheck.Normalize(res.Image, imagecheck.NormalizeOptions{MaxPixels: b.opts.MaxOutputPixels, UpscaleLongSide: longSide})
+	if err != nil {
+		return backend.Result{}, fmt.Errorf("%w: the output could not be upscaled: %w", errMalformed, err)
+	}
+	res.Image, res.ContentType, res.Width, res.Height = r.Data, "image/jpeg", r.Width, r.Height
+	res.Warnings = append(res.Warnings, backend.WarningUpscaleResampled)
+	return res, nil
 }
 
 func (b *Backend) create(ctx context.Context, job backend.Job) (prediction, error) {

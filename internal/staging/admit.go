@@ -41,9 +41,14 @@ func (s *Service) admitOrLookup(ctx context.Context, p plan) (g gate, found *rec
 		return gate{backend: name, release: noPlace}, found, err
 	}
 	// The output's exact size is known only after reading the original; a
-	// square is the upper bound.
+	// square is the upper bound. An upscaled job is priced at its final
+	// size, whose class learns its own time and peak memory.
+	side := s.opts.OutputLongSide
+	if p.params.Upscale {
+		side = s.opts.Upscale.LongSide
+	}
 	req := admission.Request{
-		Tier: p.tier, Megapixels: float64(s.opts.OutputLongSide*s.opts.OutputLongSide) / 1e6, NoWait: true,
+		Tier: p.tier, Megapixels: float64(side*side) / 1e6, NoWait: true,
 	}
 	actx, span := s.start(ctx, "admission", attrTier.String(string(p.tier)), attrBackend.String(name))
 	rel, err := s.backends.Admit(actx, name, req)

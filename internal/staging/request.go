@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/vstage/vstage/internal/admission"
@@ -30,6 +31,10 @@ type Request struct {
 	// Label burns the disclosure label into the staged image; nil takes
 	// the service's default (Options.LabelDefault). It is part of the job.
 	Label *bool
+	// Upscale asks for the image at Options.Upscale.LongSide instead of
+	// the output size; only the tiers Options.Upscale allows may ask. It
+	// is part of the job.
+	Upscale bool
 }
 
 // Response is the answer to a finished job. A replay returns the recorded
@@ -60,6 +65,8 @@ type params struct {
 	// Label is left out when false, so records written before it existed
 	// still match the jobs that ask for no label.
 	Label bool `json:"label,omitempty"`
+	// Upscale is left out when false, as Label is.
+	Upscale bool `json:"upscale,omitempty"`
 }
 
 // plan is a validated request with everything derived from it.
@@ -95,6 +102,35 @@ type validator struct {
 	stagedKey func(originalKey, imageID string) string
 	// label is the Label of requests that do not say.
 	label bool
+	// upscale says who may ask for an upscale.
+	upscale Upscale
+}
+
+// Upscale is the upscaler's policy.
+type Upscale struct {
+	// Enabled allows requests to ask; when false, one that does is
+	// refused with invalid_input [UPSCALE_ENABLED].
+	Enabled bool
+	// Tiers may ask; another tier is refused with forbidden
+	// [UPSCALE_TIERS].
+	Tiers []admission.Tier
+	// LongSide is the long side of an upscaled image [UPSCALE_LONG_SIDE].
+	LongSide int
+}
+
+// check refuses an upscale the policy does not allow to tier.
+func (u Upscale) check(tier admission.Tier) error {
+	if !u.Enabled {
+		return fault.New(fault.InvalidInput, "upscale is not available: upscaling is disabled on this service; send \"upscale\": false or leave it out")
+	}
+	if !slices.Contains(u.Tiers, tier) {
+		names := make([]string, len(u.Tiers))
+		for i, t := range u.Tiers {
+			names[i] = string(t)
+		}
+		return fault.New(fault.Forbidden, "upscale is not available to tier %s; it is for tiers %s", tier, strings.Join(names, ", "))
+	}
+	return nil
 }
 
 // plan validates r and derives its keys. Every error is a *fault.Error with
@@ -123,10 +159,15 @@ func (v validator) plan(r Request) (plan, error) {
 	if err != nil {
 		return plan{}, fault.New(fault.InvalidInput, "tier must be free, pro or business, got %s", quote(r.Tier))
 	}
+	if r.Upscale {
+		if err := v.upscale.check(tier); err != nil {
+			return plan{}, err
+		}
+	}
 	d := v.catalog.Defaults
 	p := params{
 		OriginalKey: r.OriginalKey, MaskKey: r.MaskKey, RoomType: r.RoomType, Style: r.Style,
-		Strength: d.Strength, GuidanceScale: d.GuidanceScale, Label: v.label,
+		Strength: d.Strength, GuidanceScale: d.GuidanceScale, Label: v.label, Upscale: r.Upscale,
 	}
 	if r.Label != nil {
 		p.Label = *r.Label

@@ -63,6 +63,9 @@ type Options struct {
 	// LabelDefault is the label of requests that do not say
 	// [DISCLOSURE_LABEL_DEFAULT].
 	LabelDefault bool
+	// Upscale says who may ask for an upscale, and to what size; the zero
+	// value refuses every request that asks.
+	Upscale Upscale
 	// OutputQuality is the JPEG quality of an output that must be turned
 	// upright before it is disclosed; zero means imagecheck's default.
 	OutputQuality int
@@ -172,7 +175,7 @@ func New(store Store, b Backends, cat *catalog.Catalog, opts Options, metrics *t
 	precount(metrics, b)
 	return &Service{
 		store: store, backends: b, catalog: cat, opts: opts, metrics: metrics, log: log, tracer: tracer,
-		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey, label: opts.LabelDefault},
+		validate: validator{catalog: cat, prefixes: opts.AllowedPrefixes, stagedKey: opts.StagedKey, label: opts.LabelDefault, upscale: opts.Upscale},
 		drawSeed: rand.Uint32,
 		owner:    newOwner(),
 		calls:    map[string]*call{},
@@ -184,7 +187,7 @@ func New(store Store, b Backends, cat *catalog.Catalog, opts Options, metrics *t
 func (s *Service) Stage(ctx context.Context, req Request) (Outcome, error) {
 	tier := tierLabel(req.Tier)
 	ctx, span := s.start(ctx, "staging.job", attrImageID.String(req.ImageID), attrTier.String(tier),
-		attrRoomType.String(req.RoomType), attrStyle.String(req.Style))
+		attrRoomType.String(req.RoomType), attrStyle.String(req.Style), attrUpscale.Bool(req.Upscale))
 	out, err := s.stage(ctx, req)
 	defer func() { end(span, err) }()
 	outcome := "ok"
@@ -505,6 +508,9 @@ func (s *Service) prepare(ctx context.Context, p plan) (backend.Job, error) {
 		Strength: p.params.Strength, GuidanceScale: p.params.GuidanceScale,
 		ControlNetConditioningScale: s.catalog.Defaults.ControlNetConditioningScale,
 		OutputLongSide:              s.opts.OutputLongSide,
+	}
+	if p.params.Upscale {
+		job.UpscaleLongSide = s.opts.Upscale.LongSide
 	}
 	if p.params.MaskKey != "" {
 		mask, minfo, err := s.readImage(ctx, "mask_key", p.params.MaskKey)

@@ -18,6 +18,7 @@ const (
 	attrTier       = attribute.Key("vstage.tier")
 	attrRoomType   = attribute.Key("vstage.room_type")
 	attrStyle      = attribute.Key("vstage.style")
+	attrUpscale    = attribute.Key("vstage.upscale")
 	attrBackend    = attribute.Key("vstage.backend")
 	attrOutcome    = attribute.Key("vstage.outcome")
 	attrReplay     = attribute.Key("vstage.replay")

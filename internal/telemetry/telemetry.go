@@ -111,7 +111,7 @@ var ContentDecisions = []string{"pass", "warn", "reject"}
 
 // Phases are the engine's phases, in the order a job goes through them;
 // the values of vstage_engine_phase_duration_seconds's phase label.
-var Phases = []string{"decode", "preprocess", "content_check", "denoise", "vae_decode", "structure_check", "encode"}
+var Phases = []string{"decode", "preprocess", "content_check", "denoise", "vae_decode", "structure_check", "upscale", "encode"}
 
 // Tiers are the values of the tier label: the admission tiers, and
 // "unknown" for requests refused before their tier was read.
@@ -132,7 +132,7 @@ func NewStagingMetrics(reg prometheus.Registerer) *StagingMetrics {
 		}, []string{"backend", "size"}),
 		Phases: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    prometheus.BuildFQName(Namespace, "engine", "phase_duration_seconds"),
-			Help:    "Time of the engine's phases of successful jobs, as the engine measured them: decode, preprocess, content_check, denoise, vae_decode, structure_check (every render's, summed), encode; a check that did not run is not observed.",
+			Help:    "Time of the engine's phases of successful jobs, as the engine measured them: decode, preprocess, content_check, denoise, vae_decode, structure_check (every render's, summed), upscale (upscaled jobs only), encode; a check that did not run is not observed.",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2, 4, 8, 15, 30, 60},
 		}, []string{"phase"}),
 		Cost: f.NewCounterVec(prometheus.CounterOpts{

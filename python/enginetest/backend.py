@@ -13,7 +13,7 @@ import numpy as np
 from opentelemetry.util.types import AttributeValue
 from PIL import Image, ImageOps
 
-from inference import errors, logs
+from inference import errors, imageio, logs
 from inference.jobs import DENOISE, VAE_DECODE, BackendInfo, JobContext, Output, Work
 
 from . import faults
@@ -118,6 +118,13 @@ class FaultBackend:
                 pixels = np.roll(np.asarray(image), (f.shift, f.shift), axis=(0, 1))
                 image = Image.fromarray(pixels)
         return Output(image=image)
+
+    def upscale(
+        self, image: Image.Image, work: Work, size: tuple[int, int], ctx: JobContext
+    ) -> Output:
+        """Resamples only: the sidecar's tests need the size and the phase, not a model."""
+        ctx.check()
+        return Output(image=imageio.resize(image, size))
 
 
 def _crash(value: str) -> None:

@@ -65,6 +65,11 @@ class Settings:
     few_step: bool = False
     few_step_steps: int = 4
     few_step_guidance: float = 0.0
+    max_upscale_long_side: int = 4096
+    upscale_strength: float = 0.3
+    upscale_steps: int = 20
+    upscale_tile: int = 1024
+    upscale_overlap: int = 128
     parent_pid: int = 0
     shutdown_grace: float = 10.0
     log_level: str = "info"
@@ -116,6 +121,16 @@ _OPTIONS: tuple[tuple[str, str, type, str], ...] = (
     ("few_step", "ENGINE_FEW_STEP", bool, "run every job with the few-step profile"),
     ("few_step_steps", "ENGINE_FEW_STEP_STEPS", int, "steps of the few-step profile"),
     ("few_step_guidance", "ENGINE_FEW_STEP_GUIDANCE", float, "guidance of the few-step profile"),
+    (
+        "max_upscale_long_side",
+        "ENGINE_MAX_UPSCALE_LONG_SIDE",
+        int,
+        "largest long side a job may ask to be upscaled to; 0: no upscaling",
+    ),
+    ("upscale_strength", "ENGINE_UPSCALE_STRENGTH", float, "img2img strength of the refinement"),
+    ("upscale_steps", "ENGINE_UPSCALE_STEPS", int, "scheduler steps of the refinement"),
+    ("upscale_tile", "ENGINE_UPSCALE_TILE", int, "refinement tile side, pixels"),
+    ("upscale_overlap", "ENGINE_UPSCALE_OVERLAP", int, "least overlap of refinement tiles"),
     ("parent_pid", "ENGINE_PARENT_PID", int, "exit when this process dies; 0: the parent"),
     ("shutdown_grace", "ENGINE_SHUTDOWN_GRACE", float, "seconds jobs get to finish on SIGTERM"),
     ("log_level", "ENGINE_LOG_LEVEL", str, "debug, info, warning or error"),
@@ -223,6 +238,33 @@ def validate(s: Settings, needs_model: bool = True) -> None:
             "builds a tiny random model for tests and demos instead"
         )
     validate_speed(s)
+    validate_upscale(s)
+
+
+def validate_upscale(s: Settings) -> None:
+    """Raises ConfigError naming the first upscale setting that is out of range."""
+    m = s.max_upscale_long_side
+    if m and (m % 8 or not 64 <= m <= 8192):
+        raise ConfigError(
+            "--max-upscale-long-side (ENGINE_MAX_UPSCALE_LONG_SIDE): want 0, "
+            "or a multiple of 8 in [64, 8192]"
+        )
+    if not 0.0 < s.upscale_strength <= 1.0:
+        raise ConfigError("--upscale-strength (ENGINE_UPSCALE_STRENGTH): want (0, 1]")
+    if not 1 <= s.upscale_steps <= s.max_steps:
+        raise ConfigError(f"--upscale-steps (ENGINE_UPSCALE_STEPS): want 1 to {s.max_steps}")
+    # The refinement runs the last steps*strength steps; none would be a plain resampling.
+    if int(s.upscale_steps * s.upscale_strength) < 1:
+        raise ConfigError("want --upscale-steps * --upscale-strength of at least 1")
+    if s.upscale_tile % 8 or not 64 <= s.upscale_tile <= 2048:
+        raise ConfigError(
+            "--upscale-tile (ENGINE_UPSCALE_TILE): want a multiple of 8 in [64, 2048]"
+        )
+    if s.upscale_overlap % 8 or not 8 <= s.upscale_overlap <= s.upscale_tile // 2:
+        raise ConfigError(
+            "--upscale-overlap (ENGINE_UPSCALE_OVERLAP): want a multiple of 8 "
+            f"in [8, {s.upscale_tile // 2}] (half the tile)"
+        )
 
 
 def parse_sdpa(text: str) -> tuple[str, ...]:

@@ -21,7 +21,19 @@ from diffusers import (
 from opentelemetry.util.types import AttributeValue
 from PIL import Image
 
-from . import buckets, conditioning, config, errors, fewstep, imageio, logs, models, speed, tiny
+from . import (
+    buckets,
+    conditioning,
+    config,
+    errors,
+    fewstep,
+    imageio,
+    logs,
+    models,
+    refine,
+    speed,
+    tiny,
+)
 from ._proto import engine_pb2 as pb
 from .config import Settings
 from .jobs import (
@@ -92,6 +104,7 @@ class DiffusersBackend:
         self._log = logs.get()
         self._buckets = buckets.parse(settings.buckets, settings.default_long_side)
         self._few_step: fewstep.Profile | None = None
+        self._refiner: refine.TileRefiner | None = None
 
     # Loading
 
@@ -132,6 +145,44 @@ class DiffusersBackend:
             c.depth_estimator.prepare(self._device, self._dtype)
         self._apply_speed(c)
         self._c = c
+        self._refiner = self._load_refiner(c)
+
+    def _load_refiner(self, c: models.Components) -> refine.TileRefiner:
+        """The upscale phase's refiner: MODEL_DIR/refiner when it exists, else
+        an img2img pipeline over the modules just loaded (no weights load)."""
+        s = self._settings
+        folder = refine.refiner_folder(s.model_dir) if self._given is None else None
+        if folder is not None:
+            refiner = refine.TileRefiner.from_folder(folder, s, self._device, self._dtype, c.vae)
+        else:
+            parts = {
+                "vae": c.vae,
+                "text_encoder": c.text_encoder,
+                "text_encoder_2": c.text_encoder_2,
+                "tokenizer": c.tokenizer,
+                "tokenizer_2": c.tokenizer_2,
+                "unet": c.unet,
+            }
+            refiner = refine.TileRefiner(parts, s, self._device, source="base")
+        self._log.info(
+            "upscale settings",
+            extra=logs.fields(
+                refiner=refiner.source,
+                max_upscale_long_side=s.max_upscale_long_side,
+                tile=s.upscale_tile,
+                overlap=s.upscale_overlap,
+                strength=s.upscale_strength,
+                steps=s.upscale_steps,
+            ),
+        )
+        return refiner
+
+    @property
+    def refiner_source(self) -> str:
+        """Which modules refine upscaled images: "refiner" (MODEL_DIR/refiner) or "base"."""
+        if self._refiner is None:
+            raise RuntimeError("model not loaded")
+        return self._refiner.source
 
     def _apply_speed(self, c: models.Components) -> None:
         """Applies the load-time speed switches to the shared modules, in the
@@ -284,6 +335,48 @@ class DiffusersBackend:
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
         raise errors.out_of_memory()
+
+    def upscale(
+        self, image: Image.Image, work: Work, size: tuple[int, int], ctx: JobContext
+    ) -> Output:
+        try:
+            with torch.inference_mode():
+                return self._upscale(image, work, size, ctx)
+        except (errors.JobCancelled, errors.EngineError):
+            raise
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            self._log.warning("out of memory", extra=logs.fields(job_id=work.spec.job_id))
+        gc.collect()
+        if self._device.type == "cuda":
+            torch.cuda.empty_cache()
+        raise errors.out_of_memory()
+
+    def _upscale(
+        self, image: Image.Image, work: Work, size: tuple[int, int], ctx: JobContext
+    ) -> Output:
+        if self._refiner is None:
+            raise RuntimeError("model not loaded")
+        ctx.check()
+        pixels = self._refiner.upscale(image, work.spec, size, ctx, self._upscale_profile())
+        cuda = self._device.type == "cuda"
+        # Not reset since run(): the job's peak over both phases.
+        peak = int(torch.cuda.max_memory_allocated(self._device)) if cuda else 0
+        return Output(image=pixels, peak_gpu_memory_bytes=peak)
+
+    def _upscale_profile(self) -> refine.Profile:
+        """The refinement's sampling: the upscale settings, or with the few-step
+        profile on the base modules, its steps, guidance and scheduler."""
+        s = self._settings
+        refiner = self._refiner
+        if refiner is not None and refiner.source == refine.REFINER_DIR:
+            return refine.Profile(s.upscale_steps, None, refiner.scheduler)
+        c = self._components()
+        if self._few_step is None:
+            return refine.Profile(s.upscale_steps, None, c.scheduler)
+        steps = fewstep.steps_for(s.few_step_steps, s.upscale_strength)
+        return refine.Profile(steps, s.few_step_guidance, self._few_step.scheduler)
 
     def _run(self, work: Work, ctx: JobContext) -> Output:
         spec = work.spec

@@ -67,6 +67,8 @@ class JobSpec:
     content_policy: str = "off"
     structure_min: float = 0.0
     structure_retries: int = 0
+    # upscale_long_side is the final long side after the upscale phase; 0: none.
+    upscale_long_side: int = 0
 
 
 @dataclasses.dataclass
@@ -115,6 +117,7 @@ VAE_DECODE = "vae_decode"
 ENCODE = "encode"
 CONTENT_CHECK = "content_check"
 STRUCTURE_CHECK = "structure_check"
+UPSCALE = "upscale"
 
 
 class Phase:
@@ -247,6 +250,13 @@ class Backend(Protocol):
         """Runs one job. Raises EngineError or JobCancelled on failure."""
         ...
 
+    def upscale(
+        self, image: Image.Image, work: Work, size: tuple[int, int], ctx: JobContext
+    ) -> Output:
+        """Brings run()'s image (after any mask composite) to size, larger than
+        the Work's, within the server's upscale phase. Raises like run()."""
+        ...
+
 
 def _finite_in(value: float, lo: float, hi: float, name: str, lo_open: bool = False) -> float:
     ok = math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi
@@ -284,6 +294,7 @@ def validate(req: pb.StageRequest, settings: Settings, control_kinds: tuple[str,
             pb.FAILURE_REASON_OUT_OF_RANGE,
             f"output_long_side must be a multiple of 8 in [{lo}, {hi}], or 0",
         )
+    upscale = _upscale_long_side(req.upscale_long_side, long_side, settings)
     fmt = FORMAT_NAMES.get(req.output_format)
     if fmt is None:
         raise errors.invalid(
@@ -325,7 +336,27 @@ def validate(req: pb.StageRequest, settings: Settings, control_kinds: tuple[str,
         structure_min=structure_min,
         # Without a check there is nothing to retry for.
         structure_retries=req.structure_retries if structure_min > 0 else 0,
+        upscale_long_side=upscale,
     )
+
+
+def _upscale_long_side(value: int, long_side: int, settings: Settings) -> int:
+    if value == 0:
+        return 0
+    limit = settings.max_upscale_long_side
+    if limit == 0:
+        raise errors.invalid(
+            pb.FAILURE_REASON_OUT_OF_RANGE,
+            "upscale_long_side must be 0: this engine does not upscale "
+            "(its max_upscale_long_side is 0)",
+        )
+    if value % 8 or not long_side < value <= limit:
+        raise errors.invalid(
+            pb.FAILURE_REASON_OUT_OF_RANGE,
+            f"upscale_long_side must be a multiple of 8 above the output long side "
+            f"({long_side}) and at most {limit}, or 0",
+        )
+    return value
 
 
 def check_job_id(job_id: str) -> None:

@@ -15,7 +15,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from . import checks, errors, imageio, logs, tracing
+from . import checks, errors, imageio, logs, tracing, upscale
 from ._proto import engine_pb2 as pb
 from ._proto import engine_pb2_grpc as pb_grpc
 from .config import Settings
@@ -29,6 +29,7 @@ from .jobs import (
     PREPROCESS,
     QUEUE,
     STRUCTURE_CHECK,
+    UPSCALE,
     VAE_DECODE,
     Backend,
     BackendInfo,
@@ -142,6 +143,7 @@ class EngineService(pb_grpc.EngineServicer):
                 max_message_bytes=s.max_message_bytes,
                 concurrency=s.concurrency,
                 max_structure_retries=s.max_structure_retries,
+                max_upscale_long_side=s.max_upscale_long_side,
             ),
         )
         resp.versions["python"] = platform.python_version()
@@ -333,6 +335,15 @@ class EngineService(pb_grpc.EngineServicer):
         rendered = checks.render_checked(p.work, ctx, lambda work: self._render(work, ctx))
         out = rendered.output
         ctx.check()
+        if p.spec.upscale_long_side:
+            # The refinement takes the answered render's seed, so that a
+            # request with that seed gives the same bytes.
+            work = p.work
+            if rendered.seed != p.spec.seed:
+                spec = dataclasses.replace(p.spec, seed=rendered.seed)
+                work = dataclasses.replace(work, spec=spec)
+            out = self._upscale(p, work, out, ctx)
+            width, height = out.image.size
         with ctx.phase(ENCODE):
             data = imageio.encode(out.image, p.spec.output_format, p.spec.quality)
         timings = pb.Timings(
@@ -344,6 +355,7 @@ class EngineService(pb_grpc.EngineServicer):
             total_ms=_ms(p.started),
             content_check_ms=ctx.ms(CONTENT_CHECK),
             structure_check_ms=ctx.ms(STRUCTURE_CHECK),
+            upscale_ms=ctx.ms(UPSCALE),
         )
         result = pb.Result(
             image=data,
@@ -369,6 +381,25 @@ class EngineService(pb_grpc.EngineServicer):
                 work.image, out.image, work.mask, self._settings.mask_feather
             )
         return out
+
+    def _upscale(self, p: Prepared, work: Work, out: Output, ctx: JobContext) -> Output:
+        """Runs the upscale phase on the rendered (and composited) image.
+
+        With a mask, the upscaled image is composited once more over the
+        input resampled to the final size, so outside the grown mask the
+        result is that resampling, whatever the refinement did there.
+        """
+        size = upscale.target_size(p.size, p.spec.upscale_long_side)
+        attributes = {"vstage.width": size[0], "vstage.height": size[1]}
+        with ctx.phase(UPSCALE, attributes):
+            up = self._backend.upscale(out.image, work, size, ctx)
+            if p.work.mask is not None:
+                up.image = upscale.keep_unmasked(
+                    p.work.image, up.image, p.work.mask, self._settings.mask_feather
+                )
+        up.peak_gpu_memory_bytes = max(up.peak_gpu_memory_bytes, out.peak_gpu_memory_bytes)
+        ctx.check()
+        return up
 
     def _stopped_in_queue(
         self,
@@ -401,6 +432,7 @@ class EngineService(pb_grpc.EngineServicer):
                 height=p.size[1],
                 control=spec.control,
                 inpaint=p.work.mask is not None,
+                upscale_long_side=spec.upscale_long_side,
             ),
         )
         self._log.debug(
@@ -425,6 +457,7 @@ class EngineService(pb_grpc.EngineServicer):
                 denoise_ms=round(t.denoise_ms, 1),
                 vae_decode_ms=round(t.vae_decode_ms, 1),
                 encode_ms=round(t.encode_ms, 1),
+                upscale_ms=round(t.upscale_ms, 1),
                 total_ms=round(t.total_ms, 1),
                 peak_gpu_memory_bytes=result.peak_gpu_memory_bytes,
             ),

@@ -246,3 +246,39 @@ def build_depth_estimator() -> DepthEstimator:
         size={"height": DEPTH_INPUT, "width": DEPTH_INPUT}, keep_aspect_ratio=False
     )
     return DepthEstimator(model, processor)
+
+
+def save_refiner(folder: str) -> None:
+    """Writes a tiny SDXL refiner as a diffusers pipeline folder (MODEL_DIR/refiner).
+
+    Shaped like SDXL's refiner: text_encoder_2 alone, and a UNet whose
+    text_time embedding takes five size numbers (the aesthetic score replaces
+    the target size) and text_encoder_2's hidden states as its context.
+    """
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    text_config = CLIPTextConfig(**TEXT_CONFIG)
+    unet_config = dict(
+        UNET_CONFIG,
+        projection_class_embeddings_input_dim=5 * TIME_EMBED_DIM + PROJECTION_DIM,
+        cross_attention_dim=int(TEXT_CONFIG["hidden_size"]),
+    )
+    torch.manual_seed(2)
+    unet = UNet2DConditionModel(**unet_config)
+    torch.manual_seed(2)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    torch.manual_seed(2)
+    vae = AutoencoderKL(**VAE_CONFIG)
+    pipe: Any = StableDiffusionXLImg2ImgPipeline(
+        vae=vae,
+        text_encoder=None,
+        text_encoder_2=text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=build_tokenizer(),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(folder)
