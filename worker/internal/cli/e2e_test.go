@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -319,49 +320,84 @@ func TestEnqueueWithAStoreDown(t *testing.T) {
 	s.enqueue(t, "down-1", "free", "bedroom", "enqueued")
 }
 
-// TestLabelReachesTheService: --label travels with the task to the
-// service, which keeps it in its record of the job; it is one of the
-// image's parameters, so another value under the same image_id is refused.
-func TestLabelReachesTheService(t *testing.T) {
+// TestLabelAndUpscaleReachTheService: --label and --upscale travel with the
+// task to the service, which keeps them in its record of the job; they are
+// parameters of the image, so another value under the same image_id is
+// refused; a tier the service does not upscale for fails at once.
+func TestLabelAndUpscaleReachTheService(t *testing.T) {
 	s := newStack(t, nil)
-	side := s.mockSidecar(t)
-	base := []string{"--original-key", "listings/42/empty.jpg", "--room-type", "bedroom", "--style", "scandinavian", "--tier", "pro"}
-	for id, extra := range map[string][]string{"labelled": {"--label", "true"}, "unlabelled": {"--label", "false"}, "default": nil} {
+	side := testenv.StartSidecar(t, sidecarBin, map[string]string{
+		"INFERENCE_MODE": "mock", "STORAGE_URL": "file://" + s.storeDir, "UPSCALE_ENABLED": "true",
+	})
+	base := []string{"--original-key", "listings/42/empty.jpg", "--room-type", "bedroom", "--style", "scandinavian"}
+	jobs := map[string][]string{
+		"labelled":      {"--tier", "pro", "--label", "true"},
+		"unlabelled":    {"--tier", "pro", "--label", "false"},
+		"default":       {"--tier", "pro"},
+		"upscaled":      {"--tier", "pro", "--upscale"},
+		"free-upscaled": {"--tier", "free", "--upscale"},
+	}
+	for id, extra := range jobs {
 		args := append(append([]string{"enqueue", "--image-id", id}, base...), extra...)
 		if code, _, errOut := s.cmd(t, args...); code != 0 {
 			t.Fatalf("%s: exit %d: %s", id, code, errOut)
 		}
 	}
-	args := append([]string{"enqueue", "--image-id", "labelled"}, base...)
-	if code, _, errOut := s.cmd(t, append(args, "--label", "false")...); code != 1 || !strings.Contains(errOut, "other parameters") {
-		t.Errorf("same image_id, other label: exit %d (%s), want 1", code, errOut)
+	args := append([]string{"enqueue", "--image-id", "labelled", "--tier", "pro"}, base...)
+	for _, other := range [][]string{{"--label", "false"}, {"--label", "true", "--upscale"}} {
+		if code, _, errOut := s.cmd(t, append(args, other...)...); code != 1 || !strings.Contains(errOut, "other parameters") {
+			t.Errorf("same image_id, %v: exit %d (%s), want 1", other, code, errOut)
+		}
 	}
 	if code, _, _ := s.cmd(t, append(args, "--label", "yes")...); code != 2 {
 		t.Errorf("--label yes: exit %d, want 2", code)
 	}
 	s.runWorker(t, map[string]string{"VSTAGE_URL": side.URL})
-	rows := s.waitRows(t, []string{"labelled", "unlabelled", "default"}, time.Minute, allFinal)
-	want := map[string]*bool{"labelled": ptr(true), "unlabelled": ptr(false), "default": nil}
+	ids := slices.Sorted(maps.Keys(jobs))
+	rows := s.waitRows(t, ids, time.Minute, allFinal)
+	wantLabel := map[string]*bool{"labelled": ptr(true), "unlabelled": ptr(false)}
 	for _, r := range rows {
+		if r.ID == "free-upscaled" {
+			// The service refuses the tier: a client error, not retried.
+			if r.Status != store.StatusFailed || deref(r.ErrorCode) != "forbidden" || r.Job.Attempts != 1 {
+				t.Errorf("free-upscaled: %s %s after %d attempts, want failed forbidden after 1", r.Status, deref(r.ErrorCode), r.Job.Attempts)
+			}
+			continue
+		}
 		if r.Status != store.StatusStaged || r.StagedKey == nil {
 			t.Fatalf("%s: %s", r.ID, r.Status)
 		}
-		if w := want[r.ID]; (w == nil) != (r.Label == nil) || (w != nil && *w != *r.Label) {
-			t.Errorf("%s: status shows label %v", r.ID, r.Label)
+		w := wantLabel[r.ID]
+		if (w == nil) != (r.Label == nil) || (w != nil && *w != *r.Label) || r.Upscale != (r.ID == "upscaled") {
+			t.Errorf("%s: status shows label %v, upscale %v", r.ID, r.Label, r.Upscale)
 		}
-		var meta struct{ Parameters map[string]any }
+		var meta struct {
+			Parameters map[string]any
+			Width      int
+			Warnings   []string
+		}
 		if err := json.Unmarshal(r.InferenceMeta, &meta); err != nil {
 			t.Fatal(err)
 		}
-		if got, ok := meta.Parameters["label"]; (want[r.ID] == nil) == ok || (ok && got != *want[r.ID]) {
+		if got, ok := meta.Parameters["label"]; (w == nil) == ok || (ok && got != *w) {
 			t.Errorf("%s: inference_meta parameters %v", r.ID, meta.Parameters)
 		}
-		// The service's own record of the job says whether it drew the label.
+		if _, ok := meta.Parameters["upscale"]; ok != (r.ID == "upscaled") {
+			t.Errorf("%s: inference_meta parameters %v", r.ID, meta.Parameters)
+		}
+		// The mock backend resamples an upscale to UPSCALE_LONG_SIDE (2048) and says so.
+		if up := r.ID == "upscaled"; (meta.Width == 2048) != up || slices.Contains(meta.Warnings, "upscale_resampled_only") != up {
+			t.Errorf("%s: width %d, warnings %v", r.ID, meta.Width, meta.Warnings)
+		}
+		// The service's own record of the job says what it was asked.
 		raw, err := os.ReadFile(filepath.Join(s.storeDir, filepath.FromSlash(*r.StagedKey)+".json"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if labelled := strings.Contains(string(raw), `"label":true`); labelled != (r.ID == "labelled") {
+			t.Errorf("%s: the service's record %s", r.ID, raw)
+		}
+		if upscaled := strings.Contains(string(raw), `"upscale":true`); upscaled != (r.ID == "upscaled") {
 			t.Errorf("%s: the service's record %s", r.ID, raw)
 		}
 	}
