@@ -9,7 +9,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -321,9 +321,19 @@ class DiffusersBackend:
     # Running
 
     def run(self, work: Work, ctx: JobContext) -> Output:
+        return self._guarded(work, lambda: self._run(work, ctx))
+
+    def upscale(
+        self, image: Image.Image, work: Work, size: tuple[int, int], ctx: JobContext
+    ) -> Output:
+        return self._guarded(work, lambda: self._upscale(image, work, size, ctx))
+
+    def _guarded(self, work: Work, call: Callable[[], Output]) -> Output:
+        """Runs call without autograd; an accelerator out-of-memory becomes the
+        engine's oom failure once the memory it held is released."""
         try:
             with torch.inference_mode():
-                return self._run(work, ctx)
+                return call()
         except (errors.JobCancelled, errors.EngineError):
             raise
         except Exception as exc:
@@ -331,23 +341,6 @@ class DiffusersBackend:
                 raise
             self._log.warning("out of memory", extra=logs.fields(job_id=work.spec.job_id))
         # Outside the except block, so the traceback (and the tensors it pins) is gone.
-        gc.collect()
-        if self._device.type == "cuda":
-            torch.cuda.empty_cache()
-        raise errors.out_of_memory()
-
-    def upscale(
-        self, image: Image.Image, work: Work, size: tuple[int, int], ctx: JobContext
-    ) -> Output:
-        try:
-            with torch.inference_mode():
-                return self._upscale(image, work, size, ctx)
-        except (errors.JobCancelled, errors.EngineError):
-            raise
-        except Exception as exc:
-            if not _is_oom(exc):
-                raise
-            self._log.warning("out of memory", extra=logs.fields(job_id=work.spec.job_id))
         gc.collect()
         if self._device.type == "cuda":
             torch.cuda.empty_cache()
