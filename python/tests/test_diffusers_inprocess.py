@@ -51,15 +51,20 @@ def test_cancel_stops_at_next_step_without_vae_decode(
     assert isinstance(out.image, Image.Image) and out.image.size == (64, 64)
 
 
+@pytest.mark.parametrize("phase", ["_run", "_upscale"])
 def test_oom_maps_to_resource_exhausted(
-    backend: DiffusersBackend, monkeypatch: pytest.MonkeyPatch
+    backend: DiffusersBackend, monkeypatch: pytest.MonkeyPatch, phase: str
 ) -> None:
     def boom(*_a: object) -> None:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(backend, "_run", boom)
+    monkeypatch.setattr(backend, phase, boom)
+    ctx = JobContext(threading.Event(), lambda: "", lambda s, t: None)
     with pytest.raises(errors.EngineError) as info:
-        backend.run(_work(), JobContext(threading.Event(), lambda: "", lambda s, t: None))
+        if phase == "_run":
+            backend.run(_work(), ctx)
+        else:
+            backend.upscale(Image.new("RGB", (64, 64)), _work(), (128, 128), ctx)
     assert info.value.reason == pb.FAILURE_REASON_OOM
     assert info.value.code.name == "RESOURCE_EXHAUSTED"
 
