@@ -80,16 +80,22 @@ def check_content(work: Work, ctx: JobContext) -> list[str]:
 class Rendered:
     """Rendered is the render a job answers with.
 
-    seed is the seed that made it; score its structure score, None when the job
-    asked for no check or its mask left nothing to judge; attempts the renders
-    made; warnings holds "structure_check_failed" when no render passed.
+    work is the job as rendered (its spec's seed the one that made output);
+    score its structure score, None when the job asked for no check or its mask
+    left nothing to judge; attempts the renders made; warnings holds
+    "structure_check_failed" when no render passed.
     """
 
     output: Output
-    seed: int
+    work: Work
     score: float | None
     attempts: int
     warnings: list[str]
+
+    @property
+    def seed(self) -> int:
+        """The seed of the answered render."""
+        return self.work.spec.seed
 
 
 def render_checked(work: Work, ctx: JobContext, render: Callable[[Work], Output]) -> Rendered:
@@ -114,13 +120,13 @@ def render_checked(work: Work, ctx: JobContext, render: Callable[[Work], Output]
         out = render(job)
         renders += 1
         if spec.structure_min <= 0:
-            return Rendered(out, seed, None, renders, [])
+            return Rendered(out, job, None, renders, [])
         score = _score(work, out, ctx, attempt, seed)
         if score is None or score >= spec.structure_min:
-            best = Rendered(out, seed, score, renders, [])
+            best = Rendered(out, job, score, renders, [])
             break
         if best is None or best.score is None or score > best.score:
-            best = Rendered(out, seed, score, renders, [WARN_STRUCTURE])
+            best = Rendered(out, job, score, renders, [WARN_STRUCTURE])
     assert best is not None  # the loop runs at least once
     best.attempts = renders
     _log(work, best)

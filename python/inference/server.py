@@ -336,13 +336,9 @@ class EngineService(pb_grpc.EngineServicer):
         out = rendered.output
         ctx.check()
         if p.spec.upscale_long_side:
-            # The refinement takes the answered render's seed, so that a
-            # request with that seed gives the same bytes.
-            work = p.work
-            if rendered.seed != p.spec.seed:
-                spec = dataclasses.replace(p.spec, seed=rendered.seed)
-                work = dataclasses.replace(work, spec=spec)
-            out = self._upscale(p, work, out, ctx)
+            # The answered render's job: its seed refines, so that a request
+            # with that seed gives the same bytes.
+            out = self._upscale(p, rendered.work, out, ctx)
             width, height = out.image.size
         with ctx.phase(ENCODE):
             data = imageio.encode(out.image, p.spec.output_format, p.spec.quality)
