@@ -102,7 +102,6 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		Discloser:          disc,
 		LabelDefault:       cfg.Disclosure.LabelDefault,
 		Upscale:            staging.Upscale{Enabled: cfg.Upscale.Enabled, Tiers: cfg.Upscale.Tiers, LongSide: cfg.Upscale.LongSide},
-		OutputQuality:      cfg.OutputJPEGQuality,
 		Tracer:             tr.Provider.Tracer(tracerName),
 		RecordPrompts:      cfg.Tracing.RecordPrompts,
 	}, telemetry.NewStagingMetrics(reg), log)

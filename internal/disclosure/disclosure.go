@@ -82,10 +82,11 @@ func New(text string, quality int, maxPixels int64) (*Discloser, error) {
 // re-encoded as a JPEG). The caller uses it to take the pixels from its decode budget first.
 //
 // A JPEG whose data cannot be copied unchanged is decoded too: one that is
-// not baseline, or whose colours depend on the APP0 or APP14 segment that
-// Apply drops (CMYK, YCCK and RGB-coded frames).
+// not baseline, whose colours depend on the APP0 or APP14 segment that
+// Apply drops (CMYK, YCCK and RGB-coded frames), or whose EXIF orientation
+// says it is stored turned.
 func (d *Discloser) NeedsDecode(data []byte, label bool) bool {
-	if label || !isJPEG(data) {
+	if label || !isJPEG(data) || orientation(data) != 1 {
 		return true
 	}
 	l, err := parseJPEG(data)
@@ -102,12 +103,22 @@ func (d *Discloser) NeedsDecode(data []byte, label bool) bool {
 // not re-encoded. With label true, or a PNG/WebP/other input Go can decode, the image is decoded, the label drawn
 // (when asked) and encoded as a JPEG at the quality given to New. Errors wrap the cause.
 //
+// A JPEG whose EXIF orientation says it is stored turned (a provider's output
+// may be) is decoded and turned upright before the label, since the tag that
+// says how to show it is dropped.
+//
 // Segments between the scans of a JPEG are copied too, except APPn and COM,
 // and anything after its EOI marker (such as the extra images of an MPF
 // file) is dropped. A JPEG input that is malformed or truncated is refused,
 // not repaired.
 func (d *Discloser) Apply(data []byte, label bool) ([]byte, error) {
-	if !label && isJPEG(data) {
+	// One read of the header: the orientation, and the size for the cap.
+	info, ierr := imagecheck.Inspect(data, 0)
+	o := 1
+	if ierr == nil {
+		o = info.Orientation
+	}
+	if !label && o == 1 && isJPEG(data) {
 		l, err := parseJPEG(data)
 		if err != nil {
 			return nil, err
@@ -118,14 +129,14 @@ func (d *Discloser) Apply(data []byte, label bool) ([]byte, error) {
 	}
 	// The header's size is checked before any pixel is decoded, so that a
 	// forged one cannot make Apply allocate gigabytes.
-	if _, err := imagecheck.Inspect(data, d.maxPixels); errors.Is(err, imagecheck.ErrTooManyPixels) {
-		return nil, fmt.Errorf("disclosure: %w (the cap is %d)", err, d.maxPixels)
+	if ierr == nil && d.maxPixels > 0 && info.Pixels() > d.maxPixels {
+		return nil, fmt.Errorf("disclosure: %w: %dx%d (the cap is %d)", imagecheck.ErrTooManyPixels, info.Width, info.Height, d.maxPixels)
 	}
 	img, format, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("disclosure: decoding the image: %w", err)
 	}
-	rgba := flatten(img)
+	rgba := imagecheck.Orient(flatten(img), o)
 	if label {
 		if err := d.drawLabel(rgba); err != nil {
 			return nil, err
@@ -153,4 +164,14 @@ func flatten(img image.Image) *image.RGBA {
 	draw.Draw(dst, dst.Bounds(), image.White, image.Point{}, draw.Src)
 	draw.Draw(dst, dst.Bounds(), img, b.Min, draw.Over)
 	return dst
+}
+
+// orientation is data's EXIF orientation, 1 when it has none or its header
+// cannot be read.
+func orientation(data []byte) int {
+	info, err := imagecheck.Inspect(data, 0)
+	if err != nil {
+		return 1
+	}
+	return info.Orientation
 }

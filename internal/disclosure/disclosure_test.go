@@ -398,3 +398,43 @@ func TestApplyConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// A JPEG stored on its side with EXIF Orientation 6 (turn 90° clockwise to
+// view) comes out upright: the tag that said how to show it is dropped.
+func TestApplyTurnsAnOrientedJPEGUpright(t *testing.T) {
+	stored := image.NewRGBA(image.Rect(0, 0, 40, 20))
+	for y := range 20 {
+		for x := range 40 {
+			c := color.RGBA{0, 0, 255, 255}
+			if x < 10 {
+				c = color.RGBA{255, 0, 0, 255} // red on the stored left, the top once turned
+			}
+			stored.Set(x, y, c)
+		}
+	}
+	plain := encodeJPEG(t, stored)
+	exif := []byte("Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00\x00\x00\x00\x00")
+	data := append(append(append([]byte{}, plain[:2]...), segment(0xE1, exif)...), plain[2:]...)
+	d := newDiscloser(t)
+	for _, label := range []bool{false, true} {
+		if !d.NeedsDecode(data, label) {
+			t.Errorf("label %v: NeedsDecode is false for a turned JPEG", label)
+		}
+		out, err := d.Apply(data, label)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkOnlyXMP(t, out)
+		img := decode(t, out)
+		if b := img.Bounds(); b.Dx() != 20 || b.Dy() != 40 {
+			t.Fatalf("label %v: %v, want 20x40 upright", label, b)
+		}
+		if r, _, bl, _ := img.At(10, 2).RGBA(); r>>8 < 200 || bl>>8 > 60 {
+			t.Errorf("label %v: the top is not red (r %d, b %d)", label, r>>8, bl>>8)
+		}
+	}
+	// Upright already: still copied, not decoded.
+	if d.NeedsDecode(plain, false) {
+		t.Error("NeedsDecode is true for an upright baseline JPEG")
+	}
+}

@@ -81,7 +81,7 @@ func Normalize(data []byte, opts NormalizeOptions) (Result, error) {
 	} else {
 		scaleDown(flat, src, op)
 	}
-	upright := orient(flat, info.Orientation)
+	upright := Orient(flat, info.Orientation)
 
 	var buf bytes.Buffer
 	// image/jpeg writes only the quantisation and Huffman tables, the frame
@@ -166,12 +166,13 @@ func scaleTo(w, h, longSide int) (int, int) {
 	return scale(w), scale(h)
 }
 
-// orient returns m turned upright for the EXIF orientation o. For every
+// Orient returns m turned upright for the EXIF orientation o (1 to 8; any
+// other value leaves m as it is). For every
 // output pixel it looks up the stored pixel that the tag says belongs there;
 // the tag names where the stored first row and first column are meant to be
 // seen (for 6, the first row is the right side and the first column the
 // top).
-func orient(m *image.RGBA, o int) *image.RGBA {
+func Orient(m *image.RGBA, o int) *image.RGBA {
 	if o <= 1 || o > 8 {
 		return m
 	}

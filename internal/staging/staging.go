@@ -66,9 +66,6 @@ type Options struct {
 	// Upscale says who may ask for an upscale, and to what size; the zero
 	// value refuses every request that asks.
 	Upscale Upscale
-	// OutputQuality is the JPEG quality of an output that must be turned
-	// upright before it is disclosed; zero means imagecheck's default.
-	OutputQuality int
 	// Tracer makes the job's spans; nil makes none.
 	Tracer trace.Tracer
 	// RecordPrompts adds the prompts to the job's span.
@@ -439,26 +436,16 @@ func (s *Service) disclose(ctx context.Context, res *backend.Result, label bool)
 	ctx, span := s.start(ctx, "disclosure.apply", attrLabel.Bool(label))
 	var err error
 	defer func() { end(span, err) }()
-	// The disclosure drops every other metadata segment, EXIF's
-	// orientation among them: an output that relies on it (a provider's
-	// may) is turned upright first, or it would be staged on its side.
-	info, ierr := imagecheck.Inspect(res.Image, 0)
-	sideways := ierr == nil && info.Orientation != 1
-	if sideways || d.NeedsDecode(res.Image, label) {
+	// The disclosure decodes (to draw the label, to re-encode a PNG, or to
+	// turn upright an image that relies on its EXIF orientation): the
+	// pixels come from the decode budget first.
+	if d.NeedsDecode(res.Image, label) {
 		release, aerr := s.opts.DecodeBudget.Acquire(ctx, int64(max(res.Width, 1))*int64(max(res.Height, 1)))
 		if aerr != nil {
 			err = contextFault(ctx)
 			return err
 		}
 		defer release()
-	}
-	if sideways {
-		up, nerr := imagecheck.Normalize(res.Image, imagecheck.NormalizeOptions{Quality: s.opts.OutputQuality})
-		if nerr != nil {
-			err = fault.Wrap(nerr, fault.Internal, "turning the staged image upright failed")
-			return err
-		}
-		res.Image, res.Width, res.Height = up.Data, up.Width, up.Height
 	}
 	out, aerr := d.Apply(res.Image, label)
 	if aerr != nil {
