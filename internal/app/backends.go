@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -175,13 +176,19 @@ func buildManaged(cfg config.Config, log *slog.Logger, reg prometheus.Registerer
 		Name: prometheus.BuildFQName(telemetry.Namespace, "managed", "circuit_open"),
 		Help: "1 while the managed provider's circuit breaker is open (calls paused), 0.5 while half-open, 0 while closed.",
 	})
+	// The provider's calls are client spans only while spans are recorded:
+	// with tracing off the transport stays bare, as the S3 client's does.
+	var client *http.Client
+	if tp := tr.Recording(); tp != nil {
+		client = managed.TracedClient(tp)
+	}
 	mb, err := managed.New(managed.Options{
-		BaseURL: m.BaseURL, Version: m.Version, Token: token,
+		HTTPClient: client,
+		BaseURL:    m.BaseURL, Version: m.Version, Token: token,
 		CallTimeout: m.CallTimeout, Wait: m.Wait, PollInterval: m.PollInterval, MaxAttempts: m.MaxAttempts,
 		BreakerFailures: uint32(m.BreakerFailures), BreakerOpenTimeout: m.BreakerOpenTimeout,
 		FallbackToMock: m.FallbackToMock, Fallback: mock,
-		HTTPClient: managed.TracedClient(tr.Provider),
-		Logger:     log.With("component", "managed"),
+		Logger: log.With("component", "managed"),
 		OnCircuitChange: func(_, to string) {
 			switch to {
 			case "open":

@@ -15,7 +15,6 @@ import (
 	"unicode/utf8"
 
 	// Formats Apply re-encodes as JPEG besides JPEG itself.
-	_ "image/gif"
 	_ "image/png"
 
 	_ "golang.org/x/image/webp"
@@ -129,7 +128,11 @@ func (d *Discloser) Apply(data []byte, label bool) ([]byte, error) {
 	}
 	// The header's size is checked before any pixel is decoded, so that a
 	// forged one cannot make Apply allocate gigabytes.
-	if ierr == nil && d.maxPixels > 0 && info.Pixels() > d.maxPixels {
+	// Nothing is decoded whose header was not read and found under the cap.
+	if ierr != nil {
+		return nil, fmt.Errorf("disclosure: reading the image's header: %w", ierr)
+	}
+	if d.maxPixels > 0 && info.Pixels() > d.maxPixels {
 		return nil, fmt.Errorf("disclosure: %w: %dx%d (the cap is %d)", imagecheck.ErrTooManyPixels, info.Width, info.Height, d.maxPixels)
 	}
 	img, format, err := image.Decode(bytes.NewReader(data))

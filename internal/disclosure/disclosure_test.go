@@ -438,3 +438,19 @@ func TestApplyTurnsAnOrientedJPEGUpright(t *testing.T) {
 		t.Error("NeedsDecode is true for an upright baseline JPEG")
 	}
 }
+
+// An image whose header cannot be read is not decoded: a GIF (no backend
+// answers one) and a PNG cut inside its header are refused.
+func TestApplyRefusesAnUnreadableHeader(t *testing.T) {
+	d := newDiscloser(t)
+	gif := []byte("GIF89a\x01\x00\x01\x00\x00\x00\x00;")
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, testImage(8, 8)); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"gif": gif, "cut png": buf.Bytes()[:20]} {
+		if _, err := d.Apply(data, false); err == nil || !strings.Contains(err.Error(), "header") {
+			t.Errorf("%s: %v, want a header error", name, err)
+		}
+	}
+}

@@ -72,9 +72,6 @@ func NewTracing(ctx context.Context, exporter string) (*Tracing, error) {
 	return &Tracing{Provider: sdk, Propagator: propagator(), sdk: sdk}, nil
 }
 
-// Enabled reports whether spans are recorded and exported.
-func (t *Tracing) Enabled() bool { return t.sdk != nil }
-
 // Recording returns the provider when spans are recorded, and nil when
 // they are not: the parts whose instrumentation would cost something on
 // every request even with a no-op provider (the HTTP server's, the S3
