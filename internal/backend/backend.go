@@ -40,9 +40,18 @@ type Job struct {
 	UpscaleLongSide int
 }
 
-// WarningUpscaleResampled is the warning of a result whose upscale was a
-// resampling only, without the model's refinement.
-const WarningUpscaleResampled = "upscale_resampled_only"
+// The warnings a Result may carry, as the answer passes them on.
+const (
+	// WarningUpscaleResampled: the upscale was a resampling only, without
+	// the model's refinement.
+	WarningUpscaleResampled = "upscale_resampled_only"
+	// WarningPeopleDetected: the content policy (warn) found a face or a
+	// person in the photo.
+	WarningPeopleDetected = "people_detected"
+	// WarningStructureCheckFailed: no render kept enough of the original's
+	// edges (QA_STRUCTURE_MIN).
+	WarningStructureCheckFailed = "structure_check_failed"
+)
 
 // Result is a staged image.
 type Result struct {

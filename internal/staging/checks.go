@@ -10,12 +10,6 @@ import (
 	"github.com/vstage/vstage/internal/fault"
 )
 
-// The warnings of the engine's checks, as the answer carries them.
-const (
-	warnPeople    = "people_detected"
-	warnStructure = "structure_check_failed"
-)
-
 // The attributes of the backend span that say what the engine's checks
 // found: the content policy's decision, and the structure score and the
 // renders it took.
@@ -41,7 +35,7 @@ func (s *Service) checked(span trace.Span, res backend.Result, err error) {
 	c := res.Checks
 	if c.Content {
 		decision := "pass"
-		if slices.Contains(res.Warnings, warnPeople) {
+		if slices.Contains(res.Warnings, backend.WarningPeopleDetected) {
 			decision = "warn"
 		}
 		m.ContentDecisions.WithLabelValues(decision).Inc()
@@ -55,7 +49,7 @@ func (s *Service) checked(span trace.Span, res backend.Result, err error) {
 	}
 	if c.Structure {
 		m.StructureScore.Observe(c.StructureScore)
-		passed := !slices.Contains(res.Warnings, warnStructure)
+		passed := !slices.Contains(res.Warnings, backend.WarningStructureCheckFailed)
 		if !passed {
 			m.StructureFailures.Inc()
 		}

@@ -134,7 +134,7 @@ func TestContentRejectedWritesNothing(t *testing.T) {
 
 func TestChecksAreCounted(t *testing.T) {
 	be := &checkingBackend{mock: backend.Mock{Quality: 90}, result: func(job backend.Job, res *backend.Result) {
-		res.Warnings = []string{warnPeople, warnStructure}
+		res.Warnings = []string{backend.WarningPeopleDetected, backend.WarningStructureCheckFailed}
 		res.Checks = backend.Checks{Content: true, Structure: true, StructureScore: 0.25, Renders: 4}
 	}}
 	f := checkedFixture(t, be)
