@@ -107,7 +107,7 @@ def render_checked(work: Work, ctx: JobContext, render: Callable[[Work], Output]
     """
     spec = work.spec
     best: Rendered | None = None
-    renders = 0
+    renders = peak = 0
     for attempt in range(spec.structure_retries + 1):
         if attempt:
             ctx.check()
@@ -119,6 +119,7 @@ def render_checked(work: Work, ctx: JobContext, render: Callable[[Work], Output]
             )
         out = render(job)
         renders += 1
+        peak = max(peak, out.peak_gpu_memory_bytes)
         if spec.structure_min <= 0:
             return Rendered(out, job, None, renders, [])
         score = _score(work, out, ctx, attempt, seed)
@@ -129,6 +130,8 @@ def render_checked(work: Work, ctx: JobContext, render: Callable[[Work], Output]
             best = Rendered(out, job, score, renders, [WARN_STRUCTURE])
     assert best is not None  # the loop runs at least once
     best.attempts = renders
+    # Every render held the accelerator; the job's peak is the highest.
+    best.output.peak_gpu_memory_bytes = peak
     _log(work, best)
     return best
 

@@ -80,7 +80,7 @@ def layout(size: tuple[int, int], tile: int, overlap: int) -> list[Tile]:
     return out
 
 
-def _ramp(length: int, start: int, extent: int, full: int, overlap: int) -> np.ndarray:
+def _ramp(start: int, extent: int, full: int, overlap: int) -> np.ndarray:
     """One axis of a tile's weight: linear over overlap pixels from each
     inner edge (a tile edge that is not the image's), 1 elsewhere."""
     w = np.ones(extent, dtype=np.float64)
@@ -97,8 +97,8 @@ def _ramp(length: int, start: int, extent: int, full: int, overlap: int) -> np.n
 
 def weights(t: Tile, size: tuple[int, int], overlap: int) -> np.ndarray:
     """Returns the tile's blending weights, shape (height, width), all > 0."""
-    wx = _ramp(size[0], t.left, t.width, size[0], overlap)
-    wy = _ramp(size[1], t.top, t.height, size[1], overlap)
+    wx = _ramp(t.left, t.width, size[0], overlap)
+    wy = _ramp(t.top, t.height, size[1], overlap)
     return np.outer(wy, wx)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from pathlib import Path
 
 import grpc
@@ -14,9 +15,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from helpers import SMALL_LIMITS, Engine, decode, png, reason_of, request, start_test
+from helpers import SMALL_LIMITS, Engine, decode, job_spec, png, reason_of, request, start_test
 from inference import checks, content, imageio
 from inference._proto import engine_pb2 as pb
+from inference.jobs import JobContext, Output, Work
 from quality import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -254,3 +256,22 @@ def test_job_faults_apply_to_calls_without_their_own() -> None:
         assert list(engine.result(req, faults="sleep=0").warnings) == []
     finally:
         engine.close()
+
+
+def test_the_peak_memory_is_the_highest_renders() -> None:
+    # Three renders of noise against a room, all below a minimum of 1; the
+    # best one answers, but the job held the most memory on the second.
+    with Image.open(BUNDLED / "sunny-living-room.jpg") as img:
+        room = img.convert("RGB").resize((128, 96))
+    work = Work(spec=job_spec(structure_min=1.0, structure_retries=2), image=room, mask=None)
+    peaks = iter([5, 9, 3])
+    rng = np.random.default_rng(0)
+
+    def render(_: Work) -> Output:
+        noise = Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+        return Output(image=noise, peak_gpu_memory_bytes=next(peaks))
+
+    ctx = JobContext(threading.Event(), lambda: pb.FAILURE_REASON_CANCELLED, lambda s, t: None)
+    rendered = checks.render_checked(work, ctx, render)
+    assert rendered.attempts == 3 and rendered.warnings == ["structure_check_failed"]
+    assert rendered.output.peak_gpu_memory_bytes == 9
