@@ -370,7 +370,8 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 	s.checked(span, res, err)
 	end(span, err)
 	g.release(admission.Report{Duration: backendTime, PeakGPUBytes: res.PeakGPUMemoryBytes, Megapixels: float64(res.Width*res.Height) / 1e6})
-	s.count(be.Name(), res, backendTime, p.tier)
+	producer := producerOf(be.Name(), res)
+	s.count(producer, res, backendTime, p.tier)
 	if err != nil {
 		if ctx.Err() != nil {
 			return record{}, contextFault(ctx)
@@ -384,10 +385,6 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (rec
 		ContentType: res.ContentType, CacheControl: s.opts.StagedCacheControl,
 	}); err != nil {
 		return record{}, s.storageFault(ctx, err, "writing "+p.stagedKey)
-	}
-	producer := be.Name()
-	if res.Backend != "" {
-		producer = res.Backend
 	}
 	// The answer's seed is the one that made the image (a structure retry
 	// uses the next ones); the record keeps the job's too, which requests
@@ -468,12 +465,8 @@ func observe(ctx context.Context, o prometheus.Observer, v float64) {
 }
 
 // count adds a backend call's time and price to the cost metrics, under
-// the backend that did the work (a fallback's, when one answered).
-func (s *Service) count(called string, res backend.Result, took time.Duration, tier admission.Tier) {
-	name := called
-	if res.Backend != "" {
-		name = res.Backend
-	}
+// name, the backend that did the work (producerOf).
+func (s *Service) count(name string, res backend.Result, took time.Duration, tier admission.Tier) {
 	billed := took
 	if res.BilledTime > 0 {
 		billed = res.BilledTime
@@ -481,6 +474,15 @@ func (s *Service) count(called string, res backend.Result, took time.Duration, t
 	s.metrics.BackendSeconds.WithLabelValues(name, string(tier)).Add(billed.Seconds())
 	price := s.opts.Prices[name]
 	s.metrics.Cost.WithLabelValues(name, string(tier)).Add(price.PerRun + price.PerSecond*billed.Seconds())
+}
+
+// producerOf names the backend that produced res: the one called, unless
+// it answered for another (a managed call that fell back to mock).
+func producerOf(called string, res backend.Result) string {
+	if res.Backend != "" {
+		return res.Backend
+	}
+	return called
 }
 
 // prepare reads and checks the inputs and resolves every job parameter.
