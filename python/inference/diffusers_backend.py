@@ -163,7 +163,9 @@ class DiffusersBackend:
                 "tokenizer_2": c.tokenizer_2,
                 "unet": c.unet,
             }
-            refiner = refine.TileRefiner(parts, s, self._device, source="base")
+            refiner = refine.TileRefiner(
+                parts, s, self._device, source="base", tokenizers=self._tokenizers
+            )
         self._log.info(
             "upscale settings",
             extra=logs.fields(

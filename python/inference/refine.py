@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,9 @@ class TileRefiner:
 
     parts are the pipeline's modules (tokenizers included, copied per thread
     because a fast tokenizer is not safe to share between threads).
+    tokenizers, when given, returns this thread's copies of (tokenizer,
+    tokenizer_2) instead: the base model's backend keeps such copies for its
+    renders already.
     """
 
     def __init__(
@@ -53,8 +57,10 @@ class TileRefiner:
         source: str,
         aesthetics: bool = False,
         scheduler: Any = None,
+        tokenizers: Callable[[], tuple[Any, Any]] | None = None,
     ) -> None:
         self._parts = parts
+        self._tokenizers = tokenizers
         self._settings = settings
         self._device = device
         self.source = source
@@ -100,14 +106,20 @@ class TileRefiner:
             scheduler=pipe.scheduler,
         )
 
-    def _pipeline(self, scheduler: Any) -> Any:
-        tokenizers = getattr(self._local, "tokenizers", None)
+    def _thread_tokenizers(self) -> dict[str, Any]:
+        if self._tokenizers is not None:
+            tokenizer, tokenizer_2 = self._tokenizers()
+            return {"tokenizer": tokenizer, "tokenizer_2": tokenizer_2}
+        tokenizers: dict[str, Any] | None = getattr(self._local, "tokenizers", None)
         if tokenizers is None:
             tokenizers = {
                 k: copy.deepcopy(self._parts.get(k)) for k in ("tokenizer", "tokenizer_2")
             }
             self._local.tokenizers = tokenizers
-        parts = dict(self._parts, **tokenizers)
+        return tokenizers
+
+    def _pipeline(self, scheduler: Any) -> Any:
+        parts = dict(self._parts, **self._thread_tokenizers())
         parts["scheduler"] = type(scheduler).from_config(scheduler.config)
         pipe: Any = StableDiffusionXLImg2ImgPipeline(
             **parts, requires_aesthetics_score=self._aesthetics, add_watermarker=False
