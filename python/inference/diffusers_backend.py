@@ -367,11 +367,7 @@ class DiffusersBackend:
         refiner = self._refiner
         if refiner is not None and refiner.source == refine.REFINER_DIR:
             return refine.Profile(s.upscale_steps, None, refiner.scheduler)
-        c = self._components()
-        if self._few_step is None:
-            return refine.Profile(s.upscale_steps, None, c.scheduler)
-        steps = fewstep.steps_for(s.few_step_steps, s.upscale_strength)
-        return refine.Profile(steps, s.few_step_guidance, self._few_step.scheduler)
+        return refine.Profile(*self._sampling(s.upscale_steps, s.upscale_strength))
 
     def _run(self, work: Work, ctx: JobContext) -> Output:
         spec = work.spec
@@ -487,11 +483,17 @@ class DiffusersBackend:
     def _profile(self, spec: JobSpec) -> tuple[int, float, Any]:
         """Returns the steps, guidance scale and scheduler a job runs with: the
         job's own, or the few-step profile's."""
-        c = self._components()
+        steps, guidance, scheduler = self._sampling(spec.steps, spec.strength)
+        return steps, spec.guidance_scale if guidance is None else guidance, scheduler
+
+    def _sampling(self, steps: int, strength: float) -> tuple[int, float | None, Any]:
+        """Returns steps on the base scheduler with no guidance of its own
+        (None: the job's); or, with the few-step profile, its steps for
+        strength, its guidance and its scheduler."""
         if self._few_step is None:
-            return spec.steps, spec.guidance_scale, c.scheduler
+            return steps, None, self._components().scheduler
         s = self._settings
-        steps = fewstep.steps_for(s.few_step_steps, spec.strength)
+        steps = fewstep.steps_for(s.few_step_steps, strength)
         return steps, s.few_step_guidance, self._few_step.scheduler
 
     def _decode(self, pipe: Any, latents: torch.Tensor) -> Image.Image:
