@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/vstage/vstage/internal/catalog"
 	"github.com/vstage/vstage/internal/disclosure"
 	"github.com/vstage/vstage/internal/fault"
+	"github.com/vstage/vstage/internal/imagecheck"
 	"github.com/vstage/vstage/internal/telemetry"
 )
 
@@ -182,5 +184,43 @@ func TestSidewaysOutputIsTurnedUpright(t *testing.T) {
 	}
 	if !bytes.Contains(data, []byte(disclosure.DigitalSourceType)) || bytes.Contains(data, []byte("Exif\x00\x00")) {
 		t.Error("the upright image lacks the disclosure or kept the EXIF")
+	}
+}
+
+// A label that waits for decode budget until the request's deadline ends
+// the job with timeout, and nothing is written.
+func TestDisclosureWaitingForBudgetTimesOut(t *testing.T) {
+	budget := imagecheck.NewBudget(1)
+	hold, err := budget.Acquire(t.Context(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold()
+	f := newFixture(t, 0)
+	svc := New(f.store, NewSingle(f.be), catalog.Default(), Options{
+		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
+		MaxInputBytes:  1 << 20,
+		MaxInputPixels: 1 << 20,
+		OutputLongSide: 64,
+		Discloser:      &markingDiscloser{},
+		DecodeBudget:   budget,
+	}, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	r := req("starved")
+	yes := true
+	r.Label = &yes
+	if _, err := svc.Stage(ctx, r); fault.CodeOf(err) != fault.Timeout {
+		t.Fatalf("err = %v, want timeout", err)
+	}
+	for _, key := range []string{"l/staged/starved.jpg", "l/staged/starved.jpg.json"} {
+		if _, err := f.store.Get(t.Context(), key, 1<<20); err == nil {
+			t.Errorf("%s was written by a job that timed out", key)
+		}
+	}
+	// Its claim is gone too: once the budget is free, a retry runs.
+	hold()
+	if _, err := svc.Stage(t.Context(), r); err != nil {
+		t.Errorf("retry: %v", err)
 	}
 }
