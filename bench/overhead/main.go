@@ -9,7 +9,9 @@
 // call as the sidecar saw it (backend_ms of the request line). The first
 // difference is what serving through the sidecar adds (HTTP, validation,
 // storage reads and writes, header checks, and the gRPC transfer and
-// stream); the second is the sidecar's own work alone.
+// stream); the second is the sidecar's own work alone, and what is left
+// between the two (call - engine) is the engine call's transport: the
+// request and result on the socket and through the engine's gRPC server.
 //
 //	overhead -mode reject -url ... -n 2000 -c 8
 //
@@ -69,14 +71,14 @@ func jobs(url, key, logPath string, n int) error {
 		}
 		latency[id] = time.Since(t0)
 	}
-	// The engine logs a job's end just before it sends the result; give
+	// The engine logs a job's end after it has sent the result; give
 	// the log a moment to reach the file.
 	time.Sleep(500 * time.Millisecond)
 	engine, call, err := times(logPath)
 	if err != nil {
 		return err
 	}
-	var total, own, added, calls, sidecar []time.Duration
+	var total, own, added, calls, sidecar, transport []time.Duration
 	for id, l := range latency {
 		e, ok := engine[id]
 		c, ok2 := call[id]
@@ -85,6 +87,7 @@ func jobs(url, key, logPath string, n int) error {
 		}
 		total, own, added = append(total, l), append(own, e), append(added, l-e)
 		calls, sidecar = append(calls, c), append(sidecar, l-c)
+		transport = append(transport, c-e)
 	}
 	fmt.Printf("%d sequential jobs\n", n)
 	report("end to end", total)
@@ -92,6 +95,7 @@ func jobs(url, key, logPath string, n int) error {
 	report("minus engine", added)
 	report("engine call", calls)
 	report("minus call", sidecar)
+	report("call - engine", transport)
 	return nil
 }
 
