@@ -273,6 +273,11 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		method := methodLabel(r.Method)
 		s.metrics.Requests.WithLabelValues(route, method, strconv.Itoa(sw.status)).Inc()
 		s.metrics.Duration.WithLabelValues(route, method).Observe(elapsed.Seconds())
+		// An answer of known length is complete: send it now rather than
+		// after the log line, whose write may wait on a slow log sink.
+		if sw.Header().Get("Content-Length") != "" {
+			_ = http.NewResponseController(w).Flush()
+		}
 		if quiet(route) {
 			return
 		}

@@ -99,3 +99,53 @@ func TestMethodNotAllowedSaysWhatIs(t *testing.T) {
 		t.Errorf("GET /infer: Allow %q", rec.Header().Get("Allow"))
 	}
 }
+
+// stalledLog is a log sink whose writes wait until release is closed.
+type stalledLog struct {
+	writing chan struct{}
+	release chan struct{}
+}
+
+func (l *stalledLog) Write(p []byte) (int, error) {
+	select {
+	case l.writing <- struct{}{}:
+	default:
+	}
+	<-l.release
+	return len(p), nil
+}
+
+// TestAnswerIsSentBeforeTheLogLine: a log sink that stalls (a full pipe to
+// the container runtime) delays the request's log line, not its answer.
+func TestAnswerIsSentBeforeTheLogLine(t *testing.T) {
+	sink := &stalledLog{writing: make(chan struct{}, 1), release: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	s := New(refusingStager{}, catalog.Default(), reg, telemetry.NewHTTPMetrics(reg), telemetry.NewLogger(sink, slog.LevelInfo), Options{
+		MaxBodyBytes: 1 << 10, RequestTimeout: time.Second,
+	})
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	defer close(sink.release)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/infer",
+		strings.NewReader(`{"image_id":"a","original_key":"k.jpg","room_type":"living_room","style":"modern"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatalf("no answer while the log line waits: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusNotFound || !strings.Contains(string(body), `"not_found"`) {
+		t.Fatalf("got %d %s (%v), want the stager's 404", resp.StatusCode, body, err)
+	}
+	select {
+	case <-sink.writing:
+	case <-ctx.Done():
+		t.Fatal("the request's log line was never written")
+	}
+}

@@ -325,9 +325,9 @@ func TestRoutesAndMetrics(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
-	if !strings.Contains(svc.logs.String(), `"image_id":"x"`) || !strings.Contains(svc.logs.String(), `"code":"not_found"`) {
-		t.Errorf("no request log line with image_id and code:\n%s", svc.logs.String())
-	}
+	svc.logged(t, "request line with image_id and code", func(logs string) bool {
+		return strings.Contains(logs, `"image_id":"x"`) && strings.Contains(logs, `"code":"not_found"`)
+	})
 }
 
 // TestDrain stops the service while a job waits on a slow storage read: the

@@ -144,8 +144,9 @@ func TestStructureCheckThroughTheService(t *testing.T) {
 				t.Errorf("%s = %s, want %s", series, n, want)
 			}
 		}
-		if !strings.Contains(svc.logs.String(), `"attempts":2`) {
-			t.Error("the engine's job line does not say it rendered twice")
-		}
+		// The engine logs the job once its result is sent.
+		svc.logged(t, "engine job line saying it rendered twice", func(logs string) bool {
+			return strings.Contains(logs, `"attempts":2`)
+		})
 	})
 }

@@ -300,6 +300,23 @@ func startTraced(t *testing.T, env map[string]string, reload <-chan os.Signal, t
 	return &service{url: "http://" + ln.Addr().String(), adminURL: adminURL, stop: stop, logs: logs}
 }
 
+// logged waits up to 5 s for the service's log to satisfy ok and returns
+// it. The request's own line is written after its answer has been sent.
+func (s *service) logged(t *testing.T, what string, ok func(logs string) bool) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		logs := s.logs.String()
+		if ok(logs) {
+			return logs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in the log within 5s:\n%s", what, logs)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // answer is a decoded HTTP answer.
 type answer struct {
 	status int

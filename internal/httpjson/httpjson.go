@@ -5,6 +5,7 @@
 package httpjson
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -86,12 +87,21 @@ func WriteError(w http.ResponseWriter, err error) {
 	WriteJSON(w, StatusOf(e.Code), errorBody{Error: errorDetail{Code: e.Code, Message: e.Message, Retryable: e.Retryable}})
 }
 
-// WriteJSON answers with v as JSON.
+// WriteJSON answers with v as JSON. The answer carries its length, so that
+// a middleware may flush it to the client before its own bookkeeping.
 func WriteJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	if err := json.NewEncoder(&buf).Encode(v); err != nil {
+		// Only a programming error gets here: every answer is a plain struct.
+		status = http.StatusInternalServerError
+		buf.Reset()
+		buf.WriteString(`{"error":{"code":"internal","message":"internal error","retryable":false}}` + "\n")
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(status)
-	// The status is sent; an encoding or write error can only mean the
-	// client is gone, and the access log already has the status.
-	_ = json.NewEncoder(w).Encode(v)
+	// The status is sent; a write error can only mean the client is gone,
+	// and the access log already has the status.
+	_, _ = w.Write(buf.Bytes())
 }
