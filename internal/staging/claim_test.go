@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -268,5 +269,80 @@ func TestClaimKeyTheStoreRefusesIsAClientError(t *testing.T) {
 	}
 	if f.exists(t, "l/staged/job.jpg") || f.exists(t, jobRecord) {
 		t.Error("something was written")
+	}
+}
+
+// claimAwaitsOriginal holds the claim's write until the original's read
+// has begun: a service that reads the original only after the claim would
+// wait here until its deadline.
+type claimAwaitsOriginal struct {
+	Store
+	original string
+	reading  chan struct{}
+	once     sync.Once
+}
+
+func (c *claimAwaitsOriginal) Get(ctx context.Context, key string, maxBytes int64) ([]byte, error) {
+	if key == c.original {
+		c.once.Do(func() { close(c.reading) })
+	}
+	return c.Store.Get(ctx, key, maxBytes)
+}
+
+func (c *claimAwaitsOriginal) Put(ctx context.Context, key string, data []byte, opts storage.PutOptions) error {
+	if opts.IfAbsent {
+		select {
+		case <-c.reading:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return c.Store.Put(ctx, key, data, opts)
+}
+
+// TestOriginalIsReadWhileTheClaimIsTaken: the two storage round trips of
+// a new job overlap.
+func TestOriginalIsReadWhileTheClaimIsTaken(t *testing.T) {
+	f := newFixture(t, 0)
+	store := &claimAwaitsOriginal{Store: f.store, original: req("job").OriginalKey, reading: make(chan struct{})}
+	svc := New(store, NewSingle(f.be), f.svc.catalog, f.svc.opts, f.metrics, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	out, err := svc.Stage(ctx, req("job"))
+	if err != nil || out.Replay || f.be.calls.Load() != 1 {
+		t.Fatalf("Stage = %+v, %v after %d runs; want one fresh run", out, err, f.be.calls.Load())
+	}
+}
+
+// TestClaimRefusalWinsOverAMissingOriginal: while another replica holds
+// the job, the answer is in_progress even if this replica's read of the
+// original, made meanwhile, failed; that replica may have better luck.
+func TestClaimRefusalWinsOverAMissingOriginal(t *testing.T) {
+	f := newFixture(t, 0)
+	f.putClaim(t, claimKey(jobRecord, 0), "another-replica", time.Now().Add(time.Minute))
+	r := req("job")
+	r.OriginalKey = "l/missing.jpg"
+	_, err := f.svc.Stage(t.Context(), r)
+	if code := fault.CodeOf(err); code != fault.InProgress {
+		t.Fatalf("err = %v, want in_progress", err)
+	}
+	if !f.exists(t, claimKey(jobRecord, 0)) || f.be.calls.Load() != 0 {
+		t.Errorf("the other replica's claim was touched or the backend ran")
+	}
+}
+
+// TestMissingOriginalDropsTheClaim: an input that cannot be read fails the
+// job after this replica took its claim; the claim is let go at once, so
+// a corrected retry anywhere need not wait for it to expire.
+func TestMissingOriginalDropsTheClaim(t *testing.T) {
+	f := newFixture(t, 0)
+	r := req("job")
+	r.OriginalKey = "l/missing.jpg"
+	_, err := f.svc.Stage(t.Context(), r)
+	if code := fault.CodeOf(err); code != fault.NotFound {
+		t.Fatalf("err = %v, want not_found", err)
+	}
+	if f.exists(t, claimKey(jobRecord, 0)) || f.exists(t, jobRecord) || f.be.calls.Load() != 0 {
+		t.Errorf("a claim or record was left, or the backend ran")
 	}
 }

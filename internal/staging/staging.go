@@ -321,27 +321,69 @@ func (s *Service) execute(ctx context.Context, p plan) (rec record, fresh bool, 
 	if found != nil {
 		return answerFrom(p, *found)
 	}
+	// The inputs are read while the claim is taken and the record read
+	// again: each is a storage round trip, and a job that then finds the
+	// claim taken or the record written has only wasted a read.
+	inputs := s.prepareAsync(ctx, p)
 	held, err := s.takeClaim(ctx, p)
 	if err != nil {
+		inputs.abandon()
 		return record{}, false, err
 	}
 	// Another replica may have finished the job between our record read
 	// and our claim: it writes the record before it lets go of its claim,
 	// so the record is there to read now.
 	if found, err := s.lookup(ctx, p); err != nil || found != nil {
+		inputs.abandon()
 		held.drop(ctx)
 		if err != nil {
 			return record{}, false, err
 		}
 		return answerFrom(p, *found)
 	}
-	rec, err = s.run(ctx, p, g, start)
+	job, err := inputs.wait()
+	if err == nil {
+		rec, err = s.run(ctx, p, g, start, job)
+	}
 	if err != nil {
 		held.drop(ctx)
 		return record{}, false, err
 	}
 	held.done(ctx)
 	return rec, true, nil
+}
+
+// preparing is a prepare running on its own goroutine, which the caller
+// always ends with wait or abandon.
+type preparing struct {
+	done   chan struct{}
+	cancel context.CancelFunc
+	job    backend.Job
+	err    error
+}
+
+// prepareAsync starts prepare(ctx, p).
+func (s *Service) prepareAsync(ctx context.Context, p plan) *preparing {
+	ctx, cancel := context.WithCancel(ctx)
+	pr := &preparing{done: make(chan struct{}), cancel: cancel}
+	go func() {
+		defer close(pr.done)
+		pr.job, pr.err = s.prepare(ctx, p)
+	}()
+	return pr
+}
+
+// wait returns the prepared job.
+func (pr *preparing) wait() (backend.Job, error) {
+	<-pr.done
+	pr.cancel()
+	return pr.job, pr.err
+}
+
+// abandon stops the prepare and waits for its goroutine to end.
+func (pr *preparing) abandon() {
+	pr.cancel()
+	<-pr.done
 }
 
 // answerFrom replays rec for p, or refuses p as a conflict.
@@ -352,16 +394,12 @@ func answerFrom(p plan, rec record) (record, bool, error) {
 	return rec, false, nil
 }
 
-// run reads and checks p's inputs, runs the backend g routed it to and
-// writes the staged image, then the record.
-func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time) (record, error) {
+// run runs p's prepared job on the backend g routed it to and writes the
+// staged image, then the record.
+func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time, job backend.Job) (record, error) {
 	be, ok := s.backends.ByName[g.backend]
 	if !ok {
 		return record{}, fault.New(fault.Unavailable, "backend %q is not configured", g.backend)
-	}
-	job, err := s.prepare(ctx, p)
-	if err != nil {
-		return record{}, err
 	}
 	bctx, span := s.start(ctx, "backend."+be.Name(), attrBackend.String(be.Name()))
 	ran := time.Now()
