@@ -4,9 +4,9 @@
 //	overhead -mode job -url http://127.0.0.1:8080/infer -log sidecar.log -n 200
 //
 // sends n jobs one after another (fresh image_ids) and pairs each answer's
-// latency with the engine's own time for the job, read from the engine's
-// "job done" line in the sidecar's log, and with the time of the engine
-// call as the sidecar saw it (backend_ms of the request line). The first
+// latency with the engine's own time for the job and with the time of the
+// engine call as the sidecar saw it, both from the sidecar's request line
+// (engine_ms and backend_ms). The first
 // difference is what serving through the sidecar adds (HTTP, validation,
 // storage reads and writes, header checks, and the gRPC transfer and
 // stream); the second is the sidecar's own work alone, and what is left
@@ -28,7 +28,6 @@ import (
 	"net/http"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -71,9 +70,9 @@ func jobs(url, key, logPath string, n int) error {
 		}
 		latency[id] = time.Since(t0)
 	}
-	// The engine logs a job's end after it has sent the result; give
-	// the log a moment to reach the file.
-	time.Sleep(500 * time.Millisecond)
+	// The request line is written after the answer is sent; give the
+	// last one a moment to reach the file.
+	time.Sleep(200 * time.Millisecond)
 	engine, call, err := times(logPath)
 	if err != nil {
 		return err
@@ -99,9 +98,9 @@ func jobs(url, key, logPath string, n int) error {
 	return nil
 }
 
-// times reads, per image_id, the engine's own total_ms from its "job done"
-// lines (its job id is the image_id with a "~N" suffix) and the backend
-// call's time as the sidecar saw it from the request lines (backend_ms).
+// times reads, per image_id, the engine's own time (engine_ms) and the
+// backend call's time as the sidecar saw it (backend_ms) from the
+// sidecar's request lines.
 func times(path string) (engine, call map[string]time.Duration, err error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -115,22 +114,14 @@ func times(path string) (engine, call map[string]time.Duration, err error) {
 	for sc.Scan() {
 		var line struct {
 			Msg       string  `json:"msg"`
-			Source    string  `json:"source"`
-			JobID     string  `json:"job_id"`
 			ImageID   string  `json:"image_id"`
-			TotalMS   float64 `json:"total_ms"`
+			EngineMS  float64 `json:"engine_ms"`
 			BackendMS float64 `json:"backend_ms"`
 		}
-		if json.Unmarshal(sc.Bytes(), &line) != nil {
+		if json.Unmarshal(sc.Bytes(), &line) != nil || line.Msg != "request" || line.EngineMS <= 0 {
 			continue
 		}
-		switch {
-		case line.Msg == "job done" && line.Source == "engine":
-			id, _, _ := strings.Cut(line.JobID, "~")
-			engine[id] = ms(line.TotalMS)
-		case line.Msg == "request" && line.BackendMS > 0:
-			call[line.ImageID] = ms(line.BackendMS)
-		}
+		engine[line.ImageID], call[line.ImageID] = ms(line.EngineMS), ms(line.BackendMS)
 	}
 	return engine, call, sc.Err()
 }

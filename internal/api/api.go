@@ -232,6 +232,7 @@ type fields struct {
 	backend     string
 	replay      bool
 	backendTime time.Duration
+	engineTime  time.Duration
 	code        fault.Code
 	err         error
 }
@@ -302,6 +303,9 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			attrs = append(attrs, slog.String("backend", f.backend), slog.Bool("replay", f.replay))
 			if f.backendTime > 0 {
 				attrs = append(attrs, slog.Float64("backend_ms", float64(f.backendTime.Microseconds())/1000))
+			}
+			if f.engineTime > 0 {
+				attrs = append(attrs, slog.Float64("engine_ms", float64(f.engineTime.Microseconds())/1000))
 			}
 		}
 		level := slog.LevelInfo

@@ -107,7 +107,7 @@ func (s *Server) handleInfer(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if f != nil {
-		f.replay, f.backend, f.backendTime = out.Replay, out.Backend, out.BackendTime
+		f.replay, f.backend, f.backendTime, f.engineTime = out.Replay, out.Backend, out.BackendTime, out.EngineTime
 	}
 	if out.Replay {
 		w.Header().Set("Idempotent-Replay", "true")

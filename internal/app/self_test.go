@@ -79,6 +79,17 @@ func TestSelfModeEndToEnd(t *testing.T) {
 		t.Errorf("staged Content-Type = %v", ct)
 	}
 
+	// The request line splits the engine call into the engine's own time
+	// and the rest.
+	svc.logged(t, "request line with backend_ms and engine_ms", func(logs string) bool {
+		for _, line := range strings.Split(logs, "\n") {
+			if strings.Contains(line, `"msg":"request"`) && strings.Contains(line, `"image_id":"a"`) {
+				return strings.Contains(line, `"backend_ms":`) && strings.Contains(line, `"engine_ms":`)
+			}
+		}
+		return false
+	})
+
 	second := decodeStaged(t, infer(t, svc, withSeed("b")))
 	b, _ := s3b.get(t, second.StagedKey)
 	if second.StagedKey == first.StagedKey || !bytes.Equal(a, b) {

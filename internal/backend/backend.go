@@ -83,6 +83,10 @@ type Result struct {
 	// Checks is what the engine's checks found; the zero value means that
 	// none ran.
 	Checks Checks
+	// EngineTime is the engine's own time for the job, from the call's
+	// arrival in its server to its result; zero from other backends. The
+	// rest of the backend time is the call's transport.
+	EngineTime time.Duration
 }
 
 // Checks are the engine's content policy and structure check of one job.

@@ -106,6 +106,7 @@ func (s *Self) Stage(ctx context.Context, job Job) (Result, error) {
 		Phases:             phases(res.GetTimings()),
 		Warnings:           append([]string(nil), res.GetWarnings()...),
 		Seed:               &seed,
+		EngineTime:         msDuration(res.GetTimings().GetTotalMs()),
 		Checks: Checks{
 			Content:        s.policy() != enginev1.ContentPolicy_CONTENT_POLICY_OFF,
 			Structure:      res.StructureScore != nil,
@@ -129,7 +130,7 @@ func phases(t *enginev1.Timings) []Phase {
 	if t == nil {
 		return nil
 	}
-	ms := func(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
+	ms := msDuration
 	out := []Phase{
 		{"decode", ms(t.GetDecodeMs())},
 		{"preprocess", ms(t.GetPreprocessMs())},
@@ -148,6 +149,9 @@ func phases(t *enginev1.Timings) []Phase {
 	}
 	return append(out, Phase{"encode", ms(t.GetEncodeMs())})
 }
+
+// msDuration is v milliseconds.
+func msDuration(v float64) time.Duration { return time.Duration(v * float64(time.Millisecond)) }
 
 func (s *Self) request(job Job) (*enginev1.StageRequest, error) {
 	up, err := s.upscaleLongSide(job.UpscaleLongSide)

@@ -187,10 +187,16 @@ func TestSelfWithTheRealEngine(t *testing.T) {
 	if err := jpeg.Encode(&src, image.NewGray(image.Rect(0, 0, 300, 200)), nil); err != nil {
 		t.Fatal(err)
 	}
+	called := time.Now()
 	res, err := s.Stage(context.Background(), Job{ID: "room", Image: src.Bytes(), Prompt: "p", Seed: 1,
 		Strength: 0.5, GuidanceScale: 5, ControlNetConditioningScale: 1, OutputLongSide: 1001})
+	took := time.Since(called)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Three steps of 0.3 s are the engine's own time, within the call's.
+	if res.EngineTime < 900*time.Millisecond || res.EngineTime > took {
+		t.Errorf("engine time %v, want at least the steps' 900ms and at most the call's %v", res.EngineTime, took)
 	}
 	// 1001 rounds down to 1000 and is clamped to the engine's 256.
 	if res.Width != 256 || res.Height != 168 || res.ModelRev != "test-invert-v1" {

@@ -157,6 +157,9 @@ type Outcome struct {
 	// BackendTime is how long the backend took, as the sidecar saw it;
 	// zero for a replay. The rest of the request's time is the sidecar's.
 	BackendTime time.Duration
+	// EngineTime is the engine's own share of BackendTime
+	// (backend.Result.EngineTime); zero for a replay and other backends.
+	EngineTime time.Duration
 }
 
 // New returns a Service. metrics must not be nil; log may be nil to
@@ -259,7 +262,7 @@ func (s *Service) stage(ctx context.Context, req Request) (Outcome, error) {
 			if err != nil {
 				return Outcome{}, err
 			}
-			return Outcome{Response: rec.Response, Replay: !fresh, Backend: rec.Response.Backend, BackendTime: rec.backendTime}, nil
+			return Outcome{Response: rec.Response, Replay: !fresh, Backend: rec.Response.Backend, BackendTime: rec.backendTime, EngineTime: rec.engineTime}, nil
 		}
 		select {
 		case <-c.done:
@@ -456,7 +459,7 @@ func (s *Service) run(ctx context.Context, p plan, g gate, start time.Time, job 
 	for _, ph := range res.Phases {
 		s.metrics.Phases.WithLabelValues(ph.Name).Observe(ph.Duration.Seconds())
 	}
-	rec.backendTime = backendTime
+	rec.backendTime, rec.engineTime = backendTime, res.EngineTime
 	return rec, nil
 }
 
@@ -761,6 +764,7 @@ type record struct {
 	JobSeed  *uint32  `json:"job_seed,omitempty"`
 	Response Response `json:"response"`
 
-	// backendTime is the fresh run's backend time; it is not stored.
-	backendTime time.Duration
+	// backendTime and engineTime are the fresh run's backend time and the
+	// engine's share of it; they are not stored.
+	backendTime, engineTime time.Duration
 }
