@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"testing"
@@ -236,5 +237,29 @@ func TestSIGHUPReloadsTheRolloutFile(t *testing.T) {
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
+	}
+}
+
+func TestGCPercentDefaultsUnlessGOGCIsSet(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	if got := setGCPercent(func(string) string { return "" }); got != defaultGCPercent {
+		t.Errorf("without GOGC: %d, want %d", got, defaultGCPercent)
+	}
+	if v := debug.SetGCPercent(100); v != defaultGCPercent {
+		t.Errorf("the collector's target is %d, want %d", v, defaultGCPercent)
+	}
+	// The runtime has read GOGC=250 at start; the sidecar leaves it.
+	debug.SetGCPercent(250)
+	env := func(k string) string {
+		if k == "GOGC" {
+			return "250"
+		}
+		return ""
+	}
+	if got := setGCPercent(env); got != 250 {
+		t.Errorf("with GOGC=250: %d", got)
+	}
+	if v := debug.SetGCPercent(100); v != 250 {
+		t.Errorf("the collector's target is %d, want GOGC's 250", v)
 	}
 }
