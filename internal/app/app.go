@@ -101,7 +101,7 @@ func build(ctx context.Context, cfg config.Config, log *slog.Logger, store stora
 		Prices:             prices(cfg),
 		Discloser:          disc,
 		LabelDefault:       cfg.Disclosure.LabelDefault,
-		Upscale:            staging.Upscale{Enabled: cfg.Upscale.Enabled, Tiers: cfg.Upscale.Tiers, LongSide: cfg.Upscale.LongSide},
+		Upscale:            cfg.Upscale,
 		Tracer:             tr.Provider.Tracer(tracerName),
 		RecordPrompts:      cfg.Tracing.RecordPrompts,
 	}, telemetry.NewStagingMetrics(reg), log)

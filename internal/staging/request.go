@@ -9,6 +9,7 @@ import (
 
 	"github.com/vstage/vstage/internal/admission"
 	"github.com/vstage/vstage/internal/catalog"
+	"github.com/vstage/vstage/internal/config"
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/storage"
 )
@@ -103,23 +104,13 @@ type validator struct {
 	// label is the Label of requests that do not say.
 	label bool
 	// upscale says who may ask for an upscale.
-	upscale Upscale
+	upscale config.Upscale
 }
 
-// Upscale is the upscaler's policy.
-type Upscale struct {
-	// Enabled allows requests to ask; when false, one that does is
-	// refused with invalid_input [UPSCALE_ENABLED].
-	Enabled bool
-	// Tiers may ask; another tier is refused with forbidden
-	// [UPSCALE_TIERS].
-	Tiers []admission.Tier
-	// LongSide is the long side of an upscaled image [UPSCALE_LONG_SIDE].
-	LongSide int
-}
-
-// check refuses an upscale the policy does not allow to tier.
-func (u Upscale) check(tier admission.Tier) error {
+// checkUpscale refuses an upscale that policy u does not allow to tier:
+// invalid_input while upscaling is off [UPSCALE_ENABLED], forbidden for a
+// tier it is not for [UPSCALE_TIERS].
+func checkUpscale(u config.Upscale, tier admission.Tier) error {
 	if !u.Enabled {
 		return fault.New(fault.InvalidInput, "upscale is not available: upscaling is disabled on this service; send \"upscale\": false or leave it out")
 	}
@@ -160,7 +151,7 @@ func (v validator) plan(r Request) (plan, error) {
 		return plan{}, fault.New(fault.InvalidInput, "tier must be free, pro or business, got %s", quote(r.Tier))
 	}
 	if r.Upscale {
-		if err := v.upscale.check(tier); err != nil {
+		if err := checkUpscale(v.upscale, tier); err != nil {
 			return plan{}, err
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/vstage/vstage/internal/admission"
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/catalog"
+	"github.com/vstage/vstage/internal/config"
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/imagecheck"
 	"github.com/vstage/vstage/internal/storage"
@@ -63,9 +64,10 @@ type Options struct {
 	// LabelDefault is the label of requests that do not say
 	// [DISCLOSURE_LABEL_DEFAULT].
 	LabelDefault bool
-	// Upscale says who may ask for an upscale, and to what size; the zero
-	// value refuses every request that asks.
-	Upscale Upscale
+	// Upscale says who may ask for an upscale, and to what size
+	// [UPSCALE_ENABLED, UPSCALE_TIERS, UPSCALE_LONG_SIDE]; the zero value
+	// refuses every request that asks.
+	Upscale config.Upscale
 	// Tracer makes the job's spans; nil makes none.
 	Tracer trace.Tracer
 	// RecordPrompts adds the prompts to the job's span.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/vstage/vstage/internal/admission"
 	"github.com/vstage/vstage/internal/backend"
+	"github.com/vstage/vstage/internal/config"
 	"github.com/vstage/vstage/internal/fault"
 	"github.com/vstage/vstage/internal/storage"
 )
@@ -39,7 +40,7 @@ func (c *tallyStore) Delete(ctx context.Context, key string) error {
 
 // upscaleFixture is newFixture's service with the upscaler's policy u, on
 // a store that counts its calls, and admission that records its requests.
-func upscaleFixture(t *testing.T, u Upscale) (*Service, *tallyStore, *[]admission.Request) {
+func upscaleFixture(t *testing.T, u config.Upscale) (*Service, *tallyStore, *[]admission.Request) {
 	t.Helper()
 	f := newFixture(t, 0)
 	store := &tallyStore{Store: f.store}
@@ -54,7 +55,7 @@ func upscaleFixture(t *testing.T, u Upscale) (*Service, *tallyStore, *[]admissio
 	return New(store, b, f.svc.catalog, opts, f.metrics, nil), store, &asked
 }
 
-var paid = Upscale{Enabled: true, Tiers: []admission.Tier{admission.TierPro, admission.TierBusiness}, LongSide: 256}
+var paid = config.Upscale{Enabled: true, Tiers: []admission.Tier{admission.TierPro, admission.TierBusiness}, LongSide: 256}
 
 func upscaled(id, tier string) Request {
 	r := req(id)
@@ -133,15 +134,15 @@ func TestRecordWithoutUpscaleIsAPlainJob(t *testing.T) {
 
 func TestUpscaleRefusalsTouchNothing(t *testing.T) {
 	for name, tc := range map[string]struct {
-		policy Upscale
+		policy config.Upscale
 		tier   string
 		code   fault.Code
 		msg    string
 	}{
-		"disabled":      {Upscale{LongSide: 256}, "business", fault.InvalidInput, "upscaling is disabled on this service"},
+		"disabled":      {config.Upscale{LongSide: 256}, "business", fault.InvalidInput, "upscaling is disabled on this service"},
 		"free tier":     {paid, "free", fault.Forbidden, `upscale is not available to tier free; it is for tiers pro, business`},
 		"no tier named": {paid, "", fault.Forbidden, "not available to tier free"},
-		"pro not paid":  {Upscale{Enabled: true, Tiers: []admission.Tier{admission.TierBusiness}, LongSide: 256}, "pro", fault.Forbidden, "it is for tiers business"},
+		"pro not paid":  {config.Upscale{Enabled: true, Tiers: []admission.Tier{admission.TierBusiness}, LongSide: 256}, "pro", fault.Forbidden, "it is for tiers business"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			svc, store, asked := upscaleFixture(t, tc.policy)
