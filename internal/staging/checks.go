@@ -3,21 +3,10 @@ package staging
 import (
 	"slices"
 
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/vstage/vstage/internal/backend"
 	"github.com/vstage/vstage/internal/fault"
-)
-
-// The attributes of the backend span that say what the engine's checks
-// found: the content policy's decision, and the structure score and the
-// renders it took.
-const (
-	attrContentDecision = attribute.Key("vstage.content.decision")
-	attrStructureScore  = attribute.Key("vstage.structure.score")
-	attrStructurePassed = attribute.Key("vstage.structure.passed")
-	attrRenders         = attribute.Key("vstage.structure.renders")
 )
 
 // checked counts what the engine's checks decided for one backend call and

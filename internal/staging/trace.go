@@ -38,6 +38,12 @@ const (
 	attrAdmitted   = attribute.Key("vstage.admission.admitted")
 	attrRecordSeen = attribute.Key("vstage.record.found")
 	attrLabel      = attribute.Key("vstage.label")
+	// What the engine's checks found, on the backend span: the content
+	// policy's decision, and the structure score and the renders it took.
+	attrContentDecision = attribute.Key("vstage.content.decision")
+	attrStructureScore  = attribute.Key("vstage.structure.score")
+	attrStructurePassed = attribute.Key("vstage.structure.passed")
+	attrRenders         = attribute.Key("vstage.structure.renders")
 )
 
 // clientErrors are the codes of requests refused for what they asked: the
