@@ -43,12 +43,7 @@ func checkedFixture(t *testing.T, be *checkingBackend) fixture {
 	t.Helper()
 	f := newFixture(t, 0)
 	f.metrics = telemetry.NewStagingMetrics(prometheus.NewRegistry())
-	f.svc = New(f.store, NewSingle(be), catalog.Default(), Options{
-		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
-		MaxInputBytes:  1 << 20,
-		MaxInputPixels: 1 << 20,
-		OutputLongSide: 64,
-	}, f.metrics, nil)
+	f.svc = New(f.store, NewSingle(be), catalog.Default(), testOptions(), f.metrics, nil)
 	return f
 }
 

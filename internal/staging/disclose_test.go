@@ -45,14 +45,9 @@ func (d *markingDiscloser) Apply(data []byte, label bool) ([]byte, error) {
 func discloseFixture(t *testing.T, d Discloser, labelDefault bool) (*Service, fixture) {
 	t.Helper()
 	f := newFixture(t, 0)
-	svc := New(f.store, NewSingle(f.be), catalog.Default(), Options{
-		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
-		MaxInputBytes:  1 << 20,
-		MaxInputPixels: 1 << 20,
-		OutputLongSide: 64,
-		Discloser:      d,
-		LabelDefault:   labelDefault,
-	}, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
+	opts := testOptions()
+	opts.Discloser, opts.LabelDefault = d, labelDefault
+	svc := New(f.store, NewSingle(f.be), catalog.Default(), opts, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
 	return svc, f
 }
 
@@ -156,13 +151,9 @@ func TestSidewaysOutputIsTurnedUpright(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := newFixture(t, 0)
-	svc := New(f.store, NewSingle(orientedBackend{}), catalog.Default(), Options{
-		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
-		MaxInputBytes:  1 << 20,
-		MaxInputPixels: 1 << 20,
-		OutputLongSide: 64,
-		Discloser:      disc,
-	}, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
+	opts := testOptions()
+	opts.Discloser = disc
+	svc := New(f.store, NewSingle(orientedBackend{}), catalog.Default(), opts, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
 	out, err := svc.Stage(t.Context(), req("sideways"))
 	if err != nil {
 		t.Fatal(err)
@@ -197,14 +188,9 @@ func TestDisclosureWaitingForBudgetTimesOut(t *testing.T) {
 	}
 	defer hold()
 	f := newFixture(t, 0)
-	svc := New(f.store, NewSingle(f.be), catalog.Default(), Options{
-		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
-		MaxInputBytes:  1 << 20,
-		MaxInputPixels: 1 << 20,
-		OutputLongSide: 64,
-		Discloser:      &markingDiscloser{},
-		DecodeBudget:   budget,
-	}, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
+	opts := testOptions()
+	opts.Discloser, opts.DecodeBudget = &markingDiscloser{}, budget
+	svc := New(f.store, NewSingle(f.be), catalog.Default(), opts, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()
 	r := req("starved")

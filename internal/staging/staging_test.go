@@ -71,13 +71,18 @@ func newFixture(t *testing.T, delay time.Duration) fixture {
 	}
 	be := &countingBackend{mock: backend.Mock{Quality: 90}, delay: delay}
 	m := telemetry.NewStagingMetrics(prometheus.NewRegistry())
-	svc := New(store, NewSingle(be), catalog.Default(), Options{
+	svc := New(store, NewSingle(be), catalog.Default(), testOptions(), m, nil)
+	return fixture{svc: svc, be: be, store: store, metrics: m}
+}
+
+// testOptions are the options of every test service; tests change a copy.
+func testOptions() Options {
+	return Options{
 		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
 		MaxInputBytes:  1 << 20,
 		MaxInputPixels: 1 << 20,
 		OutputLongSide: 64,
-	}, m, nil)
-	return fixture{svc: svc, be: be, store: store, metrics: m}
+	}
 }
 
 func req(id string) Request {

@@ -43,13 +43,9 @@ func costFixture(t *testing.T, be *billingBackend, prices map[string]Price) (*Se
 	t.Helper()
 	f := newFixture(t, 0)
 	m := telemetry.NewStagingMetrics(prometheus.NewRegistry())
-	svc := New(f.store, NewSingle(be), catalog.Default(), Options{
-		StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
-		MaxInputBytes:  1 << 20,
-		MaxInputPixels: 1 << 20,
-		OutputLongSide: 64,
-		Prices:         prices,
-	}, m, nil)
+	opts := testOptions()
+	opts.Prices = prices
+	svc := New(f.store, NewSingle(be), catalog.Default(), opts, m, nil)
 	return svc, m
 }
 
@@ -153,14 +149,9 @@ func TestJobSpanRecordsPromptsOnlyWhenAsked(t *testing.T) {
 		rec := tracetest.NewSpanRecorder()
 		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 		f := newFixture(t, 0)
-		svc := New(f.store, NewSingle(f.be), catalog.Default(), Options{
-			StagedKey:      func(o, id string) string { return "l/staged/" + id + ".jpg" },
-			MaxInputBytes:  1 << 20,
-			MaxInputPixels: 1 << 20,
-			OutputLongSide: 64,
-			Tracer:         tp.Tracer("test"),
-			RecordPrompts:  record,
-		}, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
+		opts := testOptions()
+		opts.Tracer, opts.RecordPrompts = tp.Tracer("test"), record
+		svc := New(f.store, NewSingle(f.be), catalog.Default(), opts, telemetry.NewStagingMetrics(prometheus.NewRegistry()), nil)
 		if _, err := svc.Stage(t.Context(), req("prompts")); err != nil {
 			t.Fatal(err)
 		}
