@@ -81,3 +81,30 @@ func TestUnreadableRecordIsNeitherReplayedNorOverwritten(t *testing.T) {
 		t.Errorf("the record was overwritten: %s", data)
 	}
 }
+
+// TestRecordReadUnderTheClaimFailing: the second record read, made while
+// the original is already being read, fails. The read of the original is
+// abandoned, the claim dropped, nothing run or written, and the client
+// may retry.
+func TestRecordReadUnderTheClaimFailing(t *testing.T) {
+	f := newFixture(t, 0)
+	reads := 0
+	store := &faultyStore{Store: f.store, failGet: func(key string) bool {
+		if key != jobRecord {
+			return false
+		}
+		reads++
+		return reads == 2
+	}}
+	svc := New(store, NewSingle(f.be), f.svc.catalog, f.svc.opts, f.metrics, nil)
+	_, err := svc.Stage(t.Context(), req("job"))
+	if e := fault.From(err); e.Code != fault.Internal || !e.Retryable || !errors.Is(err, errOutage) {
+		t.Fatalf("err = %v, want a retryable internal error wrapping the outage", err)
+	}
+	if reads != 2 {
+		t.Fatalf("the record was read %d times, want 2", reads)
+	}
+	if f.be.calls.Load() != 0 || f.exists(t, claimKey(jobRecord, 0)) || f.exists(t, jobRecord) || f.exists(t, "l/staged/job.jpg") {
+		t.Errorf("the backend ran (%d) or a claim, record or image was left", f.be.calls.Load())
+	}
+}
