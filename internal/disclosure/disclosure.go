@@ -77,25 +77,6 @@ func New(text string, quality int, maxPixels int64) (*Discloser, error) {
 	return &Discloser{text: text, quality: quality, maxPixels: maxPixels, font: f}, nil
 }
 
-// NeedsDecode reports whether Apply will decode data: when label is true, or when data is not a JPEG (then it is
-// re-encoded as a JPEG). The caller uses it to take the pixels from its decode budget first.
-//
-// A JPEG whose data cannot be copied unchanged is decoded too: one that is
-// not baseline, whose colours depend on the APP0 or APP14 segment that
-// Apply drops (CMYK, YCCK and RGB-coded frames), or whose EXIF orientation
-// says it is stored turned.
-func (d *Discloser) NeedsDecode(data []byte, label bool) bool {
-	if label || !isJPEG(data) || orientation(data) != 1 {
-		return true
-	}
-	l, err := parseJPEG(data)
-	if err != nil {
-		// Apply refuses it without decoding.
-		return false
-	}
-	return !l.copyable()
-}
-
 // Apply returns data as a baseline JPEG whose only metadata is one XMP packet (APP1) naming DigitalSourceType:
 // every APPn segment (JFIF, EXIF, ICC, XMP, Adobe...) and COM segment of the input is dropped, so EXIF and GPS
 // never survive. With label false and a JPEG input, the image data (tables, frames, scans) is copied byte for byte,
@@ -110,7 +91,16 @@ func (d *Discloser) NeedsDecode(data []byte, label bool) bool {
 // and anything after its EOI marker (such as the extra images of an MPF
 // file) is dropped. A JPEG input that is malformed or truncated is refused,
 // not repaired.
-func (d *Discloser) Apply(data []byte, label bool) ([]byte, error) {
+//
+// When Apply decodes, it first takes the image's pixels (from its header)
+// through reserve, which waits for them in a decode budget and returns the
+// function that gives them back; a nil reserve takes none.
+// It decodes when label is set, when data is not a JPEG (it is re-encoded
+// as one), and for a JPEG whose data cannot be copied unchanged: one that
+// is not baseline, whose colours depend on the APP0 or APP14 segment it
+// drops (CMYK, YCCK and RGB-coded frames), or whose EXIF orientation says
+// it is stored turned.
+func (d *Discloser) Apply(data []byte, label bool, reserve func(pixels int64) (release func(), err error)) ([]byte, error) {
 	// One read of the header: the orientation, and the size for the cap.
 	info, ierr := imagecheck.Inspect(data, 0)
 	o := 1
@@ -134,6 +124,13 @@ func (d *Discloser) Apply(data []byte, label bool) ([]byte, error) {
 	}
 	if d.maxPixels > 0 && info.Pixels() > d.maxPixels {
 		return nil, fmt.Errorf("disclosure: %w: %dx%d (the cap is %d)", imagecheck.ErrTooManyPixels, info.Width, info.Height, d.maxPixels)
+	}
+	if reserve != nil {
+		release, err := reserve(info.Pixels())
+		if err != nil {
+			return nil, fmt.Errorf("disclosure: %w", err)
+		}
+		defer release()
 	}
 	img, format, err := image.Decode(bytes.NewReader(data))
 	if err != nil {
@@ -167,14 +164,4 @@ func flatten(img image.Image) *image.RGBA {
 	draw.Draw(dst, dst.Bounds(), image.White, image.Point{}, draw.Src)
 	draw.Draw(dst, dst.Bounds(), img, b.Min, draw.Over)
 	return dst
-}
-
-// orientation is data's EXIF orientation, 1 when it has none or its header
-// cannot be read.
-func orientation(data []byte) int {
-	info, err := imagecheck.Inspect(data, 0)
-	if err != nil {
-		return 1
-	}
-	return info.Orientation
 }

@@ -52,10 +52,10 @@ func TestApplyCopiesJPEG(t *testing.T) {
 	d := newDiscloser(t)
 	plain := encodeJPEG(t, testImage(64, 48))
 	in := withMetadata(plain)
-	if d.NeedsDecode(in, false) {
-		t.Error("NeedsDecode(JPEG, false) = true; want false")
+	if decodes(d, in, false) {
+		t.Error("a plain JPEG without a label is decoded; want it copied")
 	}
-	out, err := d.Apply(in, false)
+	out, err := d.Apply(in, false, nil)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -69,7 +69,7 @@ func TestApplyCopiesJPEG(t *testing.T) {
 		t.Errorf("pixels differ from the input's (mean %.2f, most %d); want identical", mean, most)
 	}
 	// Applying twice changes nothing more.
-	again, err := d.Apply(out, false)
+	again, err := d.Apply(out, false, nil)
 	if err != nil {
 		t.Fatalf("Apply on its own output: %v", err)
 	}
@@ -98,11 +98,11 @@ func TestApplyRefusesTooManyPixels(t *testing.T) {
 		data  []byte
 		label bool
 	}{"labelled JPEG": {big, true}, "PNG": {asPNG.Bytes(), false}} {
-		if _, err := d.Apply(tc.data, tc.label); !errors.Is(err, imagecheck.ErrTooManyPixels) {
+		if _, err := d.Apply(tc.data, tc.label, nil); !errors.Is(err, imagecheck.ErrTooManyPixels) {
 			t.Errorf("%s of 64x48 under a 32x32 cap: %v, want ErrTooManyPixels", name, err)
 		}
 	}
-	if _, err := d.Apply(big, false); err != nil {
+	if _, err := d.Apply(big, false, nil); err != nil {
 		t.Errorf("a JPEG copied as it is: %v", err)
 	}
 }
@@ -114,10 +114,10 @@ func TestApplyCopiesGrayJPEG(t *testing.T) {
 		gray.Pix[i] = uint8(i)
 	}
 	in := withMetadata(encodeJPEG(t, gray))
-	if d.NeedsDecode(in, false) {
-		t.Error("NeedsDecode(gray JPEG, false) = true; want false")
+	if decodes(d, in, false) {
+		t.Error("a gray JPEG without a label is decoded; want it copied")
 	}
-	out, err := d.Apply(in, false)
+	out, err := d.Apply(in, false, nil)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -141,7 +141,7 @@ func TestApplyParsesMarkersStrictly(t *testing.T) {
 	in = append(in, segment(markerCOM, []byte("Exif\x00 hidden after the scan"))...)
 	in = append(in, 0xFF, 0xFF, markerEOI)
 	in = append(in, withMetadata(plain)...) // an MPF-style second image
-	out, err := d.Apply(in, false)
+	out, err := d.Apply(in, false, nil)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -149,7 +149,7 @@ func TestApplyParsesMarkersStrictly(t *testing.T) {
 	if bytes.Count(out, []byte{0xFF, markerSOI}) != 1 {
 		t.Error("output holds a second SOI: the trailing image survived")
 	}
-	want, err := d.Apply(plain, false)
+	want, err := d.Apply(plain, false, nil)
 	if err != nil {
 		t.Fatalf("Apply(plain): %v", err)
 	}
@@ -177,11 +177,11 @@ func TestApplyReencodesWhenColoursDependOnDroppedSegments(t *testing.T) {
 	}
 	for name, in := range map[string][]byte{"Adobe transform 0": rgbAdobe, "RGB ids": rgbIDs} {
 		t.Run(name, func(t *testing.T) {
-			if !d.NeedsDecode(in, false) {
-				t.Error("NeedsDecode = false; want true")
+			if !decodes(d, in, false) {
+				t.Error("not decoded; want it re-encoded")
 			}
 			want := decode(t, in)
-			out, err := d.Apply(in, false)
+			out, err := d.Apply(in, false, nil)
 			if err != nil {
 				t.Fatalf("Apply: %v", err)
 			}
@@ -218,10 +218,10 @@ func TestApplyLabel(t *testing.T) {
 	d := newDiscloser(t)
 	src := testImage(1024, 768)
 	in := withMetadata(encodeJPEG(t, src))
-	if !d.NeedsDecode(in, true) {
-		t.Error("NeedsDecode(JPEG, true) = false; want true")
+	if !decodes(d, in, true) {
+		t.Error("a labelled JPEG is not decoded")
 	}
-	out, err := d.Apply(in, true)
+	out, err := d.Apply(in, true, nil)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -295,7 +295,7 @@ func TestLabelSize(t *testing.T) {
 func TestApplyLabelsSmallImages(t *testing.T) {
 	d := newDiscloser(t)
 	for _, size := range []image.Point{{1, 1}, {8, 8}, {120, 800}, {800, 20}} {
-		out, err := d.Apply(encodeJPEG(t, testImage(size.X, size.Y)), true)
+		out, err := d.Apply(encodeJPEG(t, testImage(size.X, size.Y)), true, nil)
 		if err != nil {
 			t.Errorf("Apply(%v, true): %v", size, err)
 			continue
@@ -319,10 +319,10 @@ func TestApplyPNG(t *testing.T) {
 	if err := png.Encode(&buf, src); err != nil {
 		t.Fatal(err)
 	}
-	if !d.NeedsDecode(buf.Bytes(), false) {
-		t.Error("NeedsDecode(PNG, false) = false; want true")
+	if !decodes(d, buf.Bytes(), false) {
+		t.Error("a PNG is not decoded")
 	}
-	out, err := d.Apply(buf.Bytes(), false)
+	out, err := d.Apply(buf.Bytes(), false, nil)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -361,17 +361,17 @@ func TestApplyRefuses(t *testing.T) {
 	}
 	for name, in := range cases {
 		for _, label := range []bool{false, true} {
-			out, err := d.Apply(in, label)
+			out, err := d.Apply(in, label, nil)
 			if err == nil {
 				t.Errorf("%s (label %v): Apply succeeded with %d bytes; want an error", name, label, len(out))
 			}
 		}
 	}
 	// Truncation after the header reads as such.
-	if _, err := d.Apply(good[:sos+20], false); !errors.Is(err, errTruncated) {
+	if _, err := d.Apply(good[:sos+20], false, nil); !errors.Is(err, errTruncated) {
 		t.Errorf("Apply(truncated scan) = %v; want errTruncated", err)
 	}
-	if _, err := d.Apply(good[:sos+20], true); err == nil {
+	if _, err := d.Apply(good[:sos+20], true, nil); err == nil {
 		t.Error("Apply(truncated scan, true) succeeded")
 	}
 }
@@ -379,7 +379,7 @@ func TestApplyRefuses(t *testing.T) {
 func TestApplyConcurrent(t *testing.T) {
 	d := newDiscloser(t)
 	in := encodeJPEG(t, testImage(200, 150))
-	want, err := d.Apply(in, true)
+	want, err := d.Apply(in, true, nil)
 	if err != nil {
 		t.Fatalf("Apply: %v", err)
 	}
@@ -387,7 +387,7 @@ func TestApplyConcurrent(t *testing.T) {
 	errs := make([]error, 8)
 	outs := make([][]byte, 8)
 	for i := range 8 {
-		wg.Go(func() { outs[i], errs[i] = d.Apply(in, i%2 == 0) })
+		wg.Go(func() { outs[i], errs[i] = d.Apply(in, i%2 == 0, nil) })
 	}
 	wg.Wait()
 	for i := range 8 {
@@ -417,10 +417,10 @@ func TestApplyTurnsAnOrientedJPEGUpright(t *testing.T) {
 	data := append(append(append([]byte{}, plain[:2]...), segment(0xE1, exif)...), plain[2:]...)
 	d := newDiscloser(t)
 	for _, label := range []bool{false, true} {
-		if !d.NeedsDecode(data, label) {
-			t.Errorf("label %v: NeedsDecode is false for a turned JPEG", label)
+		if !decodes(d, data, label) {
+			t.Errorf("label %v: a turned JPEG is not decoded", label)
 		}
-		out, err := d.Apply(data, label)
+		out, err := d.Apply(data, label, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -434,8 +434,8 @@ func TestApplyTurnsAnOrientedJPEGUpright(t *testing.T) {
 		}
 	}
 	// Upright already: still copied, not decoded.
-	if d.NeedsDecode(plain, false) {
-		t.Error("NeedsDecode is true for an upright baseline JPEG")
+	if decodes(d, plain, false) {
+		t.Error("an upright baseline JPEG is decoded; want it copied")
 	}
 }
 
@@ -449,8 +449,33 @@ func TestApplyRefusesAnUnreadableHeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, data := range map[string][]byte{"gif": gif, "cut png": buf.Bytes()[:20]} {
-		if _, err := d.Apply(data, false); err == nil || !strings.Contains(err.Error(), "header") {
+		if _, err := d.Apply(data, false, nil); err == nil || !strings.Contains(err.Error(), "header") {
 			t.Errorf("%s: %v, want a header error", name, err)
 		}
+	}
+}
+
+// TestApplyReservesTheDecodedPixels: Apply takes the header's pixels
+// through reserve only when it decodes, gives them back, and decodes
+// nothing when the reserve is refused.
+func TestApplyReservesTheDecodedPixels(t *testing.T) {
+	d := newDiscloser(t)
+	in := encodeJPEG(t, testImage(64, 48))
+	var asked []int64
+	released := 0
+	reserve := func(px int64) (func(), error) {
+		asked = append(asked, px)
+		return func() { released++ }, nil
+	}
+	if _, err := d.Apply(in, false, reserve); err != nil || len(asked) != 0 {
+		t.Fatalf("copied JPEG: %v, reserved %v; want nothing reserved", err, asked)
+	}
+	if _, err := d.Apply(in, true, reserve); err != nil || len(asked) != 1 || asked[0] != 64*48 || released != 1 {
+		t.Fatalf("labelled JPEG: %v, reserved %v, released %d; want 3072 pixels once, given back", err, asked, released)
+	}
+	refused := errors.New("deadline")
+	_, err := d.Apply(in, true, func(int64) (func(), error) { return nil, refused })
+	if !errors.Is(err, refused) {
+		t.Fatalf("refused reserve: %v, want its error", err)
 	}
 }

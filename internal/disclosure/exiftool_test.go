@@ -32,7 +32,7 @@ func TestExifTool(t *testing.T) {
 
 	for name, label := range map[string]bool{"copied": false, "labelled": true} {
 		t.Run(name, func(t *testing.T) {
-			out, err := d.Apply(in, label)
+			out, err := d.Apply(in, label, nil)
 			if err != nil {
 				t.Fatalf("Apply: %v", err)
 			}

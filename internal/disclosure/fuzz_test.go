@@ -26,14 +26,14 @@ func FuzzApply(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte, label bool) {
 		// The discloser's pixel cap (1 Mpx here) keeps a forged header from
 		// asking for gigabytes: such an input is an error like any other.
-		out, err := d.Apply(data, label)
+		out, err := d.Apply(data, label, nil)
 		if err != nil {
 			return
 		}
 		checkOnlyXMP(t, out)
 		// A copied JPEG may be one that Go's decoder refuses, since Apply
 		// does not check scan data; it must not be one that it accepted.
-		if !jpegDecodes(out) && (d.NeedsDecode(data, label) || jpegDecodes(data)) {
+		if !jpegDecodes(out) && (decodes(d, data, label) || jpegDecodes(data)) {
 			t.Errorf("Apply made %d bytes that decode into %d bytes that do not", len(data), len(out))
 		}
 	})

@@ -177,3 +177,14 @@ func newDiscloser(t testing.TB) *Discloser {
 	}
 	return d
 }
+
+// decodes reports whether Apply decodes data: whether it takes pixels
+// through its reserve.
+func decodes(d *Discloser, data []byte, label bool) bool {
+	reserved := false
+	_, _ = d.Apply(data, label, func(int64) (func(), error) {
+		reserved = true
+		return func() {}, nil
+	})
+	return reserved
+}

@@ -30,9 +30,15 @@ type markingDiscloser struct {
 	fail   bool
 }
 
-func (d *markingDiscloser) NeedsDecode(_ []byte, label bool) bool { return label }
-
-func (d *markingDiscloser) Apply(data []byte, label bool) ([]byte, error) {
+// Apply "decodes" to draw a label: it takes a pixel through reserve first.
+func (d *markingDiscloser) Apply(data []byte, label bool, reserve func(int64) (func(), error)) ([]byte, error) {
+	if label {
+		release, err := reserve(1)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.labels = append(d.labels, label)

@@ -76,11 +76,10 @@ type Options struct {
 
 // Discloser marks staged images; *disclosure.Discloser is the production
 // one. Apply returns a JPEG whose only metadata says that the image holds
-// AI-generated content, with the label burned in when label is set;
-// NeedsDecode says whether it will decode data to do so.
+// AI-generated content, with the label burned in when label is set; when
+// it must decode data to do so, it first takes the pixels through reserve.
 type Discloser interface {
-	NeedsDecode(data []byte, label bool) bool
-	Apply(data []byte, label bool) ([]byte, error)
+	Apply(data []byte, label bool, reserve func(pixels int64) (release func(), err error)) ([]byte, error)
 }
 
 // Price is what one call of a backend costs: PerRun, plus PerSecond for
@@ -476,19 +475,17 @@ func (s *Service) disclose(ctx context.Context, res *backend.Result, label bool)
 	ctx, span := s.start(ctx, "disclosure.apply", attrLabel.Bool(label))
 	var err error
 	defer func() { end(span, err) }()
-	// The disclosure decodes (to draw the label, to re-encode a PNG, or to
-	// turn upright an image that relies on its EXIF orientation): the
+	// When the disclosure decodes (to draw the label, to re-encode a PNG,
+	// or to turn upright an image that relies on its EXIF orientation), the
 	// pixels come from the decode budget first.
-	if d.NeedsDecode(res.Image, label) {
-		release, aerr := s.opts.DecodeBudget.Acquire(ctx, int64(max(res.Width, 1))*int64(max(res.Height, 1)))
-		if aerr != nil {
+	reserve := func(pixels int64) (func(), error) { return s.opts.DecodeBudget.Acquire(ctx, pixels) }
+	out, aerr := d.Apply(res.Image, label, reserve)
+	if aerr != nil {
+		if ctx.Err() != nil {
+			// Waiting for the budget (or decoding) outlived the request.
 			err = contextFault(ctx)
 			return err
 		}
-		defer release()
-	}
-	out, aerr := d.Apply(res.Image, label)
-	if aerr != nil {
 		err = fault.Wrap(aerr, fault.Internal, "marking the staged image as virtually staged failed")
 		return err
 	}
