@@ -479,3 +479,16 @@ func TestApplyReservesTheDecodedPixels(t *testing.T) {
 		t.Fatalf("refused reserve: %v, want its error", err)
 	}
 }
+
+// BenchmarkApplyCopy is the common case: the backend's JPEG, no label,
+// copied with the XMP packet put in.
+func BenchmarkApplyCopy(b *testing.B) {
+	d := newDiscloser(b)
+	in := encodeJPEG(b, testImage(1024, 683))
+	b.SetBytes(int64(len(in)))
+	for b.Loop() {
+		if _, err := d.Apply(in, false, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
